@@ -1,0 +1,5 @@
+import sys
+
+from scratchrnn.cli import main
+
+sys.exit(main())

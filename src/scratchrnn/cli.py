@@ -1,0 +1,88 @@
+"""The ``scratchrnn`` command line: a thin shell over the library.
+
+Each subcommand has an ``_add_<name>`` function that declares its flags and a ``_cmd_<name>``
+function that calls the library. Errors a user can cause (bad paths, bad flags, bad files) arrive
+as ValueError or OSError from the library and leave as one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import torch
+
+from scratchrnn.rnn import RNN
+
+log = logging.getLogger("scratchrnn")
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run a 2-layer RNN forward and backward and compare it with torch.nn.RNN",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--seq-len", type=int, default=20, help="T, time steps")
+    p.add_argument("--batch-size", type=int, default=4, help="N, sequences")
+    p.add_argument("--input-size", type=int, default=8, help="D, input features")
+    p.add_argument("--hidden-size", type=int, default=16, help="H, hidden units")
+    p.add_argument("--num-layers", type=int, default=2, help="stacked layers")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+
+
+def _cmd_demo(args) -> None:
+    T, N, D = args.seq_len, args.batch_size, args.input_size
+    H, L = args.hidden_size, args.num_layers
+    torch.manual_seed(args.seed)
+    ours = RNN(D, H, num_layers=L, dtype=torch.float64)
+    theirs = torch.nn.RNN(D, H, num_layers=L, dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(T, N, D, dtype=torch.float64, requires_grad=True)
+    results = {}
+    for name, model in (("scratchrnn.RNN", ours), ("torch.nn.RNN", theirs)):
+        output, h_n = model(x)
+        loss = output.square().sum() + h_n.sum()
+        grads = torch.autograd.grad(loss, [x, *model.parameters()])
+        results[name] = (output, h_n, grads)
+    (o1, h1, g1), (o2, h2, g2) = results.values()
+    print(f"input x: {tuple(x.shape)} (T, N, D)   {L}-layer RNN, H = {H}, float64")
+    print(f"output:  {tuple(o1.shape)} (T, N, H)   h_n: {tuple(h1.shape)} (layers, N, H)")
+    print(f"max |difference| from torch.nn.RNN:  output {(o1 - o2).abs().max():.2e}   "
+          f"h_n {(h1 - h2).abs().max():.2e}")
+    names = ["input", *(n for n, _ in ours.named_parameters())]
+    for name, a, b in zip(names, g1, g2, strict=True):
+        print(f"  d{name:<16} {tuple(a.shape)!s:<10} max |difference| {(a - b).abs().max():.2e}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scratchrnn",
+        description="A hand-written Elman RNN: train, sample, evaluate, benchmark, experiment.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo(sub)
+    return parser
+
+
+_COMMANDS = {"demo": _cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s"
+    )
+    try:
+        _COMMANDS[args.command](args)
+    except (ValueError, OSError) as err:
+        print(f"scratchrnn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
