@@ -66,7 +66,7 @@ def _activate_(a: Tensor, nonlinearity: str) -> Tensor:
 def _activation_derivative(h: Tensor, nonlinearity: str) -> Tensor:
     """f'(a) from the output h = f(a), as a new tensor: 1 − h² for tanh, [h > 0] for relu."""
     if nonlinearity == "tanh":
-        return torch.addcmul(torch.ones_like(h), h, h, value=-1.0)
+        return torch.mul(h, h).neg_().add_(1)
     return (h > 0).to(h.dtype)
 
 
@@ -163,30 +163,27 @@ def layer_backward(
         dx (rows, D) or None, dh0 (N, H), dW_ih (H, D), dW_hh (H, H), db (H,).
     """
     N = h0.shape[0]
+    sizes = list(batch_sizes)
     da = _activation_derivative(out, nonlinearity)  # (rows, H): f'(a_t) now, da_t after the loop
-    da_steps = da.split(list(batch_sizes))
-    dout_steps = dout.split(list(batch_sizes))
-    order = _processing_order(batch_sizes, reverse)
-    dh = torch.empty_like(h0)  # dh[:b]: ∂L/∂h_t in full (from the output and from step t + 1)
+    dh = dout.clone(memory_format=torch.contiguous_format)  # (rows, H): ∂L/∂h_t, in full below
+    da_steps, dh_steps = da.split(sizes), dh.split(sizes)
+    order = _processing_order(sizes, reverse)
+    # ∂L/∂h_n joins the rows at the step where each sequence ends (the last step processed).
+    for k, t in enumerate(order):
+        b_next = sizes[order[k + 1]] if k + 1 < len(order) else 0
+        if b_next < sizes[t]:
+            dh_steps[t][b_next:].add_(dh_n[b_next : sizes[t]])
     dh0 = torch.empty_like(h0)
-    b_last = batch_sizes[order[-1]]
-    torch.add(dh_n[:b_last], dout_steps[order[-1]], out=dh[:b_last])
-    for k in range(len(order) - 1, -1, -1):
+    for k in range(len(order) - 1, -1, -1):  # BPTT: the steps in the reverse of forward order
         t = order[k]
-        da_t = da_steps[t].mul_(dh[: da_steps[t].shape[0]])  # da_t = (dh_t + dh_next) ⊙ f'(a_t)
+        da_t = da_steps[t].mul_(dh_steps[t])  # da_t = (dh_t + dh_next) ⊙ f'(a_t)
         b = da_t.shape[0]
-        if k == 0:
-            torch.mm(da_t, W_hh, out=dh0[:b])  # dh_next = da_t W_hh, which is ∂L/∂h_0
-            break
-        t_prev = order[k - 1]
-        b_prev = batch_sizes[t_prev]
-        m = min(b, b_prev)
-        # dh_next = da_t W_hh, added to the output's gradient of step t − 1 in the same GEMM
-        torch.addmm(dout_steps[t_prev][:m], da_t[:m], W_hh, out=dh[:m])
-        if b_prev > b:  # forward direction, packed: rows b..b_prev ended at step t − 1
-            torch.add(dh_n[b:b_prev], dout_steps[t_prev][b:], out=dh[b:b_prev])
-        elif b > b_prev:  # reverse direction, packed: rows b_prev..b began at step t, from h0
-            torch.mm(da_t[b_prev:], W_hh, out=dh0[b_prev:b])
+        m = min(b, sizes[order[k - 1]]) if k > 0 else 0  # rows carried on from step t − 1
+        if m:
+            dh_steps[order[k - 1]][:m].addmm_(da_t[:m], W_hh)  # dh_next = da_t W_hh, into dh_{t-1}
+        if m < b:  # rows that began at step t from h0: their dh_next is ∂L/∂h_0
+            torch.mm(da_t[m:], W_hh, out=dh0[m:b])
+    del dh, dh_steps
 
     # After the loop, each weight gradient is one GEMM (or reduction) over all steps at once.
     if len(set(batch_sizes)) <= 1:  # padded input: h_{t-1} is out shifted by one step, a view
@@ -343,7 +340,7 @@ class _RNNFunction(torch.autograd.Function):
             layer_outputs, masks = [*layer_inputs[1:], rest[0]], []
         config = {k: v for k, v in ctx.config.items() if k != "dropout"}
         dx, dhx, dweights = rnn_backward(
-            doutput.contiguous(), dh_n, hx, weights, ctx.batch_sizes, layer_inputs,
+            doutput, dh_n, hx, weights, ctx.batch_sizes, layer_inputs,
             layer_outputs, masks, need_dx=ctx.needs_input_grad[0], **config,
         )  # fmt: skip
         return (dx, dhx, None, None, *dweights)
