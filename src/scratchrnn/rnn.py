@@ -48,6 +48,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence
 
+from scratchrnn import _accel
+
 __all__ = ["RNN", "RNNCell", "rnn_backward", "rnn_forward"]
 
 _ACTIVATIONS = ("tanh", "relu")
@@ -105,6 +107,10 @@ def layer_forward(
         torch.mm(x, W_ih.t(), out=out)  # (rows, H)
     else:
         torch.addmm(b_ih + b_hh, x, W_ih.t(), out=out)  # (rows, H)
+    if _accel.usable(out, h0, W_hh):  # the same loop in C (see _steps.c)
+        _accel.forward_steps(out, h0.contiguous(), W_hh, batch_sizes, h_n, nonlinearity == "relu",
+                             reverse)  # fmt: skip
+        return
     a_steps = out.split(list(batch_sizes))  # views: step t's (b_t, H) rows
     W_hh_T = W_hh.t()
     order = _processing_order(batch_sizes, reverse)
@@ -164,26 +170,31 @@ def layer_backward(
     """
     N = h0.shape[0]
     sizes = list(batch_sizes)
-    da = _activation_derivative(out, nonlinearity)  # (rows, H): f'(a_t) now, da_t after the loop
     dh = dout.clone(memory_format=torch.contiguous_format)  # (rows, H): ∂L/∂h_t, in full below
-    da_steps, dh_steps = da.split(sizes), dh.split(sizes)
+    dh_steps = dh.split(sizes)
     order = _processing_order(sizes, reverse)
     # ∂L/∂h_n joins the rows at the step where each sequence ends (the last step processed).
     for k, t in enumerate(order):
         b_next = sizes[order[k + 1]] if k + 1 < len(order) else 0
         if b_next < sizes[t]:
             dh_steps[t][b_next:].add_(dh_n[b_next : sizes[t]])
-    dh0 = torch.empty_like(h0)
-    for k in range(len(order) - 1, -1, -1):  # BPTT: the steps in the reverse of forward order
-        t = order[k]
-        da_t = da_steps[t].mul_(dh_steps[t])  # da_t = (dh_t + dh_next) ⊙ f'(a_t)
-        b = da_t.shape[0]
-        m = min(b, sizes[order[k - 1]]) if k > 0 else 0  # rows carried on from step t − 1
-        if m:
-            dh_steps[order[k - 1]][:m].addmm_(da_t[:m], W_hh)  # dh_next = da_t W_hh, into dh_{t-1}
-        if m < b:  # rows that began at step t from h0: their dh_next is ∂L/∂h_0
-            torch.mm(da_t[m:], W_hh, out=dh0[m:b])
-    del dh, dh_steps
+    dh0 = torch.empty_like(h0, memory_format=torch.contiguous_format)
+    if _accel.usable(dh, out, W_hh):  # the same loop in C, f'(a_t) recomputed per step
+        _accel.backward_steps(dh, out, W_hh, sizes, dh0, nonlinearity == "relu", reverse)
+        da = dh
+    else:
+        da = _activation_derivative(out, nonlinearity)  # (rows, H): f'(a_t), then da_t
+        da_steps = da.split(sizes)
+        for k in range(len(order) - 1, -1, -1):  # BPTT: the steps in the reverse of forward order
+            t = order[k]
+            da_t = da_steps[t].mul_(dh_steps[t])  # da_t = (dh_t + dh_next) ⊙ f'(a_t)
+            b = da_t.shape[0]
+            m = min(b, sizes[order[k - 1]]) if k > 0 else 0  # rows carried on from step t − 1
+            if m:
+                dh_steps[order[k - 1]][:m].addmm_(da_t[:m], W_hh)  # dh_next = da_t W_hh, into dh_{t-1}
+            if m < b:  # rows that began at step t from h0: their dh_next is ∂L/∂h_0
+                torch.mm(da_t[m:], W_hh, out=dh0[m:b])
+        del dh, dh_steps
 
     # After the loop, each weight gradient is one GEMM (or reduction) over all steps at once.
     if len(set(batch_sizes)) <= 1:  # padded input: h_{t-1} is out shifted by one step, a view
