@@ -31,9 +31,14 @@ has batch_sizes = [N] * T; a PackedSequence already has this layout (its sequenc
 so batch_sizes never increases). Outputs are filled in place into one preallocated buffer: the
 projection is written there, each step adds h_{t-1} W_hhᵀ and applies tanh in place.
 
-What is saved for backward: the layer inputs and the layer outputs (the hidden states) and nothing
-per step; 1 − h_t² is recomputed from h_t in one vectorised operation before the BPTT loop, into
-the buffer that then holds da. The backward is not itself differentiable (no double backward).
+What is saved for backward: the layer inputs and the layer outputs (the hidden states), nothing
+per step. f'(a_t) is recomputed from h_t (1 − h_t² for tanh): in the PyTorch loop by one vectorised
+operation before the BPTT loop, into the buffer that then holds da; in the C loop step by step.
+The backward is not itself differentiable (no double backward).
+
+The per-step loops exist twice: in PyTorch here (the reference, and the path on GPUs and for other
+dtypes) and in C (``_steps.c``, loaded by ``_accel``), used on the CPU for float32 and float64 when
+a C compiler is present; both pass the same tests. ``SCRATCHRNN_ACCEL=0`` turns the C loops off.
 """
 
 from __future__ import annotations
@@ -247,7 +252,7 @@ def rnn_forward(
     dirs = 2 if bidirectional else 1
     per = 4 if bias else 2
     H = hx.shape[-1]
-    h_n = torch.empty_like(hx)
+    h_n = hx.new_empty(hx.shape)  # contiguous whatever the layout of hx
     layer_inputs: list[Tensor] = []
     layer_outputs: list[Tensor] = []
     masks: list[Tensor] = []
