@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import torch
 
@@ -56,6 +57,57 @@ def _cmd_demo(args) -> None:
         print(f"  d{name:<16} {tuple(a.shape)!s:<10} max |difference| {(a - b).abs().max():.2e}")
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time scratchrnn.RNN against torch.nn.RNN, the naive loop and the GEMM floor",
+        description="Times forward and forward+backward of four variants in interleaved rounds, "
+        "measures the peak memory of a training step, and prints a markdown report.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="tiny shapes and 2 rounds: a smoke test")
+    p.add_argument("--out", type=Path, default=None, help="also write the report to this file")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts")
+    # SUPPRESS: these defaults depend on --quick, so the help states them itself
+    p.add_argument(
+        "--rounds", type=int, default=argparse.SUPPRESS, help="timed rounds (default: 7; 2 with --quick)"
+    )
+    p.add_argument(
+        "--shape", action="append", default=argparse.SUPPRESS, metavar="T,N,D,H,L[,bi]",
+        help="benchmark only this shape, repeatable (default: the issue's grid; tiny ones with --quick)",
+    )  # fmt: skip
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+
+
+def _cmd_bench(args) -> None:
+    from scratchrnn import bench
+
+    if args.out is not None and not args.out.parent.is_dir():
+        raise FileNotFoundError(f"no directory {str(args.out.parent)!r} to write {args.out.name!r} in")
+    specs, rounds_flag = getattr(args, "shape", []), getattr(args, "rounds", None)
+    if specs:
+        shapes = [bench.Shape.parse(spec) for spec in specs]
+    else:
+        shapes = bench.QUICK_SHAPES if args.quick else bench.SHAPES
+    rounds = rounds_flag if rounds_flag is not None else (2 if args.quick else 7)
+    memory_shape = bench.QUICK_MEMORY_SHAPE if args.quick else bench.MEMORY_SHAPE
+    command = ["scratchrnn bench"]
+    command += ["--quick"] if args.quick else []
+    command += ["--threads", *map(str, args.threads)] if args.threads != [1, 2] else []
+    command += ["--rounds", str(rounds_flag)] if rounds_flag is not None else []
+    command += [f"--shape {spec}" for spec in specs]
+    command += ["--no-memory"] if args.no_memory else []
+    command += ["--out", str(args.out)] if args.out is not None else []
+    report = bench.run_benchmark(
+        shapes, args.threads, rounds, None if args.no_memory else memory_shape,
+        command=" ".join(command), progress=log.info,
+    )  # fmt: skip
+    print(report)
+    if args.out is not None:
+        args.out.write_text(report)
+        log.info("wrote %s", args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scratchrnn",
@@ -64,10 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
+    _add_bench(sub)
     return parser
 
 
-_COMMANDS = {"demo": _cmd_demo}
+_COMMANDS = {"demo": _cmd_demo, "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
