@@ -108,6 +108,41 @@ def _cmd_bench(args) -> None:
         log.info("wrote %s", args.out)
 
 
+def _add_lab(sub) -> None:
+    from scratchrnn.lab import EXPERIMENTS
+
+    listing = "; ".join(f"{name}: {what}" for name, what in EXPERIMENTS.items())
+    p = sub.add_parser(
+        "lab",
+        help="run an experiment that answers one of the tutorial's questions (plots + numbers)",
+        description=f"Experiments: {listing}. 'all' runs every one and regenerates the plots and "
+        "numbers of docs/tutorial.md (run it from the repository root).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("name", choices=[*EXPERIMENTS, "all"], help="the experiment, or all of them")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: seconds, for smoke tests")
+    p.add_argument(
+        "--out", type=Path, default=argparse.SUPPRESS,
+        help="run folder (default: runs/lab/NAME; for all: docs/img, one folder per experiment)",
+    )  # fmt: skip
+
+
+def _cmd_lab(args) -> None:
+    from scratchrnn import lab
+
+    if args.name == "all":
+        out = getattr(args, "out", Path("docs/img"))
+        results = lab.run_all(out, quick=args.quick, progress=log.info)
+        for result, seconds in results:
+            print(result.summary, f"\n({result.name}: {seconds:.1f} s, files in {result.out})\n")
+        print(f"lab all: {sum(s for _, s in results):.1f} s; index in {out / 'lab_all.md'}")
+        return
+    out = getattr(args, "out", Path("runs/lab") / args.name)
+    result = lab.run(args.name, out, quick=args.quick)
+    print(result.summary)
+    print("\nwrote " + ", ".join(str(f) for f in result.files))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scratchrnn",
@@ -117,10 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
     _add_bench(sub)
+    _add_lab(sub)
     return parser
 
 
-_COMMANDS = {"demo": _cmd_demo, "bench": _cmd_bench}
+_COMMANDS = {"demo": _cmd_demo, "bench": _cmd_bench, "lab": _cmd_lab}
 
 
 def main(argv: list[str] | None = None) -> int:

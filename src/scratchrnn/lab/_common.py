@@ -10,11 +10,16 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from matplotlib.figure import Figure
+import torch
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is made, not when the CLI starts
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -56,6 +61,8 @@ def finish(name: str, out: Path, numbers: dict, summary: str, figures: Sequence[
 
 def new_figure(ncols: int = 1, width: float = 6.4, height: float = 4.4) -> tuple[Figure, list]:
     """A figure with ``ncols`` side-by-side axes, sized for the docs."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width * ncols, height), layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, list(axes)
@@ -70,11 +77,10 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A markdown table; floats are written with 3 significant digits."""
 
     def cell(v: object) -> str:
-        if isinstance(v, float):
-            return fmt(v)
-        return str(v)
+        text = fmt(v) if isinstance(v, float) else str(v)
+        return text.replace("|", "\\|")  # a bare | would end the cell
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -88,16 +94,42 @@ def fmt(v: float) -> str:
     return f"{v:.2e}"
 
 
-def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """The median wall time of ``fn()`` in seconds over ``repeats`` runs, after ``warmup`` runs.
+def interleaved_times(
+    fns: dict[str, Callable[[], object]],
+    rounds: int,
+    setup: dict[str, Callable[[], object]] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Wall time of each ``fn()`` in seconds: the best and the median over ``rounds`` rounds.
 
-    The median, not the mean: on a shared machine a few runs are slowed by other work.
+    Every round calls every function once, in turn, so a burst of other work on a shared machine
+    slows all of them alike rather than one; the best time is the least disturbed estimate of the
+    intrinsic cost. One untimed round first warms up caches and lazy initialisation. ``setup[name]``,
+    if given, runs untimed before each call of ``fns[name]``.
     """
-    for _ in range(warmup):
+    setup = setup or {}
+    for name, fn in fns.items():
+        setup.get(name, _nothing)()
         fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            setup.get(name, _nothing)()
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: {"best_s": min(v), "median_s": statistics.median(v)} for name, v in samples.items()}
+
+
+def _nothing() -> None:
+    pass
+
+
+@contextmanager
+def num_threads(n: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)``, then restore the previous setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -47,6 +47,17 @@ def spectral_radius(W: torch.Tensor) -> float:
     return torch.linalg.eigvals(W.double()).abs().max().item()
 
 
+def _row_norms(g: torch.Tensor) -> torch.Tensor:
+    """‖g[n]‖ per row, scaled first: squaring 1e-189 would underflow even float64."""
+    scale = g.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
+    return (g / scale).norm(dim=1) * scale[:, 0]
+
+
+def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a − b| / max |b|: the error relative to the size of the gradient."""
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
 def gradient_norms(rnn: RNN, x: torch.Tensor, u: torch.Tensor) -> tuple[np.ndarray, dict]:
     """‖∂L/∂h_t‖ for t = 0 … T, L = Σ_n u · h_T[n], through our hand-written BPTT.
 
@@ -55,8 +66,9 @@ def gradient_norms(rnn: RNN, x: torch.Tensor, u: torch.Tensor) -> tuple[np.ndarr
 
     Returns:
         norms (T + 1,): the mean over the batch of each sequence's ‖∂L/∂h_t‖ (t = 0 is h_0); and
-        the checks: the largest difference between the chained ∂L/∂h_0 and that of one full-length
-        call of our RNN, and of autograd on the reference loop.
+        the mean of f'(a_t) (1 − h_t² for tanh, [h_t > 0] for ReLU) over all steps, and
+        the checks: max |difference| / max |value| between the chained ∂L/∂h_0 and that of one
+        full-length call of our RNN, and of autograd on the reference loop.
     """
     T, N = x.shape[0], x.shape[1]
     H = rnn.hidden_size
@@ -67,9 +79,11 @@ def gradient_norms(rnn: RNN, x: torch.Tensor, u: torch.Tensor) -> tuple[np.ndarr
         _, h = rnn(x[t : t + 1], h)  # one step: a_t = x_t W_ihᵀ + b + h_{t-1} W_hhᵀ, h_t = f(a_t)
         h.retain_grad()  # keep the dh_t our backward computes for this step
         states.append(h)
+    hs = torch.cat(states[1:]).detach()  # (T, N, H)
+    slope = (1 - hs.square()) if rnn.nonlinearity == "tanh" else (hs > 0).to(hs.dtype)
     loss = (h[0] @ u).sum()
     loss.backward()
-    norms = np.array([s.grad[0].norm(dim=1).mean().item() for s in states])
+    norms = np.array([_row_norms(s.grad[0]).mean().item() for s in states])
 
     # Checks: ∂L/∂h_0 from one call over all T steps (our BPTT), and from autograd (reference loop).
     h0_full = h0.detach().clone().requires_grad_(True)
@@ -83,9 +97,9 @@ def gradient_norms(rnn: RNN, x: torch.Tensor, u: torch.Tensor) -> tuple[np.ndarr
     (h_n_ref[0] @ u).sum().backward()
     rnn.zero_grad(set_to_none=True)
     checks = {
-        "dh0_vs_full_call": (h0.grad - h0_full.grad).abs().max().item(),
-        "dh0_vs_autograd_reference": (h0.grad - h0_ref.grad).abs().max().item(),
-        "dh0_max_abs": h0.grad.abs().max().item(),
+        "mean_activation_slope": slope.mean().item(),
+        "dh0_rel_diff_full_call": _rel_diff(h0.grad, h0_full.grad),
+        "dh0_rel_diff_autograd_reference": _rel_diff(h0.grad, h0_ref.grad),
     }
     return norms, checks
 
@@ -119,7 +133,8 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
             "per_step_factor": per_step,
             **checks,
         }
-        rows.append((label, rho, float(norms[T]), float(norms[mid]), float(norms[1]), per_step))
+        slope = checks["mean_activation_slope"]
+        rows.append((label, rho, slope, rho * slope, per_step, float(norms[mid]), float(norms[1])))
         curves[label] = norms
         eigs[label] = torch.linalg.eigvals(rnn.weight_hh_l0.detach()).numpy()
 
@@ -141,15 +156,18 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
     ax_eig.set_xlabel("Re λ")
     ax_eig.set_ylabel("Im λ")
     ax_eig.set_aspect("equal")
-    ax_eig.legend(fontsize=7, loc="lower left")
+    ax_eig.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig_path = save(fig, out / "gradflow.png")
 
     small, default = numbers["cases"][CASES[0][0]], numbers["cases"][CASES[1][0]]
     numbers["small_over_default_at_1"] = small["norm_at_1"] / default["norm_at_1"]
     worst_check = max(
-        max(c["dh0_vs_full_call"], c["dh0_vs_autograd_reference"]) for c in numbers["cases"].values()
+        max(c["dh0_rel_diff_full_call"], c["dh0_rel_diff_autograd_reference"])
+        for c in numbers["cases"].values()
     )
     numbers["worst_dh0_check"] = worst_check
+    header = ["init", "ρ(W_hh)", "mean f'(a_t)", "ρ × mean f'", "factor per step"]
+    header += [f"‖∂L/∂h_{{{T // 2}}}‖", "‖∂L/∂h_1‖"]
     summary = "\n".join(
         [
             "# gradflow: ‖∂L/∂h_t‖ back through time, per initialisation",
@@ -157,13 +175,15 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
             f"One tanh (IRNN: ReLU) layer, T = {T}, N = {N}, D = {D}, H = {H}, float64, inputs "
             f"N(0, 1), L = Σ_n u·h_T (‖u‖ = 1, so ‖∂L/∂h_T‖ = 1). Gradients from our hand-written "
             "BPTT, one step per call with retain_grad; the chained ∂L/∂h_0 matches one full-length "
-            f"call and autograd on the reference loop to {fmt(worst_check)} at worst.",
+            f"call and autograd on the reference loop to a relative {fmt(worst_check)} at worst.",
             "",
-            md_table(
-                ["init", "ρ(W_hh)", "‖∂L/∂h_T‖", f"‖∂L/∂h_{{{T // 2}}}‖", "‖∂L/∂h_1‖",
-                 "factor per step"],
-                rows,
-            ),  # fmt: skip
+            md_table(header, rows),
+            "",
+            "Each step back multiplies dh by diag(f'(a_t)) W_hh (f' = 1 − h² for tanh, [h > 0] "
+            "for ReLU). The factor per step is the geometric mean of ‖dh_{t-1}‖/‖dh_t‖ over the T "
+            "steps; for tanh it is close to ρ(W_hh) × mean f'(a_t). For the IRNN it is higher than "
+            "that product: with W_hh = I the gradient passes unchanged through the units that stay "
+            "on.",
             "",
             f"At t = 1 the ×0.01 init's gradient is {fmt(numbers['small_over_default_at_1'])} times "
             "PyTorch default's.",
