@@ -14,6 +14,7 @@ import torch
 
 from scratchrnn import bench, cli
 from scratchrnn.bench import Case, Shape
+from scratchrnn.rnn import rnn_forward
 
 SHAPES = [
     Shape(5, 3, 4, 6, 1),
@@ -46,23 +47,30 @@ def test_variants_match_nn_rnn(shape, diffs):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
-def _linear_rnn(x, weights, shape):
-    """The oracle for the floor: the stacked RNN with the identity activation, on autograd."""
+def _reference_rnn(x, weights, shape, act=None):
+    """The oracle: the stacked RNN on autograd, layer by layer (act None: the identity, a linear RNN).
+
+    Returns the output (T, N, dirs * H) and, per layer and direction, the list of pre-activations
+    a_t, each retaining its gradient.
+    """
     dirs = 2 if shape.bidirectional else 1
-    layer_in = x
+    layer_in, pre = x, []
     for layer in range(shape.layers):
         outs = []
         for d in range(dirs):
             W_ih, W_hh, b_ih, b_hh = weights[(layer * dirs + d) * 4 : (layer * dirs + d + 1) * 4]
             h = x.new_zeros(shape.N, shape.H)
             steps = range(shape.T) if d == 0 else reversed(range(shape.T))
-            out = [None] * shape.T
+            out, a = [None] * shape.T, [None] * shape.T
             for t in steps:
-                h = layer_in[t] @ W_ih.t() + b_ih + h @ W_hh.t() + b_hh
+                a[t] = layer_in[t] @ W_ih.t() + b_ih + h @ W_hh.t() + b_hh
+                a[t].retain_grad()
+                h = a[t] if act is None else act(a[t])
                 out[t] = h
             outs.append(torch.stack(out))
+            pre.append(a)
         layer_in = torch.cat(outs, dim=-1)
-    return layer_in
+    return layer_in, pre
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -75,13 +83,45 @@ def test_floor_computes_linear_rnn_and_its_gradients(shape, diffs):
 
     x = case.x.clone().requires_grad_()
     weights = [w.detach().clone().requires_grad_() for w in case.ours._flat_weights]
-    expected = _linear_rnn(x, weights, shape)
+    expected, _ = _reference_rnn(x, weights, shape)
     expected.sum().backward()
     pairs = [(output, expected.reshape(output.shape)), (dx, x.grad.reshape(dx.shape))]
     for idx, (dW_ih, dW_hh, _) in enumerate(per_cell):
         pairs += [(dW_ih, weights[4 * idx].grad), (dW_hh, weights[4 * idx + 1].grad)]
     for got, want in pairs:
         diffs("bench: floor vs linear RNN", (got - want).abs().max().item())
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_batched_gemms_are_the_rnn_gemms(shape, diffs):
+    """Fed a real run's h_t and da_t, the batched GEMMs give its pre-activations and gradients."""
+    case = Case(shape, dtype=torch.float64)
+    x = case.x.clone().requires_grad_()
+    weights = [w.detach().clone().requires_grad_() for w in case.ours._flat_weights]
+    output, pre = _reference_rnn(x, weights, shape, torch.tanh)
+    output.sum().backward()
+    da = [torch.stack([a.grad for a in cell]).reshape(-1, shape.H) for cell in pre]
+    dirs = 2 if shape.bidirectional else 1
+    with torch.no_grad():
+        _, _, _, layer_outputs, _ = rnn_forward(
+            case.x.reshape(-1, shape.D), case.h0, weights, [shape.N] * shape.T,
+            num_layers=shape.layers, bidirectional=shape.bidirectional, bias=True,
+        )  # fmt: skip
+    gemms = bench.BatchedGemms(weights, case.x, shape, layer_outputs, da)
+
+    outs = gemms.forward()
+    dx, per_cell = gemms.backward()
+    pairs = [(dx, x.grad.reshape(dx.shape))]
+    for layer, out in enumerate(outs):
+        pairs.append((out.tanh(), layer_outputs[layer]))
+        cells = [pre[layer * dirs + d] for d in range(dirs)]
+        pairs.append((out, torch.cat([torch.stack(c).reshape(-1, shape.H) for c in cells], dim=1).detach()))
+    for idx, (dW_ih, dW_hh, dh_next) in enumerate(per_cell):
+        pairs += [(dW_ih, weights[4 * idx].grad), (dW_hh, weights[4 * idx + 1].grad)]
+        pairs.append((dh_next, (da[idx] @ weights[4 * idx + 1].detach()).reshape(dh_next.shape)))
+    for got, want in pairs:
+        diffs("bench: batched GEMMs vs autograd", (got - want).abs().max().item())
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
@@ -109,16 +149,16 @@ def test_quick_bench_writes_a_well_formed_report(tmp_path, capsys):
     assert len(rows) == len(bench.QUICK_SHAPES) * len(bench.MODES)
     for row in rows:
         assert row[0] == "1"
-        times = [float(c) for c in row[3:7]]  # one median per variant, in ms
-        ratios = [float(c.rstrip("×")) for c in row[7:10]]
+        times = [float(c) for c in row[3:8]]  # one median per variant, in ms
+        ratios = [float(c.rstrip("×")) for c in row[8:12]]
         assert all(t > 0 for t in times) and all(r > 0 for r in ratios)
-        assert re.fullmatch(r"\d+%", row[10])
+        assert re.fullmatch(r"\d+%", row[12])
     assert {(r[1], r[2]) for r in rows} == {(str(s), m) for s in bench.QUICK_SHAPES for m in bench.MODES}
 
     _, checks = _parse_table(text, "## Targets")
-    assert len(checks) == 5 and all(c[2] in ("yes", "**no**") for c in checks)
+    assert len(checks) == 6 and all(c[2] in ("yes", "**no**") for c in checks)
     _, memory = _parse_table(text, "## Peak memory")
-    assert [r[0] for r in memory] == list(bench.VARIANTS)
+    assert [r[0] for r in memory] == list(bench.MEMORY_VARIANTS)
     assert all(float(r[1]) >= 0 for r in memory)
 
 
