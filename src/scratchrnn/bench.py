@@ -546,9 +546,11 @@ def machine_info() -> dict[str, str]:
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if names:
-            model = names[0]
+            first_cpu = f.read().split("\n\n")[0].splitlines()
+        info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first_cpu if ":" in line)}
+        if "model name" in info:  # family and model too: under a hypervisor the name can be generic
+            vendor, family, number = (info.get(k, "?") for k in ("vendor_id", "cpu family", "model"))
+            model = f"{info['model name']} ({vendor}, family {family}, model {number})"
     except OSError:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
