@@ -12,7 +12,12 @@ from scratchrnn.init import SCHEMES, default_, identity_, init_rnn_, orthogonal_
 
 
 def _spectral_radius(W: torch.Tensor) -> float:
-    return torch.linalg.eigvals(W.detach().double()).abs().max().item()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # LAPACK on 2 threads of a busy machine: seconds instead of ms
+    try:
+        return torch.linalg.eigvals(W.detach().double()).abs().max().item()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_default_matches_pytorch_draw_for_draw():

@@ -6,6 +6,7 @@ would); each test then reads one experiment's ``results.json``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import pkgutil
 import subprocess
@@ -158,3 +159,17 @@ def test_the_library_never_imports_the_lab():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_depth_adds_one_rnn_layer_of_parameters_per_layer(lab_all):
+    numbers = _numbers(lab_all, "depth")
+    runs = numbers["runs"]
+    H = numbers["settings"]["hidden_size"]
+    assert [r["num_layers"] for r in runs] == [1, 2, 3, 4]
+    for shallow, deep in itertools.pairwise(runs):
+        # each layer past the first: W_ih (H, H), W_hh (H, H), b_ih, b_hh
+        assert deep["parameters"] - shallow["parameters"] == 2 * H * H + 2 * H
+        assert deep["rnn_parameters"] - shallow["rnn_parameters"] == 2 * H * H + 2 * H
+    for r in runs:
+        assert 0 < r["val_loss"] < 10 and r["val_curve"][-1][1] == r["val_loss"]
+        assert r["seconds"] > 0

@@ -22,6 +22,7 @@ EXPERIMENTS = {
     "adding": "the adding problem: which initialisations learn long dependencies",
     "looporder": "time-major (tutorial) vs layer-major (ours) loops: same numbers, speed",
     "concat": "W·[x_t; h_{t-1}] vs W_ih x_t + W_hh h_{t-1}: the same map, converted both ways",
+    "depth": "num_layers 1…4 on the character language model",
 }
 
 
