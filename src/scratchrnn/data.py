@@ -16,6 +16,7 @@ validation characters outside it are dropped, and the count is logged.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass
@@ -202,6 +203,15 @@ class StreamBatches:
             raise IndexError(f"batch {k} of {len(self)}")
         t0 = k * self.seq_len
         return self.streams[t0 : t0 + self.seq_len], self.streams[t0 + 1 : t0 + self.seq_len + 1]
+
+    def select(self, streams: slice, device: torch.device | str | None = None) -> StreamBatches:
+        """The same batches restricted to some of the streams — a data-parallel rank's share,
+        ``x[:, streams]`` of every batch — stored contiguously on ``device``. The selection may be
+        empty (N = 0)."""
+        part = copy.copy(self)
+        part.streams = self.streams[:, streams].contiguous().to(device)
+        part.batch_size = part.streams.shape[1]
+        return part
 
     def chunks(self):
         """Every (x, y) of one pass in order, the last one shorter when T does not divide S; for
