@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import signal
 import sys
 from pathlib import Path
 
 import torch
 
+from scratchrnn.distributed import raised_on_every_rank
 from scratchrnn.rnn import RNN
 
 log = logging.getLogger("scratchrnn")
@@ -153,7 +155,8 @@ def _add_train(sub) -> None:
         "train",
         help="train the character-level language model (CharRNN) on a text file",
         description="Train a CharRNN with truncated BPTT; every gradient and update is hand-written. "
-        "The defaults are the best settings found for 180 s on a 2-core CPU.",
+        "The defaults are the best settings found for 180 s on a 2-core CPU. Data-parallel on K "
+        "processes: torchrun --nproc_per_node=K -m scratchrnn train ... (same flags; see README).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("data")
@@ -172,7 +175,9 @@ def _add_train(sub) -> None:
     g.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio,
                    help="the cosine decays the lr to this fraction of its peak")  # fmt: skip
     g.add_argument("--clip", type=float, default=d.clip, help="max global gradient norm (0: off)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="N, parallel streams")
+    g.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="N, parallel streams in all (global): under torchrun each of K processes "
+                   "trains on N/K of them (K must divide N); the batch means the same for any K")  # fmt: skip
     g.add_argument("--seq-len", type=int, default=d.seq_len, help="T, steps of truncated BPTT")
     g.add_argument("--max-steps", type=int, default=d.max_steps, help="stop after N steps (None: no limit)")
     g.add_argument("--time-budget", type=float, default=d.time_budget,
@@ -190,33 +195,44 @@ def _add_train(sub) -> None:
     g.add_argument("--log-interval", type=int, default=d.log_interval, help="steps between log records")
     g.add_argument("--sample-length", type=int, default=d.sample_length, help="characters per sample")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="cpu, or cuda (under torchrun: GPU <local rank> for each process, NCCL between "
+                   "them; gloo between CPU processes)")  # fmt: skip
 
 
 def _cmd_train(args) -> None:
     from dataclasses import fields
 
-    from scratchrnn import train
+    from scratchrnn import distributed, train
 
     defaults = train.TrainConfig()
     values = {f.name: getattr(args, f.name) for f in fields(train.TrainConfig) if f.name != "progress"}
     values["progress"] = not args.no_progress
-    if args.resume:  # the saved settings, with the flags given on this command line
-        changes = {k: v for k, v in values.items() if v != getattr(defaults, k) and k != "out"}
-        config = train.resume_config(args.out, **changes)
-    else:
-        config = train.TrainConfig(**values)
-    if config.time_budget == 0:
-        config.time_budget = None
-    result = train.Trainer(config, resume=args.resume, force=args.force).run()
-    val = "n/a"
-    if result.val_loss is not None:
-        val = f"{result.val_loss:.4f} nats/char ({result.val_bpc:.4f} bits/char)"
-    print(f"step {result.step}, {result.elapsed:.1f} s: train loss {result.train_loss:.4f}, "
-          f"val loss {val}, {result.chars_per_s:,.0f} chars/s")  # fmt: skip
-    print(f"checkpoint: {result.checkpoint}")
+    # Under torchrun, one process per rank joins the group here (without it, a world of one).
+    with distributed.launched(args.device) as world:
+        if not world.is_main:  # rank 0 reports; the others stay quiet but for their own errors
+            logging.getLogger().setLevel(logging.ERROR)
+        if args.resume:  # the saved settings, with the flags given on this command line
+            changes = {k: v for k, v in values.items() if v != getattr(defaults, k) and k != "out"}
+            config = world.on_main(train.resume_config, args.out, **changes)
+        else:
+            config = train.TrainConfig(**values)
+        if config.time_budget == 0:
+            config.time_budget = None
+        result = train.Trainer(config, resume=args.resume, force=args.force, world=world).run()
+    if world.is_main:
+        val = "n/a"
+        if result.val_loss is not None:
+            val = f"{result.val_loss:.4f} nats/char ({result.val_bpc:.4f} bits/char)"
+        print(f"step {result.step}, {result.elapsed:.1f} s: train loss {result.train_loss:.4f}, "
+              f"val loss {val}, {result.chars_per_s:,.0f} chars/s")  # fmt: skip
+        print(f"checkpoint: {result.checkpoint}")
     if result.interrupted:
-        print(f"stopped by {result.interrupted}; continue with: scratchrnn train --out {config.out} --resume",
-              file=sys.stderr)  # fmt: skip
+        if world.is_main:
+            launcher = "torchrun --nproc_per_node=K -m scratchrnn" if world.size > 1 else "scratchrnn"
+            print(f"stopped by {result.interrupted}; continue with: {launcher} train --out {config.out} "
+                  "--resume", file=sys.stderr)  # fmt: skip
         raise SystemExit(128 + getattr(signal, result.interrupted))
 
 
@@ -298,7 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _COMMANDS[args.command](args)
     except (ValueError, OSError) as err:
-        print(f"scratchrnn {args.command}: error: {err}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # set by torchrun
+        if rank != "0" and raised_on_every_rank(err):
+            return 2  # rank 0 reports it
+        where = "" if rank == "0" else f" (rank {rank})"
+        print(f"scratchrnn {args.command}{where}: error: {err}", file=sys.stderr)
         return 2
     return 0
 

@@ -24,11 +24,16 @@ A run directory holds::
 Checkpoints are written atomically (temp file + rename) and read with
 ``torch.load(weights_only=True)``. A resumed run computes the same losses as an uninterrupted one
 (for step-based schedules; a time-budgeted schedule depends on the clock).
+
+Under torchrun the same loop trains data-parallel (see :mod:`scratchrnn.distributed`): each rank
+steps on its share of the N streams, ``batch_size`` stays the global N, and only rank 0 touches
+files. A checkpoint holds the state of all N streams, so it resumes on any number of processes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -45,9 +50,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from scratchrnn import optim
+from scratchrnn import distributed, optim
 from scratchrnn.charlm import CharRNN, TorchCharRNN, cross_entropy, generate
 from scratchrnn.data import StreamBatches, Vocab, load_corpus
+from scratchrnn.distributed import World
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -278,9 +284,9 @@ def _eval_batches(data: Tensor, streams: int, seq_len: int, name: str) -> Stream
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, batches: StreamBatches) -> float:
-    """Mean cross-entropy (nats/char) over every chunk of ``batches``, the state carried across
-    chunks (each of the N streams starts from zeros)."""
+def total_loss(model: nn.Module, batches: StreamBatches) -> tuple[float, int]:
+    """Summed cross-entropy (nats) over every chunk of ``batches`` and the number of characters,
+    the state carried across chunks (each of the N streams starts from zeros)."""
     was_training = model.training
     model.eval()
     try:
@@ -290,9 +296,15 @@ def evaluate_loss(model: nn.Module, batches: StreamBatches) -> float:
             logits, h = model(x, h)
             total += cross_entropy(logits, y).item() * y.numel()
             count += y.numel()
-        return total / count
+        return total, count
     finally:
         model.train(was_training)
+
+
+def evaluate_loss(model: nn.Module, batches: StreamBatches) -> float:
+    """Mean cross-entropy (nats/char) over every chunk of ``batches`` (see :func:`total_loss`)."""
+    total, count = total_loss(model, batches)
+    return total / count
 
 
 def evaluate_checkpoint(path: str | os.PathLike, data: str | os.PathLike | None = None,
@@ -326,16 +338,53 @@ class Trainer:
         resume: continue the run in ``config.out`` from its checkpoint.pt; ``config`` must then
             equal the saved settings but for :data:`RESUME_CHANGEABLE` (see :func:`resume_config`).
         force: start afresh in a directory that holds another run, deleting its files.
+        world: the data-parallel world this process belongs to (default: the one
+            :func:`scratchrnn.distributed.init` joined, else one process). ``batch_size`` is the
+            global number of streams; each rank trains on its share of them.
 
     Nothing in the run directory is touched until the settings and the data have been checked.
+    Rank 0 alone reads the text and the checkpoint and writes the run directory; the other ranks
+    get what it read, or the error it met.
     """
 
-    def __init__(self, config: TrainConfig, resume: bool = False, force: bool = False) -> None:
+    def __init__(self, config: TrainConfig, resume: bool = False, force: bool = False,
+                 world: World | None = None) -> None:  # fmt: skip
         if resume and force:
             raise ValueError("--resume and --force exclude each other")
         self.run_dir = Path(config.out)
+        self.config = config
+        self.world = world = world or distributed.current()
+        ckpt, self.corpus = world.on_main(self._open_run, resume, force)
+        N, T = config.batch_size, config.seq_len
+        self.batches = StreamBatches(self.corpus.train, N, T, "the training split").select(
+            world.shard(N), world.device
+        )  # this rank's streams: (S + 1, N / W)
+        val = _eval_batches(self.corpus.val, config.eval_streams, T, "the validation split")
+        self.val_batches = val.select(world.shard(val.batch_size), world.device)  # may be empty
+
+        self.build()
+        self.step = 0
+        self.elapsed = 0.0
+        self.h: Tensor | None = None  # the state carried into the next chunk (this rank's streams)
+        self.best_val = math.inf
+        self.val_loss: float | None = None
+        if ckpt is not None:
+            self._restore(ckpt)
+            if world.is_main:
+                self._truncate_log(self.step)
+        elif world.is_main:
+            _write_json(self.run_dir / "config.json", {
+                "train": asdict(config), "model": self.model.config.to_dict(),
+                "vocab_size": len(self.corpus.vocab), "torch": torch.__version__,
+            })  # fmt: skip
+
+    def _open_run(self, resume: bool, force: bool):
+        """Check the settings, read the text (and the checkpoint), prepare the run directory;
+        returns (checkpoint or None, corpus). Run by rank 0 alone."""
+        config = self.config
         ckpt = None
         config.validate()
+        self.world.check_batch_size(config.batch_size)
         if resume:
             ckpt = _saved_run(self.run_dir)
             for name, saved in ckpt["train_config"].items():
@@ -345,12 +394,9 @@ class Trainer:
                         f"{saved!r}, got {getattr(config, name)!r}); only "
                         f"{', '.join(RESUME_CHANGEABLE)} can"
                     )
-        self.config = config
-        self.corpus = load_corpus(config.data, Vocab(ckpt["vocab"]) if ckpt else None)
-        self.batches = StreamBatches(self.corpus.train, config.batch_size, config.seq_len,
-                                     "the training split")  # fmt: skip
-        self.val_batches = _eval_batches(self.corpus.val, config.eval_streams, config.seq_len,
-                                         "the validation split")  # fmt: skip
+        corpus = load_corpus(config.data, Vocab(ckpt["vocab"]) if ckpt else None)
+        StreamBatches(corpus.train, config.batch_size, config.seq_len, "the training split")
+        _eval_batches(corpus.val, config.eval_streams, config.seq_len, "the validation split")
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise NotADirectoryError(f"{self.run_dir} exists and is not a directory")
         if not resume and self._holds_run() and not force:
@@ -361,21 +407,7 @@ class Trainer:
         if force:
             for name in RUN_FILES:
                 (self.run_dir / name).unlink(missing_ok=True)
-
-        self.build()
-        self.step = 0
-        self.elapsed = 0.0
-        self.h: Tensor | None = None  # the state carried into the next chunk
-        self.best_val = math.inf
-        self.val_loss: float | None = None
-        if ckpt is not None:
-            self._restore(ckpt)
-            self._truncate_log(self.step)
-        else:
-            _write_json(self.run_dir / "config.json", {
-                "train": asdict(config), "model": self.model.config.to_dict(),
-                "vocab_size": len(self.corpus.vocab), "torch": torch.__version__,
-            })  # fmt: skip
+        return ckpt, corpus
 
     def _holds_run(self) -> bool:
         return any((self.run_dir / name).exists() for name in RUN_FILES)
@@ -388,13 +420,13 @@ class Trainer:
         torch.manual_seed(c.seed)
         args = (len(self.corpus.vocab), c.embedding_dim, c.hidden_size, c.num_layers, c.dropout)
         if c.backend == "scratch":
-            self.model = CharRNN(*args)
+            self.model = CharRNN(*args).to(self.world.device)
             self.optimizer = optim.make_optimizer(
                 c.optimizer, self.model.parameters(), c.lr, c.weight_decay, c.momentum
             )
             self.loss_fn, self.clip_fn = cross_entropy, optim.clip_grad_norm_
         else:  # the baseline: the same model and update rules, all from torch
-            self.model = TorchCharRNN(*args)
+            self.model = TorchCharRNN(*args).to(self.world.device)
             kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
                     "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}[c.optimizer]  # fmt: skip
             extra = {"momentum": c.momentum} if c.optimizer == "sgd" else {}
@@ -406,17 +438,21 @@ class Trainer:
             self.loss_fn, self.clip_fn = loss_fn, torch.nn.utils.clip_grad_norm_
         self.params = list(self.model.parameters())
         self.model.train()
+        # The steps run through DDP when there are several ranks: it averages the gradients of our
+        # backward across them. Evaluation and sampling use the bare model (no gradients to sync).
+        self.train_model = self.world.wrap(self.model)
+        self.world.seed_rank(c.seed)  # ranks ≥ 1: dropout streams of their own
 
     def train_step(self, x: Tensor, y: Tensor, lr: float, h: Tensor | None) -> tuple[Tensor, Tensor]:
         """One update on the chunk (x, y), both (T, N), starting from state h (None: zeros).
 
         Returns the loss (a scalar tensor, nats/char) and the final state, detached.
         """
-        logits, h_n = self.model(x, h)  # (T, N, V), (L, N, H)
+        logits, h_n = self.train_model(x, h)  # (T, N, V), (L, N, H)
         loss = self.loss_fn(logits, y)
         for p in self.params:
             p.grad = None
-        loss.backward()  # our hand-written backward (scratch), or autograd's (torch)
+        loss.backward()  # our hand-written backward (scratch), or autograd's (torch); DDP averages
         if self.config.clip:
             self.clip_fn(self.params, self.config.clip)
         for group in self.optimizer.param_groups:
@@ -425,12 +461,29 @@ class Trainer:
         return loss.detach(), h_n.detach()
 
     def evaluate(self) -> float:
-        """Validation loss, nats/char, over the whole validation split with the state carried."""
-        return evaluate_loss(self.model, self.val_batches)
+        """Validation loss, nats/char, over the whole validation split with the state carried.
+
+        Each rank sums the loss over its share of the validation streams; the sums and the
+        character counts are added across the ranks, so the mean is over the whole split.
+        """
+        total, count = total_loss(self.model, self.val_batches) if self.val_batches.batch_size else (0.0, 0)
+        total, count = self.world.sum([total, count])
+        return total / count
 
     def save_checkpoint(self, path: Path | None = None) -> Path:
-        """Write everything needed to resume exactly, atomically, to ``path`` (checkpoint.pt)."""
+        """Write everything needed to resume exactly, atomically, to ``path`` (checkpoint.pt).
+
+        Every rank calls it (the streams' states and the dropout generators are gathered from all
+        of them); rank 0 writes. ``hidden`` is the state of all N streams, (L, N, H), whatever the
+        number of processes, so that the run resumes on any number of them.
+        """
         path = path or self.run_dir / "checkpoint.pt"
+        w = self.world
+        hidden = w.gather(None if self.h is None else self.h.cpu())  # (L, N / W, H) per rank
+        hidden = None if hidden[0] is None else torch.cat(hidden, 1)  # (L, N, H)
+        rng_ranks = w.gather(w.rng_state())
+        if not w.is_main:
+            return path
         state = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -442,7 +495,10 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "step": self.step,
             "elapsed": self.elapsed,
-            "hidden": self.h,
+            "hidden": hidden,
+            "rng_ranks": rng_ranks,  # every rank's dropout generator (of its device type)
+            "rng_device": w.device.type,
+            "world_size": w.size,
             "best_val": self.best_val,
             "val_loss": self.val_loss,
         }
@@ -453,16 +509,32 @@ class Trainer:
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
-            torch.set_rng_state(ckpt["rng"])
+            self._restore_rng(ckpt)
             self.step, self.elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
-            self.h, self.best_val = ckpt["hidden"], float(ckpt["best_val"])
+            hidden, self.best_val = ckpt["hidden"], float(ckpt["best_val"])
+            if hidden is not None:  # (L, N, H), all streams: keep this rank's
+                self.h = hidden[:, self.world.shard(self.config.batch_size)].to(self.world.device)
             self.val_loss = ckpt.get("val_loss")
         except (KeyError, RuntimeError, TypeError, ValueError) as err:
             raise ValueError(f"{self.run_dir / 'checkpoint.pt'} cannot be resumed: {err}") from None
 
+    def _restore_rng(self, ckpt: dict) -> None:
+        """Each rank continues its own dropout stream when the checkpoint comes from as many
+        processes on the same kind of device; otherwise rank 0 takes the saved CPU generator and
+        the others start fresh streams (dropout masks then differ from an uninterrupted run)."""
+        w = self.world
+        states = ckpt.get("rng_ranks")
+        if states is not None and len(states) == w.size and ckpt.get("rng_device") == w.device.type:
+            w.set_rng_state(states[w.rank])
+        else:
+            torch.set_rng_state(ckpt["rng"])
+            w.seed_rank(self.config.seed + int(ckpt["step"]))
+
     # --- the log ------------------------------------------------------------------------------
 
     def _log(self, record: dict) -> None:
+        if not self.world.is_main:
+            return
         with open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -485,7 +557,9 @@ class Trainer:
         vocab = self.corpus.vocab
         start = "\n" if "\n" in vocab.stoi else vocab.chars[0]
         g = torch.Generator().manual_seed(c.seed)
-        ids = generate(self.model, vocab.encode(start), c.sample_length, generator=g)
+        # Sampled on the CPU (the seeded generator's device), so a GPU run writes the same text.
+        model = self.model if self.world.device.type == "cpu" else copy.deepcopy(self.model).cpu()
+        ids = generate(model, vocab.encode(start), c.sample_length, generator=g)
         header = f"--- step {self.step}, val loss {self.val_loss:.4f} nats/char ---\n"
         with open(self.run_dir / "samples.txt", "a") as f:
             f.write(header + vocab.decode(ids) + "\n\n")
@@ -531,17 +605,19 @@ class Trainer:
         self._log({"step": self.step, "time": round(self.elapsed, 3), "val_loss": self.val_loss,
                    "val_bpc": self.val_loss * NATS_TO_BITS})  # fmt: skip
         self.save_checkpoint()
-        if self.val_loss < self.best_val:
+        if self.val_loss < self.best_val:  # the same decision on every rank: the loss is agreed
             self.best_val = self.val_loss
             self.save_checkpoint(self.run_dir / "best.pt")
-        self._sample()
+        if self.world.is_main:
+            self._sample()
         return self.val_loss
 
     def run(self) -> TrainResult:
         """Train until max_steps, the time budget, or SIGINT/SIGTERM; evaluate and checkpoint on
         the way and at the end."""
         c = self.config
-        stop_signal: list[int] = []
+        stop_signal: list[int] = []  # received by this process
+        stopped_by: int | None = None  # received by some rank: all stop after the same step
 
         def on_signal(signum, frame):
             stop_signal.append(signum)
@@ -553,7 +629,7 @@ class Trainer:
         by_step = bool(c.max_steps and not c.time_budget)  # else the bar counts seconds
         bar = tqdm(
             total=c.max_steps if by_step else round(c.time_budget), unit="step" if by_step else "s",
-            disable=None if c.progress else True, dynamic_ncols=True, leave=False,
+            disable=None if c.progress and self.world.is_main else True, dynamic_ncols=True, leave=False,
         )
         chars_per_step = c.batch_size * c.seq_len
         session_steps, session_train_time = 0, 0.0
@@ -561,7 +637,7 @@ class Trainer:
         eval_seconds = 0.0  # the last evaluation's duration: kept in reserve at the end
         try:
             with logging_redirect_tqdm():
-                while not stop_signal:
+                while stopped_by is None:
                     if c.max_steps and self.step >= c.max_steps:
                         break
                     if c.time_budget and self.elapsed + eval_seconds >= c.time_budget:
@@ -572,11 +648,13 @@ class Trainer:
                     h = None if k == 0 else self.h  # a new pass over the text starts from zeros
                     lr = learning_rate(c, self.step, self._progress())
                     loss, self.h = self.train_step(x, y, lr, h)
-                    loss_value = loss.item()
-                    if not math.isfinite(loss_value):
-                        raise self._diverged(loss_value)
-                    self.step += 1
                     dt = time.perf_counter() - t0
+                    # One all-reduce: the mean loss over the ranks, rank 0's clock (the time budget
+                    # and so the learning rate must agree) and any rank's stop signal.
+                    loss_value, dt, stopped_by = self.world.agree(loss.item(), dt, stop_signal)
+                    if not math.isfinite(loss_value):  # the mean: every rank stops here
+                        raise self.world.main_error(self._diverged, loss_value)
+                    self.step += 1
                     self.elapsed += dt
                     session_steps += 1
                     session_train_time += dt
@@ -590,7 +668,7 @@ class Trainer:
                     if self.step % c.eval_interval == 0:
                         t1 = time.perf_counter()
                         self._eval_and_save()
-                        eval_seconds = time.perf_counter() - t1
+                        eval_seconds = self.world.main_value(time.perf_counter() - t1)
                         self.elapsed += eval_seconds
                         log.info("step %d: val loss %.4f nats/char (%.3f bits/char)",
                                  self.step, self.val_loss, self.val_loss * NATS_TO_BITS)  # fmt: skip
@@ -606,13 +684,14 @@ class Trainer:
                 signal.signal(sig, old)
         if loss_count:
             train_loss = loss_sum / loss_count
-        interrupted = signal.Signals(stop_signal[0]).name if stop_signal else None
+        interrupted = signal.Signals(stopped_by).name if stopped_by else None
         if interrupted:
             self.save_checkpoint()
             log.info("%s: checkpoint saved at step %d in %s", interrupted, self.step, self.run_dir)
         elif self.val_loss is None or self.step % c.eval_interval:
             self._eval_and_save()
-        self.plot()
+        if self.world.is_main:
+            self.plot()
         chars_per_s = session_steps * chars_per_step / session_train_time if session_train_time else 0.0
         return TrainResult(self.step, self.elapsed, train_loss, self.val_loss, chars_per_s,
                            str(self.run_dir / "checkpoint.pt"), interrupted)  # fmt: skip
