@@ -123,3 +123,39 @@ def test_only_cpu_float32_and_float64_use_the_c_loops():
     assert not _accel.usable(torch.zeros(2), torch.zeros(2, dtype=torch.float64))
     if _accel.available():
         assert _accel.usable(torch.zeros(2), torch.zeros(3))
+
+
+needs_onednn = pytest.mark.skipif(_accel._onednn_linear() is None, reason="PyTorch built without oneDNN")
+
+
+@needs_onednn
+def test_large_float32_gemms_go_to_onednn_and_agree_with_mkl(monkeypatch):
+    calls = []
+    real = _accel._onednn_linear()
+    monkeypatch.setattr(_accel, "_onednn_linear", lambda: lambda *a: calls.append(1) or real(*a))
+    g = torch.Generator().manual_seed(0)
+    A, B = torch.randn(640, 96, generator=g), torch.randn(96, 128, generator=g)
+    torch.testing.assert_close(_accel.matmul(A, B), A @ B, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_accel.matmul(A.t().contiguous().t(), B), A @ B, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 2
+    _accel.matmul(A[:8], B)  # small: stays with torch.mm
+    _accel.matmul(A.double(), B.double())  # float64: stays with torch.mm
+    assert len(calls) == 2
+
+
+@needs_onednn
+def test_rnn_with_onednn_gemms_matches_nn_rnn_in_float32():
+    T, N, D, H = 16, 64, 96, 128  # every once-per-layer GEMM is above the oneDNN threshold
+    assert min(T * N * D * H, H * T * N * H) >= _accel._ONEDNN_MIN_MACS
+    torch.manual_seed(0)
+    ours = scratchrnn.RNN(D, H, num_layers=2, bidirectional=True)
+    oracle = torch.nn.RNN(D, H, num_layers=2, bidirectional=True)
+    oracle.load_state_dict(ours.state_dict())
+    x = torch.randn(T, N, D, requires_grad=True)
+    results = []
+    for model in (ours, oracle):
+        output, h_n = model(x)
+        loss = output.square().sum() + h_n.sum()
+        results.append([output, h_n, *torch.autograd.grad(loss, [x, *model.parameters()])])
+    for a, b in zip(*results, strict=True):
+        assert ((a - b).abs().max() / b.abs().max()).item() <= 1e-5

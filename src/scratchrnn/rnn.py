@@ -107,11 +107,10 @@ def layer_forward(
         reverse: run from the last step to the first (the backward direction of a bidirectional
             RNN); each sequence then starts from h0 at its own last step.
     """
-    # The input projection of all steps at once: one GEMM, written straight into the output.
-    if b_ih is None:
-        torch.mm(x, W_ih.t(), out=out)  # (rows, H)
-    else:
-        torch.addmm(b_ih + b_hh, x, W_ih.t(), out=out)  # (rows, H)
+    # The input projection of all steps at once: one GEMM, into the output buffer.
+    out.copy_(_accel.matmul(x, W_ih.t()))  # (rows, H): x_t W_ihᵀ
+    if b_ih is not None:
+        out.add_(b_ih + b_hh)  # + b_ih + b_hh
     if _accel.usable(out, h0, W_hh):  # the same loop in C (see _steps.c)
         _accel.forward_steps(out, h0.contiguous(), W_hh, batch_sizes, h_n, nonlinearity == "relu",
                              reverse)  # fmt: skip
@@ -206,13 +205,13 @@ def layer_backward(
         rows_h0 = slice(0, N) if not reverse else slice(len(out) - N, len(out))
         rows_carried = slice(N, len(out)) if not reverse else slice(0, len(out) - N)
         rows_prev = slice(0, len(out) - N) if not reverse else slice(N, len(out))
-        dW_hh = da[rows_h0].t() @ h0  # dW_hh = Σ_t da_tᵀ h_{t-1}
-        dW_hh.addmm_(da[rows_carried].t(), out[rows_prev])
+        dW_hh = _accel.matmul(da[rows_carried].t(), out[rows_prev])  # dW_hh = Σ_t da_tᵀ h_{t-1}
+        dW_hh.addmm_(da[rows_h0].t(), h0)
     else:
-        dW_hh = da.t() @ _h_prev_rows(out, h0, batch_sizes, reverse)  # dW_hh = Σ_t da_tᵀ h_{t-1}
-    dW_ih = da.t() @ x  # dW_ih = Σ_t da_tᵀ x_t         (H, D)
-    db = da.sum(0)  # db = Σ_t Σ_n da_t                  (H,)
-    dx = da @ W_ih if need_dx else None  # dx_t = da_t W_ih   (rows, D)
+        dW_hh = _accel.matmul(da.t(), _h_prev_rows(out, h0, batch_sizes, reverse))  # Σ_t da_tᵀ h_{t-1}
+    dW_ih = _accel.matmul(da.t(), x)  # dW_ih = Σ_t da_tᵀ x_t    (H, D)
+    db = da.sum(0)  # db = Σ_t Σ_n da_t                          (H,)
+    dx = _accel.matmul(da, W_ih) if need_dx else None  # dx_t = da_t W_ih   (rows, D)
     return dx, dh0, dW_ih, dW_hh, db
 
 
