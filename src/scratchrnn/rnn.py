@@ -174,21 +174,26 @@ def layer_backward(
     """
     N = h0.shape[0]
     sizes = list(batch_sizes)
-    dh = dout.clone(memory_format=torch.contiguous_format)  # (rows, H): ∂L/∂h_t, in full below
-    dh_steps = dh.split(sizes)
+    padded = len(set(sizes)) <= 1  # every step has all N rows
     order = _processing_order(sizes, reverse)
+    dh = dout.clone(memory_format=torch.contiguous_format)  # (rows, H): ∂L/∂h_t, in full below
     # ∂L/∂h_n joins the rows at the step where each sequence ends (the last step processed).
-    for k, t in enumerate(order):
-        b_next = sizes[order[k + 1]] if k + 1 < len(order) else 0
-        if b_next < sizes[t]:
-            dh_steps[t][b_next:].add_(dh_n[b_next : sizes[t]])
+    if padded:
+        last_step = slice(0, N) if reverse else slice(len(dh) - N, len(dh))
+        dh[last_step].add_(dh_n)
+    else:
+        dh_steps = dh.split(sizes)
+        for k, t in enumerate(order):
+            b_next = sizes[order[k + 1]] if k + 1 < len(order) else 0
+            if b_next < sizes[t]:
+                dh_steps[t][b_next:].add_(dh_n[b_next : sizes[t]])
     dh0 = torch.empty_like(h0, memory_format=torch.contiguous_format)
     if _accel.usable(dh, out, W_hh):  # the same loop in C, f'(a_t) recomputed per step
         _accel.backward_steps(dh, out, W_hh, sizes, dh0, nonlinearity == "relu", reverse)
         da = dh
     else:
         da = _activation_derivative(out, nonlinearity)  # (rows, H): f'(a_t), then da_t
-        da_steps = da.split(sizes)
+        da_steps, dh_steps = da.split(sizes), dh.split(sizes)
         for k in range(len(order) - 1, -1, -1):  # BPTT: the steps in the reverse of forward order
             t = order[k]
             da_t = da_steps[t].mul_(dh_steps[t])  # da_t = (dh_t + dh_next) ⊙ f'(a_t)
@@ -201,7 +206,7 @@ def layer_backward(
         del dh, dh_steps
 
     # After the loop, each weight gradient is one GEMM (or reduction) over all steps at once.
-    if len(set(batch_sizes)) <= 1:  # padded input: h_{t-1} is out shifted by one step, a view
+    if padded:  # h_{t-1} is out shifted by one step: a view, no copy
         rows_h0 = slice(0, N) if not reverse else slice(len(out) - N, len(out))
         rows_carried = slice(N, len(out)) if not reverse else slice(0, len(out) - N)
         rows_prev = slice(0, len(out) - N) if not reverse else slice(N, len(out))
