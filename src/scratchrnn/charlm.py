@@ -84,20 +84,20 @@ class _Linear(torch.autograd.Function):
 
 
 class _SoftmaxCrossEntropy(torch.autograd.Function):
-    """L = mean_r(logsumexp(y_r) − y_r[c_r]);  dlogits = (softmax(y) − onehot(c)) / R."""
+    """L = −mean_r log softmax(y_r)[c_r];  dlogits = (softmax(y) − onehot(c)) / R."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
-        lse = torch.logsumexp(logits, 1)  # (R,) log Σ_v exp(y_v), computed without overflow
-        ctx.save_for_backward(logits, targets, lse)
-        return (lse - logits.gather(1, targets.unsqueeze(1)).squeeze(1)).mean()  # ()
+        logp = torch.log_softmax(logits, 1)  # (R, V) y − log Σ_v exp(y_v), without overflow
+        ctx.save_for_backward(logp, targets)
+        return -logp.gather(1, targets.unsqueeze(1)).mean()  # ()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dloss: Tensor):
-        logits, targets, lse = ctx.saved_tensors
-        R = logits.shape[0]
-        p = torch.sub(logits, lse.unsqueeze(1)).exp_()  # (R, V) softmax(y), recomputed
+        logp, targets = ctx.saved_tensors
+        R = logp.shape[0]
+        p = logp.exp()  # (R, V) softmax(y)
         p[torch.arange(R), targets] -= 1  # p − onehot(c)
         dlogits = p.mul_(dloss / R)  # (R, V)
         return dlogits, None

@@ -689,7 +689,9 @@ class Trainer:
             self.save_checkpoint()
             log.info("%s: checkpoint saved at step %d in %s", interrupted, self.step, self.run_dir)
         elif self.val_loss is None or self.step % c.eval_interval:
+            t1 = time.perf_counter()
             self._eval_and_save()
+            self.elapsed += self.world.main_value(time.perf_counter() - t1)  # within the budget
         if self.world.is_main:
             self.plot()
         chars_per_s = session_steps * chars_per_step / session_train_time if session_train_time else 0.0
