@@ -263,6 +263,7 @@ def test_the_audit_refuses_other_ranks(tmp_path):
 
 COLLECTIVES = textwrap.dedent("""
     import math, signal
+    import torch
     from scratchrnn import distributed
     with distributed.launched("cpu") as w:
         r = w.rank
@@ -277,7 +278,11 @@ COLLECTIVES = textwrap.dedent("""
             assert distributed.raised_on_every_rank(err) and "not a number" in str(err)
         else:
             raise AssertionError("on_main did not raise")
-        print("ok", r, w.size)
+    # a process group set up by the caller is the world too
+    torch.distributed.init_process_group("gloo")
+    assert distributed.current() == distributed.World(r, 2, r, 2), distributed.current()
+    torch.distributed.destroy_process_group()
+    print("ok", r, w.size)
 """)
 
 

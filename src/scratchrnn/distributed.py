@@ -173,10 +173,6 @@ class World:
         error.on_every_rank = True  # type: ignore[union-attr]
         return error  # type: ignore[return-value]
 
-    def barrier(self) -> None:
-        if self.size > 1:
-            tdist.barrier(device_ids=[self.device.index] if self.device.type == "cuda" else None)
-
     # --- the model -----------------------------------------------------------------------------
 
     def wrap(self, model: nn.Module) -> nn.Module:
@@ -226,8 +222,17 @@ _current: World | None = None
 
 
 def current() -> World:
-    """The world :func:`init` joined, or the one-process world."""
-    return _current or World()
+    """The world :func:`init` joined; else the default process group, if the caller set one up
+    (NCCL: on the current CUDA device); else the one-process world."""
+    if _current is not None:
+        return _current
+    if tdist.is_available() and tdist.is_initialized():
+        nccl = tdist.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        size = tdist.get_world_size()
+        return World(tdist.get_rank(), size, _env_int("LOCAL_RANK", 0), _env_int("LOCAL_WORLD_SIZE", size),
+                     device)  # fmt: skip
+    return World()
 
 
 def _env_int(name: str, default: int) -> int:
@@ -302,9 +307,9 @@ def init(device: str = "cpu") -> World:
 
 
 def shutdown() -> None:
-    """Leave the process group (if one was joined); the one-process world again."""
+    """Leave the process group that :func:`init` joined, if it joined one."""
     global _current
-    if tdist.is_available() and tdist.is_initialized():
+    if _current is not None and _current.size > 1 and tdist.is_initialized():
         tdist.destroy_process_group()
     _current = None
 
