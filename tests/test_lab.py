@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -173,3 +174,31 @@ def test_depth_adds_one_rnn_layer_of_parameters_per_layer(lab_all):
     for r in runs:
         assert 0 < r["val_loss"] < 10 and r["val_curve"][-1][1] == r["val_loss"]
         assert r["seconds"] > 0
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TUTORIALS = [ROOT / "docs" / "tutorial.md", ROOT / "docs" / "tutorial.zh.md"]
+
+
+@pytest.mark.parametrize("tutorial", TUTORIALS, ids=lambda p: p.name)
+def test_tutorial_quotes_the_code_as_it_is(tutorial):
+    # Each code block after "<!-- quote: PATH -->" must be lines of PATH, verbatim (indentation
+    # aside): the tutorials point at the code by quoting it, and a quote must not drift from it.
+    text = tutorial.read_text(encoding="utf-8")
+    quotes = re.findall(r"<!-- quote: (\S+) -->\n```python\n(.*?)```", text, flags=re.S)
+    assert len(quotes) >= 8
+    for path, block in quotes:
+        source = {line.strip() for line in (ROOT / path).read_text(encoding="utf-8").splitlines()}
+        for line in block.splitlines():
+            assert line.strip() in source, f"{tutorial.name} quotes a line not in {path}: {line!r}"
+
+
+@pytest.mark.parametrize("tutorial", TUTORIALS, ids=lambda p: p.name)
+def test_tutorial_shows_the_plots_that_lab_all_writes(tutorial):
+    text = tutorial.read_text(encoding="utf-8")
+    images = re.findall(r"!\[[^\]]*\]\((img/[^)]+)\)", text)
+    assert {Path(i).parent.name for i in images} == set(EXPERIMENTS)
+    for image in images:
+        assert (tutorial.parent / image).is_file(), image
+        assert (tutorial.parent / image).parent.joinpath("summary.md").is_file()
+    assert "⟦" not in text  # no number left unfilled

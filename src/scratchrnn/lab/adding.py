@@ -7,9 +7,9 @@ through a linear layer. Predicting 1 whatever the input gives MSE = Var(u₁ + u
 baseline; MSE < 0.01 means the network found and remembered both marked values.
 
 Le et al. report that an IRNN (identity W_hh, ReLU) solves lengths at which a tanh RNN stays at the
-baseline. Each initialisation here gets the same model size, optimizer and number of updates, which
-on this CPU is far smaller than theirs (they trained for up to 10⁶ updates): the results say what
-happens within this budget, not what happens eventually.
+baseline. Each initialisation here gets the same model size, optimizer and budget, one that fits in
+about two minutes of one CPU core and is far smaller than the papers': the results say what happens
+within this budget, not what happens eventually.
 """
 
 from __future__ import annotations

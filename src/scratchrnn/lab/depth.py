@@ -86,6 +86,7 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
     for r in runs:
         ax_params.annotate(f"L = {r['num_layers']}", (r["parameters"], r["val_loss"]),
                            textcoords="offset points", xytext=(4, 4), fontsize=8)  # fmt: skip
+    ax_params.margins(x=0.15, y=0.12)  # room for the labels
     ax_params.set_title("Loss against model size")
     ax_params.set_xlabel("parameters (embedding + RNN + output layer)")
     ax_params.set_ylabel("final validation loss (nats/char)")
