@@ -593,13 +593,27 @@ def test_dropout_matches_nn_under_the_same_seed(num_layers, bidirectional, diffs
     compare(got, want, names, max_abs, ABS_TOL_F64, diffs, "float64 max abs vs nn.RNN (dropout)")
 
 
-def test_double_backward_is_not_supported():
+@pytest.mark.parametrize("other_path", [False, True], ids=["rnn-only", "plus-another-path"])
+@pytest.mark.parametrize("upstream", ["square", "linear"])
+@pytest.mark.parametrize("wrt", ["input", "weight", "backward()"])
+def test_double_backward_raises_instead_of_leaving_the_rnn_out(other_path, upstream, wrt):
+    # The backward runs without building a graph, so a second derivative cannot be right: it
+    # must raise, also when the loss reaches x another way too (there, a guard tied only to the
+    # gradients, like once_differentiable's, is skipped and the RNN's part silently drops out).
     ours, _ = make_pair()
     x = torch.randn(3, 2, D, dtype=F64, requires_grad=True)
-    (dx,) = torch.autograd.grad(ours(x)[0].pow(2).sum(), x, create_graph=True)
-    # The backward ran without building a graph; differentiating its result hits the guard.
-    with pytest.raises(RuntimeError, match=r"differentiate twice"):
-        dx.sum().backward()
+    out = ours(x)[0]
+    loss = out.pow(2).sum() if upstream == "square" else out.sum()
+    if other_path:
+        loss = loss + x.pow(3).sum()
+    (dx,) = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"not differentiable.*double backward"):
+        if wrt == "input":
+            torch.autograd.grad(dx.sum(), x)
+        elif wrt == "weight":
+            torch.autograd.grad(dx.sum(), ours.weight_hh_l0)
+        else:
+            dx.sum().backward()
 
 
 def graph_nodes(tensor: Tensor) -> list:

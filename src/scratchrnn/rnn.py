@@ -50,7 +50,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence
 
 from scratchrnn import _accel
@@ -347,7 +346,6 @@ class _RNNFunction(torch.autograd.Function):
         return output, h_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, doutput, dh_n):
         saved = list(ctx.saved_tensors)
         L, nw = ctx.config["num_layers"], ctx.num_weights
@@ -359,11 +357,39 @@ class _RNNFunction(torch.autograd.Function):
         else:
             layer_outputs, masks = [*layer_inputs[1:], rest[0]], []
         config = {k: v for k, v in ctx.config.items() if k != "dropout"}
-        dx, dhx, dweights = rnn_backward(
-            doutput, dh_n, hx, weights, ctx.batch_sizes, layer_inputs,
-            layer_outputs, masks, need_dx=ctx.needs_input_grad[0], **config,
-        )  # fmt: skip
-        return (dx, dhx, None, None, *dweights)
+        with torch.no_grad():  # the backward is our arithmetic, never recorded by autograd
+            dx, dhx, dweights = rnn_backward(
+                doutput, dh_n, hx, weights, ctx.batch_sizes, layer_inputs,
+                layer_outputs, masks, need_dx=ctx.needs_input_grad[0], **config,
+            )  # fmt: skip
+        grads = [dx, dhx, None, None, *dweights]
+        if torch.is_grad_enabled():  # create_graph=True: someone may differentiate these
+            anchors = [t for t in (doutput, dh_n, *saved) if t.requires_grad]
+            present = [g for g in grads if g is not None]
+            guarded = iter(_NoDoubleBackward.apply(len(anchors), *anchors, *present))
+            grads = [next(guarded) if g is not None else None for g in grads]
+        return tuple(grads)
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Passes gradients on unchanged, tied to everything they depend on; differentiating them raises.
+
+    PyTorch's ``once_differentiable`` ties its guard to the gradients alone, so a second derivative
+    taken with respect to the RNN's input skips the guard and silently leaves the RNN's part out.
+    Tying the guard to the saved input, weights and upstream gradients makes any path through the
+    RNN's backward hit it.
+    """
+
+    @staticmethod
+    def forward(ctx, num_anchors, *tensors):
+        return tuple(g.clone() for g in tensors[num_anchors:])
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(
+            "scratchrnn: the RNN's hand-written backward is not differentiable; double backward "
+            "(differentiating a gradient taken with create_graph=True) is not supported"
+        )
 
 
 def _run(x, hx, weights, batch_sizes, config):
