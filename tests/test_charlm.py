@@ -68,6 +68,20 @@ def test_output_layer_against_autograd(R, diffs):
     assert torch.autograd.gradcheck(_Linear.apply, (h, W_hy, b_y))
 
 
+def test_output_layer_float32_large(diffs):
+    """Large float32 products take the oneDNN path (``_accel.matmul``): still F.linear's numbers."""
+    torch.manual_seed(0)
+    h = torch.randn(2048, 256, requires_grad=True)
+    W_hy = torch.randn(65, 256, requires_grad=True)
+    b_y = torch.randn(65, requires_grad=True)
+    y, g = grads(_Linear.apply, h, W_hy, b_y)
+    y_ref, g_ref = grads(F.linear, h, W_hy, b_y)
+    assert rel_error(y, y_ref) < 1e-5
+    for name, a, b in zip(("dh", "dW_hy", "db_y"), g, g_ref, strict=True):
+        diffs(f"charlm output layer {name} (rel, f32 large)", rel_error(a, b))
+        assert rel_error(a, b) < 1e-5, name
+
+
 @pytest.mark.parametrize("R", [1, 4, 50])
 @pytest.mark.parametrize("scale", [1.0, 30.0])  # 30: logits far apart, where a naive softmax overflows
 def test_softmax_cross_entropy_against_autograd(R, scale, diffs):

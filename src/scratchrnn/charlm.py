@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from scratchrnn import _accel
 from scratchrnn.rnn import RNN
 
 __all__ = ["CharRNN", "CharRNNConfig", "TorchCharRNN", "cross_entropy", "generate"]
@@ -65,20 +66,24 @@ class _Embedding(torch.autograd.Function):
 
 
 class _Linear(torch.autograd.Function):
-    """y = h W_hyᵀ + b_y;  dW_hy = dyᵀ h,  db_y = Σ_rows dy,  dh = dy W_hy."""
+    """y = h W_hyᵀ + b_y;  dW_hy = dyᵀ h,  db_y = Σ_rows dy,  dh = dy W_hy.
+
+    The three products are large (R·H·V multiply-adds each); ``_accel.matmul`` sends them to
+    oneDNN for float32 on the CPU (about twice MKL's speed on the test machine), else torch.mm.
+    """
 
     @staticmethod
     def forward(ctx, h: Tensor, W_hy: Tensor, b_y: Tensor) -> Tensor:
         ctx.save_for_backward(h, W_hy)
-        return torch.addmm(b_y, h, W_hy.t())  # (R, V)
+        return _accel.matmul(h, W_hy.t()).add_(b_y)  # (R, V)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy: Tensor):
         h, W_hy = ctx.saved_tensors
         need_h, need_W, need_b = ctx.needs_input_grad
-        dh = dy @ W_hy if need_h else None  # (R, H)
-        dW_hy = dy.t() @ h if need_W else None  # (V, H)
+        dh = _accel.matmul(dy, W_hy) if need_h else None  # (R, H)
+        dW_hy = _accel.matmul(dy.t(), h) if need_W else None  # (V, H)
         db_y = dy.sum(0) if need_b else None  # (V,)
         return dh, dW_hy, db_y
 
