@@ -237,3 +237,19 @@ def test_generate_rejects_bad_arguments(kw, match):
         generate(model, torch.tensor([0]), 3, **kw)
     with pytest.raises(ValueError, match="prompt"):
         generate(model, torch.tensor([], dtype=torch.long), 3)
+
+
+def test_double_backward_through_the_head_raises_instead_of_dropping_it():
+    # The head's backward is not differentiable; a second derivative that reaches h another way
+    # too must raise rather than silently leave the head's part out.
+    from scratchrnn.charlm import _Linear
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(6, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    W = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 5, (6,), generator=g)
+    loss = cross_entropy(_Linear.apply(h, W, b), targets) + h.pow(3).sum()
+    (dh,) = torch.autograd.grad(loss, h, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"not differentiable.*double backward"):
+        torch.autograd.grad(dh.sum(), h)

@@ -34,10 +34,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from scratchrnn import _accel
-from scratchrnn.rnn import RNN
+from scratchrnn.rnn import RNN, guard_double_backward
 
 __all__ = ["CharRNN", "CharRNNConfig", "TorchCharRNN", "cross_entropy", "generate"]
 
@@ -57,12 +56,12 @@ class _Embedding(torch.autograd.Function):
         return W_emb[ids]  # (..., E)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dx: Tensor):
         (ids,) = ctx.saved_tensors
         E = dx.shape[-1]
-        dW_emb = dx.new_zeros(ctx.V, E).index_add_(0, ids.reshape(-1), dx.reshape(-1, E))  # (V, E)
-        return None, dW_emb
+        with torch.no_grad():
+            dW_emb = dx.new_zeros(ctx.V, E).index_add_(0, ids.reshape(-1), dx.reshape(-1, E))  # (V, E)
+        return guard_double_backward((None, dW_emb), dx)
 
 
 class _Linear(torch.autograd.Function):
@@ -78,14 +77,14 @@ class _Linear(torch.autograd.Function):
         return _accel.matmul(h, W_hy.t()).add_(b_y)  # (R, V)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy: Tensor):
         h, W_hy = ctx.saved_tensors
         need_h, need_W, need_b = ctx.needs_input_grad
-        dh = _accel.matmul(dy, W_hy) if need_h else None  # (R, H)
-        dW_hy = _accel.matmul(dy.t(), h) if need_W else None  # (V, H)
-        db_y = dy.sum(0) if need_b else None  # (V,)
-        return dh, dW_hy, db_y
+        with torch.no_grad():
+            dh = _accel.matmul(dy, W_hy) if need_h else None  # (R, H)
+            dW_hy = _accel.matmul(dy.t(), h) if need_W else None  # (V, H)
+            db_y = dy.sum(0) if need_b else None  # (V,)
+        return guard_double_backward((dh, dW_hy, db_y), dy, h, W_hy)
 
 
 class _SoftmaxCrossEntropy(torch.autograd.Function):
@@ -98,14 +97,14 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         return -logp.gather(1, targets.unsqueeze(1)).mean()  # ()
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dloss: Tensor):
         logp, targets = ctx.saved_tensors
         R = logp.shape[0]
-        p = logp.exp()  # (R, V) softmax(y)
-        p[torch.arange(R), targets] -= 1  # p − onehot(c)
-        dlogits = p.mul_(dloss / R)  # (R, V)
-        return dlogits, None
+        with torch.no_grad():
+            p = logp.exp()  # (R, V) softmax(y)
+            p[torch.arange(R), targets] -= 1  # p − onehot(c)
+            dlogits = p.mul_(dloss / R)  # (R, V)
+        return guard_double_backward((dlogits, None), dloss, logp)
 
 
 class _Dropout(torch.autograd.Function):
@@ -117,10 +116,11 @@ class _Dropout(torch.autograd.Function):
         return h * m
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dh_tilde: Tensor):
         (m,) = ctx.saved_tensors
-        return dh_tilde * m, None
+        with torch.no_grad():
+            dh = dh_tilde * m
+        return guard_double_backward((dh, None), dh_tilde)
 
 
 def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:

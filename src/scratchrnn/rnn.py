@@ -54,7 +54,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from scratchrnn import _accel
 
-__all__ = ["RNN", "RNNCell", "rnn_backward", "rnn_forward"]
+__all__ = ["RNN", "RNNCell", "guard_double_backward", "rnn_backward", "rnn_forward"]
 
 _ACTIVATIONS = ("tanh", "relu")
 
@@ -362,13 +362,22 @@ class _RNNFunction(torch.autograd.Function):
                 doutput, dh_n, hx, weights, ctx.batch_sizes, layer_inputs,
                 layer_outputs, masks, need_dx=ctx.needs_input_grad[0], **config,
             )  # fmt: skip
-        grads = [dx, dhx, None, None, *dweights]
-        if torch.is_grad_enabled():  # create_graph=True: someone may differentiate these
-            anchors = [t for t in (doutput, dh_n, *saved) if t.requires_grad]
-            present = [g for g in grads if g is not None]
-            guarded = iter(_NoDoubleBackward.apply(len(anchors), *anchors, *present))
-            grads = [next(guarded) if g is not None else None for g in grads]
+        return guard_double_backward((dx, dhx, None, None, *dweights), doutput, dh_n, *saved)
+
+
+def guard_double_backward(grads: Sequence[Tensor | None], *anchors: Tensor) -> tuple:
+    """For a hand-written backward: return ``grads`` so that differentiating them raises.
+
+    Called at the end of a backward with everything the gradients depend on (upstream gradients,
+    saved inputs and weights) as ``anchors``. Outside ``create_graph=True`` it returns ``grads``
+    as they are; inside, it ties them to the anchors through a node whose backward raises.
+    """
+    if not torch.is_grad_enabled():  # the usual backward: no graph is being built
         return tuple(grads)
+    tied = [t for t in anchors if isinstance(t, Tensor) and t.requires_grad]
+    present = [g for g in grads if g is not None]
+    guarded = iter(_NoDoubleBackward.apply(len(tied), *tied, *present))
+    return tuple(next(guarded) if g is not None else None for g in grads)
 
 
 class _NoDoubleBackward(torch.autograd.Function):
@@ -387,8 +396,9 @@ class _NoDoubleBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *_):
         raise RuntimeError(
-            "scratchrnn: the RNN's hand-written backward is not differentiable; double backward "
-            "(differentiating a gradient taken with create_graph=True) is not supported"
+            "scratchrnn: its hand-written backwards (the RNN's, the language model's) are not "
+            "differentiable; double backward (differentiating a gradient taken with "
+            "create_graph=True) is not supported"
         )
 
 
