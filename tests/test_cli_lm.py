@@ -76,7 +76,7 @@ def test_help_shows_every_default(capsys):
     out = capsys.readouterr().out
     for group in ("data:", "model:", "optimisation:", "output:"):
         assert group in out
-    assert "--hidden-size HIDDEN_SIZE" in out and "(default: 512)" in out
+    assert "--hidden-size HIDDEN_SIZE" in out and "(default: 640)" in out
 
 
 def test_bad_data_files(capsys, tmp_path):

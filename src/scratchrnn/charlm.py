@@ -150,7 +150,7 @@ class CharRNNConfig:
 
     vocab_size: int
     embedding_dim: int = 64
-    hidden_size: int = 512
+    hidden_size: int = 640
     num_layers: int = 1
     dropout: float = 0.0
 
@@ -207,7 +207,7 @@ class CharRNN(nn.Module):
         self,
         vocab_size: int,
         embedding_dim: int = 64,
-        hidden_size: int = 512,
+        hidden_size: int = 640,
         num_layers: int = 1,
         dropout: float = 0.0,
     ) -> None:
@@ -273,7 +273,7 @@ class TorchCharRNN(nn.Module):
         self,
         vocab_size: int,
         embedding_dim: int = 64,
-        hidden_size: int = 512,
+        hidden_size: int = 640,
         num_layers: int = 1,
         dropout: float = 0.0,
     ) -> None:

@@ -94,7 +94,7 @@ class TrainConfig:
     data: str | None = None  # a UTF-8 text file; None: the bundled tiny Shakespeare
     # model
     embedding_dim: int = 64  # E; 0 for one-hot input
-    hidden_size: int = 512  # H
+    hidden_size: int = 640  # H
     num_layers: int = 1  # L
     dropout: float = 0.0
     # optimisation
