@@ -136,10 +136,13 @@ def test_large_float32_gemms_go_to_onednn_and_agree_with_mkl(monkeypatch):
     g = torch.Generator().manual_seed(0)
     A, B = torch.randn(640, 96, generator=g), torch.randn(96, 128, generator=g)
     torch.testing.assert_close(_accel.matmul(A, B), A @ B, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(_accel.matmul(A.t().contiguous().t(), B), A @ B, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_accel.matmul(A, B.t().contiguous().t()), A @ B, rtol=1e-5, atol=1e-5)
     assert len(calls) == 2
     _accel.matmul(A[:8], B)  # small: stays with torch.mm
     _accel.matmul(A.double(), B.double())  # float64: stays with torch.mm
+    _accel.matmul(A.t().contiguous().t(), B)  # A not row-major: stays with torch.mm
+    wide = torch.randn(96, 256, generator=g)
+    torch.testing.assert_close(_accel.matmul(A, wide[:, :128]), A @ wide[:, :128])  # strided B: mm
     assert len(calls) == 2
 
 

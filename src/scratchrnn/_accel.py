@@ -122,10 +122,17 @@ def _onednn_linear():
 
 
 def matmul(A: Tensor, B: Tensor) -> Tensor:
-    """A @ B (2-D), through oneDNN when it is float32 on the CPU and large, else ``torch.mm``."""
+    """A @ B (2-D), through oneDNN when it is float32 on the CPU, large and dense, else ``torch.mm``.
+
+    Dense means A row-major and B row-major or column-major: with other strides (a column slice
+    of a bidirectional layer's output, a transposed A) oneDNN was slower than MKL here, by up to
+    600× for a strided B.
+    """
     big = A.shape[0] * A.shape[1] * B.shape[1] >= _ONEDNN_MIN_MACS
-    if (_enabled and big and A.dtype == B.dtype == torch.float32 and A.device.type == "cpu"
-            and B.device.type == "cpu" and _onednn_linear() is not None):  # fmt: skip
+    dense = A.is_contiguous() and (B.is_contiguous() or B.t().is_contiguous())
+    if (_enabled and big and dense and A.dtype == B.dtype == torch.float32
+            and A.device.type == "cpu" and B.device.type == "cpu"
+            and _onednn_linear() is not None):  # fmt: skip
         return _onednn_linear()(A, B.t(), None, "none", [], "")  # linear(A, W) = A Wᵀ, W = Bᵀ
     return A @ B
 
