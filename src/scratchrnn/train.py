@@ -674,7 +674,8 @@ class Trainer:
                                  self.step, self.val_loss, self.val_loss * NATS_TO_BITS)  # fmt: skip
                     bar.update(1 if by_step else round(self.elapsed) - bar.n)
                     bar.set_postfix_str(
-                        f"step {self.step} loss {loss_value:.3f} val {self.val_loss or math.nan:.3f} "
+                        f"step {self.step} loss {loss_value:.3f} "
+                        f"val {'-' if self.val_loss is None else f'{self.val_loss:.3f}'} "
                         f"{session_steps * chars_per_step / session_train_time:,.0f} chars/s",
                         refresh=False,
                     )
