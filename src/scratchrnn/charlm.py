@@ -82,7 +82,8 @@ class _Linear(torch.autograd.Function):
         need_h, need_W, need_b = ctx.needs_input_grad
         with torch.no_grad():
             dh = _accel.matmul(dy, W_hy) if need_h else None  # (R, H)
-            dW_hy = _accel.matmul(dy.t(), h) if need_W else None  # (V, H)
+            # dyᵀ made row-major first (a small copy): oneDNN takes only dense operands
+            dW_hy = _accel.matmul(dy.t().contiguous(), h) if need_W else None  # (V, H)
             db_y = dy.sum(0) if need_b else None  # (V,)
         return guard_double_backward((dh, dW_hy, db_y), dy, h, W_hy)
 
