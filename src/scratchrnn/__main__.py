@@ -1,5 +1,5 @@
 import sys
 
-from scratchrnn.cli import main
+from scratchrnn.apps.cli import main
 
 sys.exit(main())

@@ -1,0 +1,163 @@
+/* The sequential part of the RNN — the per-step loops of layer_forward and layer_backward in
+ * rnn.py — in C, for float32 and float64 on the CPU. The same equations, the same order, the same
+ * packed-sequence bookkeeping as the Python loops there, which stay the reference and the fallback.
+ *
+ * Why: each step's work is small (an (N, H) x (H, H) GEMM and an elementwise pass), so in Python
+ * the cost of issuing ops dominates for small N and H. Here a step costs a BLAS call and a loop.
+ * BLAS (sgemm_/dgemm_) is the one PyTorch's own CPU library carries; Python hands us its addresses
+ * (see accel.py), so we link nothing. tanh is our own (tanh_d below): a loop the compiler turns
+ * into SIMD code, several times faster here than the scalar libm/VML tanh PyTorch calls.
+ *
+ * Layout (as in rnn.py): time-major rows, step t holding sizes[t] rows; row-major matrices, so a
+ * BLAS (column-major) call sees every matrix transposed. `ld_out` is the row stride of the output
+ * (H, or 2H when both directions of a bidirectional layer share one buffer).
+ */
+#include <stdint.h>
+#include <string.h>
+
+typedef void (*gemm_f32)(const char *, const char *, const int *, const int *, const int *,
+                         const float *, const float *, const int *, const float *, const int *,
+                         const float *, float *, const int *);
+typedef void (*gemm_f64)(const char *, const char *, const int *, const int *, const int *,
+                         const double *, const double *, const int *, const double *,
+                         const int *, const double *, double *, const int *);
+
+static gemm_f32 sgemm;
+static gemm_f64 dgemm;
+
+void scratchrnn_init(void *s_gemm, void *d_gemm) {
+    sgemm = (gemm_f32)s_gemm;
+    dgemm = (gemm_f64)d_gemm;
+}
+
+/* tanh in double precision, branch-free so that loops over it vectorise:
+ *   tanh|x| = −m / (2 + m),  m = expm1(−2|x|)  (no cancellation near 0, no overflow),
+ *   expm1(y) = 2^k (expm1(r) + 1) − 1  with  y = k ln2 + r, |r| ≤ ln2 / 2,
+ * expm1(r) by its Taylor series to r^13 (truncation < 1e-17 relative). Max error: a few ulp in
+ * double, so float results are correctly rounded or within one ulp. */
+static inline double tanh_d(double x) {
+    double ax = x < 0 ? -x : x;
+    ax = ax < 20.0 ? ax : 20.0; /* tanh(20) rounds to 1 in double */
+    double y = -2.0 * ax;
+    double t = y * 1.4426950408889634 + 0x1.8p52; /* round(y / ln2) lands in t's low bits */
+    double k = t - 0x1.8p52;
+    double r = (y - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10;
+    double p = r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120
+             + r * (1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880
+             + r * (1.0 / 3628800 + r * (1.0 / 39916800 + r * (1.0 / 479001600
+             + r * (1.0 / 6227020800.0)))))))))))));
+    uint64_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (bits + 1023) << 52; /* 2^k: k + 1023 into the exponent field */
+    double scale;
+    memcpy(&scale, &bits, sizeof scale);
+    double m = scale * p + (scale - 1.0);
+    double th = -m / (2.0 + m);
+    return x < 0 ? -th : th;
+}
+
+void scratchrnn_tanh_f32(int64_t n, float *a) {
+    for (int64_t i = 0; i < n; i++) a[i] = (float)tanh_d(a[i]);
+}
+
+void scratchrnn_tanh_f64(int64_t n, double *a) {
+    for (int64_t i = 0; i < n; i++) a[i] = tanh_d(a[i]);
+}
+
+/* The two templates below are instantiated for float (f32) and double (f64). */
+#define DEFINE_STEPS(SUFFIX, REAL, GEMM, TANH)                                                     \
+                                                                                                   \
+/* C (rows x H, row stride ldc) += A (rows x H, row stride lda) @ W^T, W row-major (H x H):       \
+ * in column-major terms C^T += W A^T, so W is read transposed. */                                 \
+static void a_plus_h_WT_##SUFFIX(int rows, int H, const REAL *A, int lda, const REAL *W,          \
+                                 REAL *C, int ldc) {                                               \
+    const REAL one = 1;                                                                            \
+    if (rows > 0) GEMM("T", "N", &H, &rows, &H, &one, W, &H, A, &lda, &one, C, &ldc);           \
+}                                                                                                  \
+                                                                                                   \
+/* C (rows x H, row stride ldc) = beta C + A (rows x H, contiguous) @ W (row-major H x H). */      \
+static void da_W_##SUFFIX(int rows, int H, const REAL *A, const REAL *W, REAL beta, REAL *C,      \
+                          int ldc) {                                                               \
+    const REAL one = 1;                                                                            \
+    if (rows > 0) GEMM("N", "N", &H, &rows, &H, &one, W, &H, A, &H, &beta, C, &ldc);            \
+}                                                                                                  \
+                                                                                                   \
+static void activate_##SUFFIX(int rows, int H, REAL *a, int lda, int relu) {                      \
+    for (int r = 0; r < rows; r++) {                                                               \
+        REAL *row = a + (int64_t)r * lda;                                                          \
+        if (relu) {                                                                                \
+            for (int j = 0; j < H; j++) row[j] = row[j] > 0 ? row[j] : 0;                          \
+        } else if (lda == H) { /* contiguous: one call for all rows */                             \
+            TANH((int64_t)rows * H, a);                                                            \
+            return;                                                                                \
+        } else {                                                                                   \
+            TANH(H, row);                                                                          \
+        }                                                                                          \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+/* Forward. `out` already holds x_t W_ih^T + b for every row; each step adds h_{t-1} W_hh^T and   \
+ * applies the nonlinearity in place. h_n (N x H, contiguous) receives each sequence's last h_t.  \
+ * `offsets[t]` is the first row of step t. */                                                     \
+void scratchrnn_forward_##SUFFIX(int T, const int64_t *sizes, const int64_t *offsets, int H,      \
+                                 REAL *out, int ld_out, const REAL *h0, const REAL *W_hh,          \
+                                 REAL *h_n, int reverse, int relu) {                               \
+    const REAL *h_prev = h0;                                                                       \
+    int ld_prev = H;                                                                               \
+    int b_prev = (int)sizes[reverse ? T - 1 : 0];                                                  \
+    for (int k = 0; k < T; k++) {                                                                  \
+        int t = reverse ? T - 1 - k : k;                                                           \
+        int b = (int)sizes[t];                                                                     \
+        REAL *a_t = out + offsets[t] * ld_out;                                                     \
+        int carried = b < b_prev ? b : b_prev;                                                     \
+        for (int r = b; r < b_prev; r++) /* forward, packed: rows that ended at the step before */ \
+            for (int j = 0; j < H; j++) h_n[(int64_t)r * H + j] = h_prev[(int64_t)r * ld_prev + j]; \
+        a_plus_h_WT_##SUFFIX(carried, H, h_prev, ld_prev, W_hh, a_t, ld_out);                      \
+        /* reverse, packed: rows that start here, from h0 */                                       \
+        a_plus_h_WT_##SUFFIX(b - carried, H, h0 + (int64_t)carried * H, H, W_hh,                   \
+                             a_t + (int64_t)carried * ld_out, ld_out);                             \
+        activate_##SUFFIX(b, H, a_t, ld_out, relu);                                                \
+        h_prev = a_t;                                                                              \
+        ld_prev = ld_out;                                                                          \
+        b_prev = b;                                                                                \
+    }                                                                                              \
+    for (int r = 0; r < b_prev; r++)                                                               \
+        for (int j = 0; j < H; j++) h_n[(int64_t)r * H + j] = h_prev[(int64_t)r * ld_prev + j];    \
+}                                                                                                  \
+                                                                                                   \
+/* Backward. `dh` (rows x H, contiguous) holds dL/dh_t from the output, with dL/dh_n already added \
+ * at each sequence's last step; it is overwritten with da_t. f'(a_t) is recomputed from h_t      \
+ * (`out`) on the fly. dh0 (N x H) receives dL/dh_0. */                                            \
+void scratchrnn_backward_##SUFFIX(int T, const int64_t *sizes, const int64_t *offsets, int H,     \
+                                  REAL *dh, const REAL *out, int ld_out, const REAL *W_hh,         \
+                                  REAL *dh0, int reverse, int relu) {                              \
+    for (int k = T - 1; k >= 0; k--) {                                                             \
+        int t = reverse ? T - 1 - k : k;                                                           \
+        int b = (int)sizes[t];                                                                     \
+        REAL *da_t = dh + offsets[t] * H;                                                          \
+        const REAL *h_t = out + offsets[t] * ld_out;                                               \
+        for (int r = 0; r < b; r++) { /* da_t = (dh_t + dh_next) * f'(a_t) */                      \
+            REAL *d = da_t + (int64_t)r * H;                                                       \
+            const REAL *h = h_t + (int64_t)r * ld_out;                                             \
+            if (relu) {                                                                            \
+                for (int j = 0; j < H; j++) d[j] = h[j] > 0 ? d[j] : 0;                            \
+            } else {                                                                               \
+                for (int j = 0; j < H; j++) d[j] *= 1 - h[j] * h[j];                               \
+            }                                                                                      \
+        }                                                                                          \
+        int carried = 0;                                                                           \
+        if (k > 0) {                                                                               \
+            int t_prev = reverse ? T - k : k - 1;                                                  \
+            int b_prev = (int)sizes[t_prev];                                                       \
+            carried = b < b_prev ? b : b_prev;                                                     \
+            /* dh_next = da_t W_hh, added into dh_{t-1} */                                         \
+            da_W_##SUFFIX(carried, H, da_t, W_hh, 1, dh + offsets[t_prev] * H, H);                 \
+        }                                                                                          \
+        /* rows that began at step t from h0: their dh_next is dL/dh_0 */                          \
+        da_W_##SUFFIX(b - carried, H, da_t + (int64_t)carried * H, W_hh, 0,                        \
+                      dh0 + (int64_t)carried * H, H);                                              \
+    }                                                                                              \
+}
+
+DEFINE_STEPS(f32, float, sgemm, scratchrnn_tanh_f32)
+DEFINE_STEPS(f64, double, dgemm, scratchrnn_tanh_f64)

@@ -1,0 +1,222 @@
+"""Text for the character-level language model: loading, the vocabulary, the split, the batches.
+
+Shapes use the project's letters: T time steps (characters per chunk), N parallel streams (the
+batch), V the vocabulary size.
+
+Truncated BPTT over contiguous streams (Karpathy's char-rnn, torch-rnn): the training text is cut
+into N equal contiguous streams laid side by side, a (S, N) tensor whose column n is stream n.
+Batch k is rows k·T … k·T + T − 1 as input and the same rows shifted by one character as targets,
+so stream n of batch k + 1 continues exactly where stream n of batch k stopped, and the hidden
+state can be carried from one batch to the next (detached: gradients stop at the chunk boundary).
+
+The split is nanoGPT's: the first 90 % of the characters train, the last 10 % validate, so numbers
+compare. The vocabulary is built from the training part only (what the model could have seen);
+validation characters outside it are dropped, and the count is logged.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass
+from importlib import resources
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Corpus",
+    "StreamBatches",
+    "Vocab",
+    "default_corpus_path",
+    "load_corpus",
+    "read_text",
+    "split_text",
+]
+
+log = logging.getLogger(__name__)
+
+VAL_FRACTION = 0.1
+
+
+def default_corpus_path() -> str:
+    """The path of the bundled corpus, tiny Shakespeare (1,115,394 characters, public domain)."""
+    return str(resources.files("scratchrnn") / "data" / "tinyshakespeare.txt")
+
+
+def read_text(path: str | os.PathLike | None = None) -> str:
+    """Read a UTF-8 text file (the bundled corpus when ``path`` is None).
+
+    Raises:
+        OSError: the path is missing, a directory, or unreadable.
+        ValueError: the file is not valid UTF-8.
+    """
+    path = default_corpus_path() if path is None else os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory, not a text file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})"
+        ) from None
+
+
+def split_text(text: str, val_fraction: float = VAL_FRACTION) -> tuple[str, str]:
+    """The first (1 − val_fraction) of the characters for training, the rest for validation."""
+    n_train = int(len(text) * (1 - val_fraction))
+    return text[:n_train], text[n_train:]
+
+
+class Vocab:
+    """The characters a model knows, sorted; character ↔ integer id in [0, V).
+
+    Example:
+        >>> vocab = Vocab.from_text("hello")
+        >>> vocab.decode(vocab.encode("hole"))
+        'hole'
+    """
+
+    def __init__(self, chars: str) -> None:
+        if not chars:
+            raise ValueError("the vocabulary is empty")
+        if len(set(chars)) != len(chars):
+            raise ValueError("the vocabulary has repeated characters")
+        self.chars = chars
+        self.stoi = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> Vocab:
+        return cls("".join(sorted(set(text))))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and self.chars == other.chars
+
+    def __repr__(self) -> str:
+        return f"Vocab({len(self)} characters)"
+
+    def unknown(self, text: str) -> list[str]:
+        """The distinct characters of ``text`` that are not in the vocabulary, sorted."""
+        return sorted(set(text) - self.stoi.keys())
+
+    def encode(self, text: str) -> Tensor:
+        """(len(text),) int64 ids. Raises ValueError naming any character outside the vocabulary."""
+        missing = self.unknown(text)
+        if missing:
+            shown = "".join(missing[:10])
+            raise ValueError(
+                f"{len(missing)} character(s) not in the model's vocabulary: {shown!r}"
+            )
+        return torch.tensor([self.stoi[c] for c in text], dtype=torch.long)
+
+    def encode_known(self, text: str) -> tuple[Tensor, int]:
+        """Ids of the characters in the vocabulary, dropping the others; and how many were dropped."""
+        kept = [self.stoi[c] for c in text if c in self.stoi]
+        return torch.tensor(kept, dtype=torch.long), len(text) - len(kept)
+
+    def decode(self, ids) -> str:
+        """The text of a sequence of ids (a 1-D tensor or any iterable of ints)."""
+        if isinstance(ids, Tensor):
+            ids = ids.tolist()
+        return "".join(self.chars[i] for i in ids)
+
+
+@dataclass
+class Corpus:
+    """A text's vocabulary and its encoded training and validation parts (1-D int64 tensors)."""
+
+    vocab: Vocab
+    train: Tensor
+    val: Tensor
+
+    @classmethod
+    def from_text(cls, text: str, vocab: Vocab | None = None, name: str = "the corpus") -> Corpus:
+        """Split ``text`` 90/10 and encode it; the vocabulary comes from the training part unless
+        given (a checkpoint's, when evaluating a trained model on new text)."""
+        if len(text) < 2:
+            raise ValueError(f"{name} is too short: {len(text)} character(s)")
+        train_text, val_text = split_text(text)
+        vocab = vocab or Vocab.from_text(train_text)
+        train, dropped_train = vocab.encode_known(train_text)
+        val, dropped_val = vocab.encode_known(val_text)
+        if dropped_train or dropped_val:
+            log.warning(
+                "%s: %d character(s) outside the vocabulary were dropped", name,
+                dropped_train + dropped_val,
+            )
+        return cls(vocab, train, val)
+
+
+def load_corpus(path: str | os.PathLike | None = None, vocab: Vocab | None = None) -> Corpus:
+    """Read, split and encode a UTF-8 text file (the bundled corpus when ``path`` is None)."""
+    name = "the bundled corpus" if path is None else os.fspath(path)
+    return Corpus.from_text(read_text(path), vocab, name)
+
+
+class StreamBatches:
+    """Truncated-BPTT batches: N contiguous streams, chunks of T characters.
+
+    Args:
+        data: (L,) int64 character ids.
+        batch_size: N, the number of parallel streams.
+        seq_len: T, the characters per chunk.
+        name: how to call the data in errors.
+
+    Batch k (0 ≤ k < len(self)) is ``(x, y)``, both (T, N) int64 and contiguous: ``x[t, n]`` is
+    character k·T + t of stream n and ``y[t, n]`` the one after it. Each stream has S = (L − 1) // N
+    characters to predict; the < N left over at the end are not used.
+
+    Example:
+        >>> batches = StreamBatches(torch.arange(100), batch_size=4, seq_len=5)
+        >>> x, y = batches[0]  # (5, 4), (5, 4); x[:, 1] = 24 … 28, y[:, 1] = 25 … 29
+    """
+
+    def __init__(self, data: Tensor, batch_size: int, seq_len: int, name: str = "the text") -> None:
+        N, T = batch_size, seq_len
+        S = (len(data) - 1) // N if N > 0 else 0
+        if S < T:
+            raise ValueError(
+                f"{name} is too short for one batch: {len(data)} characters, and a batch of "
+                f"{N} streams × {T} steps needs at least {N * T + 1}"
+            )
+        self.batch_size, self.seq_len = N, T
+        self.stream_len = S
+        # (S + 1, N) time-major: stream n is data[n·S : (n + 1)·S + 1], the last character shared
+        # with stream n + 1 (it is the target of stream n's last step, the input of n + 1's first).
+        index = torch.arange(S + 1).unsqueeze(1) + S * torch.arange(N)  # (S + 1, N)
+        self.streams = data[index].contiguous()
+
+    def __len__(self) -> int:
+        """Batches per pass over the data."""
+        return self.stream_len // self.seq_len
+
+    def __getitem__(self, k: int) -> tuple[Tensor, Tensor]:
+        if not 0 <= k < len(self):
+            raise IndexError(f"batch {k} of {len(self)}")
+        t0 = k * self.seq_len
+        return self.streams[t0 : t0 + self.seq_len], self.streams[t0 + 1 : t0 + self.seq_len + 1]
+
+    def select(self, streams: slice, device: torch.device | str | None = None) -> StreamBatches:
+        """The same batches restricted to some of the streams — a data-parallel rank's share,
+        ``x[:, streams]`` of every batch — stored contiguously on ``device``. The selection may be
+        empty (N = 0)."""
+        part = copy.copy(self)
+        part.streams = self.streams[:, streams].contiguous().to(device)
+        part.batch_size = part.streams.shape[1]
+        return part
+
+    def chunks(self):
+        """Every (x, y) of one pass in order, the last one shorter when T does not divide S; for
+        evaluation, which covers all N·S predicted characters."""
+        S, T = self.stream_len, self.seq_len
+        for t0 in range(0, S, T):
+            t1 = min(t0 + T, S)
+            yield self.streams[t0:t1], self.streams[t0 + 1 : t1 + 1]

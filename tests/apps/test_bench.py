@@ -1,0 +1,179 @@
+"""The benchmark compares like with like, and its command writes a well-formed report.
+
+Every variant the benchmark times is checked here on small shapes in float64: scratchrnn.RNN and
+the naive loop against torch.nn.RNN (output and every gradient), and the GEMM floor against an
+autograd loop of the linear RNN it computes. Letters: T steps, N batch, D inputs, H hidden, L layers.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from scratchrnn.apps import cli
+from scratchrnn.apps.bench import rnn as bench
+from scratchrnn.apps.bench.rnn import Case, Shape
+from scratchrnn.core.functional import rnn_forward
+
+SHAPES = [
+    Shape(5, 3, 4, 6, 1),
+    Shape(1, 1, 2, 3, 2),  # T = 1, N = 1
+    Shape(4, 2, 3, 5, 2, bidirectional=True),
+    Shape(3, 2, 3, 4, 1, bidirectional=True),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_variants_match_nn_rnn(shape, diffs):
+    """scratchrnn.RNN and the naive loop compute nn.RNN's output and gradients, in both modes."""
+    case = Case(shape, dtype=torch.float64)
+    expected = case.runner("nn.RNN", "fwd")()
+    for variant in ("scratchrnn", "naive"):
+        got = case.runner(variant, "fwd")()
+        diffs("bench: output vs nn.RNN", (got - expected).abs().max().item())
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+    grads = {}
+    for variant in ("nn.RNN", "scratchrnn", "naive"):
+        case.zero_grad()
+        output = case.runner(variant, "fwd+bwd")()
+        torch.testing.assert_close(output.detach(), expected, rtol=0, atol=1e-10)
+        grads[variant] = [t.grad.clone() for t in case.leaves(variant)]
+    for variant in ("scratchrnn", "naive"):
+        assert len(grads[variant]) == len(grads["nn.RNN"])
+        for got, want in zip(grads[variant], grads["nn.RNN"], strict=True):
+            diffs("bench: gradient vs nn.RNN", (got - want).abs().max().item())
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def _reference_rnn(x, weights, shape, act=None):
+    """The oracle: the stacked RNN on autograd, layer by layer (act None: the identity, a linear RNN).
+
+    Returns the output (T, N, dirs * H) and, per layer and direction, the list of pre-activations
+    a_t, each retaining its gradient.
+    """
+    dirs = 2 if shape.bidirectional else 1
+    layer_in, pre = x, []
+    for layer in range(shape.layers):
+        outs = []
+        for d in range(dirs):
+            W_ih, W_hh, b_ih, b_hh = weights[(layer * dirs + d) * 4 : (layer * dirs + d + 1) * 4]
+            h = x.new_zeros(shape.N, shape.H)
+            steps = range(shape.T) if d == 0 else reversed(range(shape.T))
+            out, a = [None] * shape.T, [None] * shape.T
+            for t in steps:
+                a[t] = layer_in[t] @ W_ih.t() + b_ih + h @ W_hh.t() + b_hh
+                a[t].retain_grad()
+                h = a[t] if act is None else act(a[t])
+                out[t] = h
+            outs.append(torch.stack(out))
+            pre.append(a)
+        layer_in = torch.cat(outs, dim=-1)
+    return layer_in, pre
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_floor_computes_linear_rnn_and_its_gradients(shape, diffs):
+    """The floor's GEMMs, with no elementwise work, are exactly a linear RNN's forward and BPTT."""
+    case = Case(shape, dtype=torch.float64)
+    floor = case.floor
+    output = floor.forward().clone()
+    dx, per_cell = floor.backward()
+
+    x = case.x.clone().requires_grad_()
+    weights = [w.detach().clone().requires_grad_() for w in case.ours._flat_weights]
+    expected, _ = _reference_rnn(x, weights, shape)
+    expected.sum().backward()
+    pairs = [(output, expected.reshape(output.shape)), (dx, x.grad.reshape(dx.shape))]
+    for idx, (dW_ih, dW_hh, _) in enumerate(per_cell):
+        pairs += [(dW_ih, weights[4 * idx].grad), (dW_hh, weights[4 * idx + 1].grad)]
+    for got, want in pairs:
+        diffs("bench: floor vs linear RNN", (got - want).abs().max().item())
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_batched_gemms_are_the_rnn_gemms(shape, diffs):
+    """Fed a real run's h_t and da_t, the batched GEMMs give its pre-activations and gradients."""
+    case = Case(shape, dtype=torch.float64)
+    x = case.x.clone().requires_grad_()
+    weights = [w.detach().clone().requires_grad_() for w in case.ours._flat_weights]
+    output, pre = _reference_rnn(x, weights, shape, torch.tanh)
+    output.sum().backward()
+    da = [torch.stack([a.grad for a in cell]).reshape(-1, shape.H) for cell in pre]
+    dirs = 2 if shape.bidirectional else 1
+    with torch.no_grad():
+        _, _, _, layer_outputs, _ = rnn_forward(
+            case.x.reshape(-1, shape.D), case.h0, weights, [shape.N] * shape.T,
+            num_layers=shape.layers, bidirectional=shape.bidirectional, bias=True,
+        )
+    gemms = bench.BatchedGemms(weights, case.x, shape, layer_outputs, da)
+
+    outs = gemms.forward()
+    dx, per_cell = gemms.backward()
+    pairs = [(dx, x.grad.reshape(dx.shape))]
+    for layer, out in enumerate(outs):
+        pairs.append((out.tanh(), layer_outputs[layer]))
+        cells = [pre[layer * dirs + d] for d in range(dirs)]
+        pairs.append((out, torch.cat([torch.stack(c).reshape(-1, shape.H) for c in cells], dim=1).detach()))
+    for idx, (dW_ih, dW_hh, dh_next) in enumerate(per_cell):
+        pairs += [(dW_ih, weights[4 * idx].grad), (dW_hh, weights[4 * idx + 1].grad)]
+        pairs.append((dh_next, (da[idx] @ weights[4 * idx + 1].detach()).reshape(dh_next.shape)))
+    for got, want in pairs:
+        diffs("bench: batched GEMMs vs autograd", (got - want).abs().max().item())
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def _parse_table(text: str, heading: str) -> tuple[list[str], list[list[str]]]:
+    """The markdown table under ``heading``: its header cells and rows of cells."""
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    head, sep, rows = cells[0], cells[1], cells[2:]
+    assert all(c == "---" for c in sep) and len(sep) == len(head)
+    assert all(len(row) == len(head) for row in rows)
+    return head, rows
+
+
+def test_quick_bench_writes_a_well_formed_report(tmp_path, capsys):
+    out = tmp_path / "RESULTS.md"
+    assert cli.main(["bench", "--quick", "--threads", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert capsys.readouterr().out.strip() == text.strip()
+    assert f"Written by `scratchrnn bench --quick --threads 1 --out {out}`" in text
+    assert torch.__version__ in text
+
+    head, rows = _parse_table(text, "## Speed")
+    assert head[:3] == ["threads", "shape (T, N, D, H, L)", "mode"]
+    assert len(rows) == len(bench.QUICK_SHAPES) * len(bench.MODES)
+    for row in rows:
+        assert row[0] == "1"
+        times = [float(c) for c in row[3:8]]  # one median per variant, in ms
+        ratios = [float(c.rstrip("×")) for c in row[8:12]]
+        assert all(t > 0 for t in times) and all(r > 0 for r in ratios)
+        assert re.fullmatch(r"\d+%", row[12])
+    assert {(r[1], r[2]) for r in rows} == {(str(s), m) for s in bench.QUICK_SHAPES for m in bench.MODES}
+
+    _, checks = _parse_table(text, "## Targets")
+    assert len(checks) == 6 and all(c[2] in ("yes", "**no**") for c in checks)
+    _, memory = _parse_table(text, "## Peak memory")
+    assert [r[0] for r in memory] == list(bench.MEMORY_VARIANTS)
+    assert all(float(r[1]) >= 0 for r in memory)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--rounds", "0"],
+        ["--threads", "0"],
+        ["--shape", "1,2,3"],
+        ["--shape", "4,2,3,5,1,uni"],
+        ["--out", "no/such/dir/RESULTS.md"],
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv, capsys):
+    assert cli.main(["bench", "--no-memory", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("scratchrnn bench: error: ") and "\n" not in err

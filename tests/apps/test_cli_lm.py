@@ -1,0 +1,184 @@
+"""`scratchrnn train | sample | eval`: the happy path, and every bad input of the issue as one
+clear error line and exit status 2, with nothing overwritten."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from scratchrnn.apps import cli
+
+TINY = ["--hidden-size", "16", "--embedding-dim", "4", "--batch-size", "4", "--seq-len", "8",
+        "--max-steps", "12", "--time-budget", "0", "--eval-interval", "6", "--eval-streams", "4",
+        "--sample-length", "10", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run(corpus, tmp_path_factory):
+    """A trained tiny run directory."""
+    out = tmp_path_factory.mktemp("run")
+    assert cli.main(["train", "--data", corpus, "--out", str(out), "--force", *TINY]) == 0
+    return out
+
+
+def fails(capsys, argv, match: str) -> str:
+    """Run the CLI; check exit status 2 and one line on stderr that contains ``match``."""
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"scratchrnn {argv[0]}: error: ") and match in lines[0], lines[0]
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_train_sample_eval(run, capsys):
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.pt", "checkpoint.pt", "config.json", "log.jsonl", "loss.png", "samples.txt"]
+    ckpt = str(run / "checkpoint.pt")
+    capsys.readouterr()
+    sample = ["sample", "--checkpoint", ckpt, "--prompt", "The ", "--length", "80", "--seed"]
+    assert cli.main([*sample, "3"]) == 0
+    first = capsys.readouterr().out
+    assert cli.main([*sample, "3"]) == 0
+    assert capsys.readouterr().out == first  # the same seed, the same text
+    assert cli.main([*sample, "4"]) == 0
+    assert capsys.readouterr().out != first
+    vocab = torch.load(ckpt, weights_only=True)["vocab"]
+    text = first[:-1]  # print's newline
+    assert text.startswith("The ") and len(text) == 84 and set(text) <= set(vocab)
+    assert cli.main(["eval", "--checkpoint", ckpt]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("val loss ") and "nats/char" in out and "bits/char" in out
+
+
+def test_help_shows_every_default(capsys):
+    for command in ("train", "sample", "eval"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        out = capsys.readouterr().out
+        assert "(default:" in out
+    # flags are grouped as torch-rnn's are
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    for group in ("data:", "model:", "optimisation:", "output:"):
+        assert group in out
+    assert "--hidden-size HIDDEN_SIZE" in out and "(default: 640)" in out
+
+
+def test_bad_data_files(capsys, tmp_path):
+    out = str(tmp_path / "out")
+    fails(capsys, ["train", "--data", str(tmp_path / "missing.txt"), "--out", out, *TINY], "no such file")
+    fails(capsys, ["train", "--data", str(tmp_path), "--out", out, *TINY], "is a directory")
+    (tmp_path / "bin.txt").write_bytes(b"hello \xff\xfe world")
+    fails(capsys, ["train", "--data", str(tmp_path / "bin.txt"), "--out", out, *TINY], "not UTF-8")
+    (tmp_path / "empty.txt").write_text("")
+    fails(capsys, ["train", "--data", str(tmp_path / "empty.txt"), "--out", out, *TINY], "too short")
+    (tmp_path / "short.txt").write_text("to be or not to be")
+    fails(capsys, ["train", "--data", str(tmp_path / "short.txt"), "--out", out, *TINY],
+          "too short for one batch")
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (["--hidden-size", "0"], "hidden_size must be a positive integer"),
+        (["--num-layers", "-1"], "num_layers must be a positive integer"),
+        (["--batch-size", "0"], "batch_size must be a positive integer"),
+        (["--seq-len", "-5"], "seq_len must be a positive integer"),
+        (["--embedding-dim", "-1"], "embedding_dim must be a non-negative integer"),
+        (["--lr", "0"], "lr must be > 0"),
+        (["--lr", "-0.1"], "lr must be > 0"),
+        (["--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'"),
+        (["--dropout", "1.5"], "dropout must be in [0, 1)"),
+        (["--max-steps", "0", "--time-budget", "0"], "max_steps must be a positive integer"),
+        (["--time-budget", "-1"], "time_budget must be a non-negative"),
+        (["--clip", "-1"], "clip must be ≥ 0"),
+        (["--backend", "jax"], "unknown backend"),
+    ],
+)
+def test_bad_hyper_parameters(capsys, corpus, tmp_path, flags, match):
+    fails(capsys, ["train", "--data", corpus, "--out", str(tmp_path / "out"), *TINY, *flags], match)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_directory_that_holds_another_run(capsys, corpus, run):
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    fails(capsys, ["train", "--data", corpus, "--out", str(run), *TINY], "holds another run")
+    # a bad flag with --force still touches nothing
+    fails(capsys, ["train", "--data", corpus, "--out", str(run), "--force", *TINY, "--lr", "0"], "lr must be")
+    fails(capsys, ["train", "--data", corpus, "--out", str(run), "--resume", "--hidden-size", "32"],
+          "hidden_size cannot change when resuming")
+    fails(capsys, ["train", "--out", str(run), "--resume", "--force"], "exclude each other")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_resume_without_a_run(capsys, tmp_path):
+    fails(capsys, ["train", "--out", str(tmp_path), "--resume", *TINY], "no run to resume")
+
+
+def _bad_checkpoints(run, tmp_path):
+    good = (run / "checkpoint.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(good[: len(good) // 2])
+    (tmp_path / "garbage.pt").write_bytes(bytes(range(256)) * 40)
+    (tmp_path / "text.pt").write_text("not a checkpoint at all\n")
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "state_dict.pt")
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    ckpt["version"] = 99
+    torch.save(ckpt, tmp_path / "future.pt")
+    return [
+        (tmp_path / "missing.pt", "no such file"),
+        (tmp_path, "is a directory"),
+        (tmp_path / "truncated.pt", "not a readable checkpoint"),
+        (tmp_path / "garbage.pt", "not a readable checkpoint"),
+        (tmp_path / "text.pt", "not a readable checkpoint"),
+        (tmp_path / "state_dict.pt", "not a scratchrnn language-model checkpoint"),
+        (tmp_path / "future.pt", "format version 99; this scratchrnn reads version 1"),
+    ]
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_bad_checkpoints(capsys, run, tmp_path, command):
+    for path, match in _bad_checkpoints(run, tmp_path):
+        fails(capsys, [command, "--checkpoint", str(path)], match)
+
+
+def test_resume_from_a_bad_checkpoint(capsys, run, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:1000])
+    fails(capsys, ["train", "--out", str(out), "--resume"], "not a readable checkpoint")
+
+
+def test_sample_errors(capsys, run):
+    ckpt = str(run / "checkpoint.pt")
+    line = fails(capsys, ["sample", "--checkpoint", ckpt, "--prompt", "naïve€"], "not in the model's vocab")
+    assert "€" in line
+    fails(capsys, ["sample", "--checkpoint", ckpt, "--temperature", "0"], "temperature must be > 0")
+    fails(capsys, ["sample", "--checkpoint", ckpt, "--top-k", "0"], "top-k must be a positive integer")
+    fails(capsys, ["sample", "--checkpoint", ckpt, "--length", "-1"], "length must be ≥ 0")
+
+
+def test_eval_on_other_data(capsys, run, corpus, tmp_path):
+    assert cli.main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--data", corpus]) == 0
+    assert "val loss" in capsys.readouterr().out
+    fails(capsys, ["eval", "--checkpoint", str(run / "checkpoint.pt"), "--data", str(tmp_path / "nope.txt")],
+          "no such file")
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    """End to end through a real process: exit status 2, one line, no traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "scratchrnn", "sample", "--checkpoint", str(tmp_path / "none.pt")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"scratchrnn sample: error: no such file: {tmp_path / 'none.pt'}"
+    ]

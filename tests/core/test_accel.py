@@ -1,0 +1,164 @@
+"""The optional C loops (_steps.c) against the PyTorch loops and torch.nn.RNN, and their fallback."""
+
+import ctypes
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_sequence
+
+import scratchrnn
+from scratchrnn.core import accel
+
+needs_accel = pytest.mark.skipif(not accel.available(), reason="no C compiler or BLAS here")
+
+
+@pytest.fixture
+def python_loops():
+    """Run a test with the C loops off, then restore them."""
+    accel.set_enabled(False)
+    yield
+    accel.set_enabled(True)
+
+
+def _run(model, x, leaves, hx, upstream_seed=1):
+    """Output, h_n and the gradients of the leaves, hx and every parameter (random upstream)."""
+    output, h_n = model(x, hx)
+    data = output.data if isinstance(output, torch.nn.utils.rnn.PackedSequence) else output
+    g = torch.Generator().manual_seed(upstream_seed)
+    loss = (data * torch.randn(data.shape, generator=g, dtype=data.dtype)).sum()
+    loss = loss + (h_n * torch.randn(h_n.shape, generator=g, dtype=h_n.dtype)).sum()
+    grads = torch.autograd.grad(loss, [*leaves, hx, *model.parameters()])
+    return [data, h_n, *grads]
+
+
+def _both_paths(make_model, make_inputs):
+    results = []
+    for enabled in (True, False):
+        accel.set_enabled(enabled)
+        try:
+            torch.manual_seed(0)
+            model = make_model()
+            results.append(_run(model, *make_inputs()))
+        finally:
+            accel.set_enabled(True)
+    return results
+
+
+@needs_accel
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_c_loops_match_pytorch_loops_and_nn_rnn(dtype, nonlinearity, bidirectional, packed):
+    dirs, L, D, H = (2 if bidirectional else 1), 2, 3, 6
+    lengths = [7, 5, 5, 2, 1, 1]
+
+    def make_model():
+        return scratchrnn.RNN(D, H, L, nonlinearity=nonlinearity, bidirectional=bidirectional,
+                              dtype=dtype)
+
+    def make_inputs():
+        g = torch.Generator().manual_seed(2)
+        hx = torch.randn(L * dirs, len(lengths), H, generator=g, dtype=dtype, requires_grad=True)
+        if packed:
+            seqs = [torch.randn(n, D, generator=g, dtype=dtype, requires_grad=True) for n in lengths]
+            return pack_sequence(seqs, enforce_sorted=False), seqs, hx
+        x = torch.randn(7, len(lengths), D, generator=g, dtype=dtype, requires_grad=True)
+        return x, [x], hx
+
+    with_c, with_python = _both_paths(make_model, make_inputs)
+    torch.manual_seed(0)
+    model = make_model()
+    oracle = torch.nn.RNN(D, H, L, nonlinearity=nonlinearity, bidirectional=bidirectional, dtype=dtype)
+    oracle.load_state_dict(model.state_dict())
+    expected = _run(oracle, *make_inputs())
+    tol = {"atol": 1e-12, "rtol": 0} if dtype == torch.float64 else {"atol": 1e-5, "rtol": 1e-5}
+    for a, b, c in zip(with_c, with_python, expected, strict=True):
+        torch.testing.assert_close(a, c, **tol)
+        torch.testing.assert_close(b, c, **tol)
+
+
+@needs_accel
+def test_c_tanh_is_correctly_rounded_in_float32_and_close_in_float64():
+    lib = accel._library()
+    grid = torch.cat([
+        torch.linspace(-25, 25, 400_001, dtype=torch.float64),
+        torch.logspace(-30, 1.4, 100_001, dtype=torch.float64),
+        -torch.logspace(-30, 1.4, 100_001, dtype=torch.float64),
+        torch.tensor([0.0, -0.0, 1e-300, 5e-324, 1e300, -1e300], dtype=torch.float64),
+    ])
+    x32 = grid.float()
+    exact = torch.tanh(x32.double())
+    ours32 = x32.clone()
+    lib.scratchrnn_tanh_f32(ctypes.c_int64(ours32.numel()), ctypes.c_void_p(ours32.data_ptr()))
+    ulp = torch.nextafter(exact.float().abs(), torch.tensor(float("inf"))).double() - exact.float().abs()
+    assert ((ours32.double() - exact).abs() / ulp).max() <= 0.5 + 1e-9  # correctly rounded
+    ours64 = grid.clone()
+    lib.scratchrnn_tanh_f64(ctypes.c_int64(ours64.numel()), ctypes.c_void_p(ours64.data_ptr()))
+    torch.testing.assert_close(ours64, torch.tanh(grid), atol=1e-300, rtol=1e-15)
+    assert ours64[grid == 0].eq(0).all()
+
+
+def test_disabled_means_unavailable(python_loops):
+    assert not accel.available()
+    assert not accel.available_for(torch.zeros(2))
+
+
+def test_no_compiler_falls_back_to_pytorch(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    accel.set_enabled(True)  # clears the cached library: the next use tries to build again
+    try:
+        assert not accel.available()
+        rnn = scratchrnn.RNN(3, 4)
+        output, _ = rnn(torch.randn(5, 2, 3))
+        assert output.shape == (5, 2, 4)
+    finally:
+        monkeypatch.undo()
+        accel.set_enabled(True)
+
+
+def test_only_cpu_float32_and_float64_use_the_c_loops():
+    assert not accel.available_for(torch.zeros(2, dtype=torch.bfloat16))
+    assert not accel.available_for(torch.zeros(2), torch.zeros(2, dtype=torch.float64))
+    if accel.available():
+        assert accel.available_for(torch.zeros(2), torch.zeros(3))
+
+
+needs_onednn = pytest.mark.skipif(accel._onednn_linear() is None, reason="PyTorch built without oneDNN")
+
+
+@needs_onednn
+def test_large_float32_gemms_go_to_onednn_and_agree_with_mkl(monkeypatch):
+    calls = []
+    real = accel._onednn_linear()
+    monkeypatch.setattr(accel, "_onednn_linear", lambda: lambda *a: calls.append(1) or real(*a))
+    g = torch.Generator().manual_seed(0)
+    A, B = torch.randn(640, 96, generator=g), torch.randn(96, 128, generator=g)
+    torch.testing.assert_close(accel.matmul(A, B), A @ B, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(accel.matmul(A, B.t().contiguous().t()), A @ B, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 2
+    accel.matmul(A[:8], B)  # small: stays with torch.mm
+    accel.matmul(A.double(), B.double())  # float64: stays with torch.mm
+    accel.matmul(A.t().contiguous().t(), B)  # A not row-major: stays with torch.mm
+    wide = torch.randn(96, 256, generator=g)
+    torch.testing.assert_close(accel.matmul(A, wide[:, :128]), A @ wide[:, :128])  # strided B: mm
+    assert len(calls) == 2
+
+
+@needs_onednn
+def test_rnn_with_onednn_gemms_matches_nn_rnn_in_float32():
+    T, N, D, H = 16, 64, 96, 128  # every once-per-layer GEMM is above the oneDNN threshold
+    assert min(T * N * D * H, H * T * N * H) >= accel._ONEDNN_MIN_MACS
+    torch.manual_seed(0)
+    ours = scratchrnn.RNN(D, H, num_layers=2, bidirectional=True)
+    oracle = torch.nn.RNN(D, H, num_layers=2, bidirectional=True)
+    oracle.load_state_dict(ours.state_dict())
+    x = torch.randn(T, N, D, requires_grad=True)
+    results = []
+    for model in (ours, oracle):
+        output, h_n = model(x)
+        loss = output.square().sum() + h_n.sum()
+        results.append([output, h_n, *torch.autograd.grad(loss, [x, *model.parameters()])])
+    for a, b in zip(*results, strict=True):
+        assert ((a - b).abs().max() / b.abs().max()).item() <= 1e-5

@@ -1,0 +1,205 @@
+"""The training loop on a tiny corpus: it learns, resumes exactly, stops cleanly, refuses bad runs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scratchrnn.lm.train import (
+    CHECKPOINT_VERSION,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    evaluate_checkpoint,
+    learning_rate,
+    load_checkpoint,
+    load_model,
+    resume_config,
+    train,
+)
+
+
+def tiny(corpus, out, **kw) -> TrainConfig:
+    settings = dict(
+        data=corpus, out=str(out), embedding_dim=8, hidden_size=24, batch_size=4, seq_len=8,
+        max_steps=40, time_budget=None, warmup_steps=5, lr=1e-2, eval_interval=10, eval_streams=4,
+        log_interval=1, sample_length=20, progress=False,
+    )
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+def records(run_dir, key):
+    lines = (run_dir / "log.jsonl").read_text().splitlines()
+    return {r["step"]: r[key] for r in map(json.loads, lines) if key in r}
+
+
+def test_a_tiny_run_learns(corpus, tmp_path):
+    result = train(tiny(corpus, tmp_path / "run", max_steps=120, eval_interval=40))
+    train_losses = records(tmp_path / "run", "train_loss")
+    val_losses = records(tmp_path / "run", "val_loss")
+    assert math.log(60) - 0.5 < train_losses[1] < math.log(60) + 0.5  # ≈ uniform over the vocabulary
+    assert result.step == 120 and list(val_losses) == [40, 80, 120]
+    assert val_losses[120] < val_losses[40] < train_losses[1] - 0.7
+    assert result.val_loss == val_losses[120]
+    assert result.chars_per_s > 0 and result.interrupted is None
+    names = sorted(os.listdir(tmp_path / "run"))
+    assert names == ["best.pt", "checkpoint.pt", "config.json", "log.jsonl", "loss.png", "samples.txt"]
+    assert (tmp_path / "run" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    # eval on the checkpoint reproduces the run's own validation loss
+    loss, count = evaluate_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert loss == pytest.approx(result.val_loss, rel=1e-6) and count > 500
+
+
+def test_checkpoint_contents(corpus, tmp_path):
+    train(tiny(corpus, tmp_path, max_steps=10))
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["format"] == "scratchrnn.charlm" and ckpt["version"] == CHECKPOINT_VERSION
+    assert ckpt["step"] == 10 and ckpt["model_config"]["hidden_size"] == 24
+    assert ckpt["train_config"]["lr"] == 1e-2 and isinstance(ckpt["vocab"], str)
+    assert ckpt["rng"].dtype == torch.uint8 and ckpt["hidden"].shape == (1, 4, 24)
+    assert set(ckpt["optimizer"]["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+    model, vocab, _ = load_model(tmp_path / "checkpoint.pt")
+    assert len(vocab) == model.vocab_size and not model.training
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]  # no temp files left behind
+
+
+def _interrupt_at(monkeypatch, at_step: int) -> None:
+    """Deliver a real SIGINT to this process while the loop is in step ``at_step``."""
+    original = Trainer.train_step
+
+    def train_step(self, *args):
+        if self.step + 1 == at_step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+@pytest.mark.parametrize("kw", [{}, dict(num_layers=2, dropout=0.3, optimizer="adamw")])
+def test_resume_equals_an_uninterrupted_run(corpus, tmp_path, monkeypatch, kw):
+    straight = train(tiny(corpus, tmp_path / "a", **kw))
+    _interrupt_at(monkeypatch, 17)
+    first = train(tiny(corpus, tmp_path / "b", **kw))
+    assert first.interrupted == "SIGINT" and first.step == 17
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 17
+    resumed = train(resume_config(tmp_path / "b"), resume=True)
+    assert resumed.step == straight.step == 40
+    # step for step: the same training losses and the same validation losses, exactly
+    assert records(tmp_path / "b", "train_loss") == records(tmp_path / "a", "train_loss")
+    assert records(tmp_path / "b", "val_loss") == records(tmp_path / "a", "val_loss")
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+
+
+def test_resume_can_extend_but_not_change_the_model(corpus, tmp_path):
+    train(tiny(corpus, tmp_path, max_steps=10))
+    result = train(resume_config(tmp_path, max_steps=20), resume=True)
+    assert result.step == 20
+    with pytest.raises(ValueError, match="hidden_size cannot change"):
+        Trainer(tiny(corpus, tmp_path, hidden_size=32, max_steps=30), resume=True)
+    with pytest.raises(ValueError, match="lr cannot change"):
+        resume_config(tmp_path, lr=1.0)
+    with pytest.raises(FileNotFoundError, match="no run to resume"):
+        resume_config(tmp_path / "elsewhere")
+
+
+def test_refuses_a_directory_that_holds_another_run(corpus, tmp_path):
+    train(tiny(corpus, tmp_path, max_steps=10))
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="holds another run"):
+        Trainer(tiny(corpus, tmp_path, max_steps=10))
+    with pytest.raises(ValueError, match="lr must be > 0"):  # bad settings: nothing touched, even with force
+        Trainer(tiny(corpus, tmp_path, lr=0.0), force=True)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    result = train(tiny(corpus, tmp_path, max_steps=5), force=True)
+    assert result.step == 5 and max(records(tmp_path, "train_loss")) <= 5
+
+
+def test_a_diverging_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    original = Trainer.train_step
+
+    def train_step(self, *args):  # a weight blows up during step 8
+        if self.step + 1 == 8:
+            with torch.no_grad():
+                self.model.head.bias[0] = math.inf
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    with pytest.raises(TrainingDiverged, match=r"the training loss became (nan|inf) at step 8; stop") as err:
+        train(tiny(corpus, tmp_path, eval_interval=5))
+    assert "the last good checkpoint" in str(err.value) and "(step 5), is kept" in str(err.value)
+    model, _, _ = load_model(tmp_path / "checkpoint.pt")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(TrainingDiverged, match="no checkpoint had been saved yet"):
+        train(tiny(corpus, tmp_path / "early", eval_interval=10))
+
+
+def test_the_torch_backend_trains_the_same_model(corpus, tmp_path):
+    ours = train(tiny(corpus, tmp_path / "ours", max_steps=5, eval_interval=5))
+    theirs = train(tiny(corpus, tmp_path / "torch", max_steps=5, eval_interval=5, backend="torch"))
+    a, b = records(tmp_path / "ours", "train_loss"), records(tmp_path / "torch", "train_loss")
+    assert a[1] == pytest.approx(b[1], rel=1e-6)  # the same initial weights, the same first loss
+    assert all(a[s] == pytest.approx(b[s], rel=1e-4) for s in a)  # then float32 rounding only
+    assert ours.val_loss == pytest.approx(theirs.val_loss, rel=1e-4)
+
+
+def test_learning_rate_schedule():
+    c = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert learning_rate(c, 0, 0.0) == pytest.approx(0.1)
+    assert learning_rate(c, 9, 0.0) == pytest.approx(1.0)
+    assert learning_rate(c, 50, 0.5) == pytest.approx(0.55)
+    assert learning_rate(c, 99, 1.0) == pytest.approx(0.1)
+    assert learning_rate(c, 99, 1.7) == pytest.approx(0.1)  # past the end: stays at the floor
+    lrs = [learning_rate(c, s, s / 100) for s in range(10, 100)]
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+
+
+def test_time_budget_stops_the_run(corpus, tmp_path):
+    t0 = time.perf_counter()
+    result = train(tiny(corpus, tmp_path, max_steps=None, time_budget=1.5, eval_interval=1000))
+    assert 1.2 < result.elapsed < 5.0 and time.perf_counter() - t0 < 30  # loose: the machine is shared
+    assert records(tmp_path, "lr")[result.step] < 0.2 * 1e-2  # the cosine reached its floor region
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_a_checkpoint_and_exits_cleanly(corpus, tmp_path, sig):
+    command = [sys.executable, "-m", "scratchrnn", "train", "--data", corpus, "--out", str(tmp_path),
+               "--hidden-size", "16", "--embedding-dim", "4", "--batch-size", "2", "--seq-len", "4",
+               "--max-steps", "1000000", "--time-budget", "0", "--eval-interval", "1000000",
+               "--no-progress"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "log.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err and f"stopped by {sig.name}" in err
+    step = load_checkpoint(tmp_path / "checkpoint.pt")["step"]
+    assert step >= 10 and f"step {step}," in out
+
+
+def test_a_checkpoint_written_before_the_package_was_split_still_loads():
+    """tests/lm/data/checkpoint-before-the-move.pt was written by scratchrnn train at commit b9e44ce
+    (flat modules, before core/lm/apps); the .json beside it holds its logits for a prompt."""
+    here = Path(__file__).with_name("data")
+    expected = json.loads((here / "checkpoint-before-the-move.json").read_text())
+    model, vocab, ckpt = load_model(here / "checkpoint-before-the-move.pt")
+    assert ckpt["step"] == expected["step"]
+    with torch.no_grad():
+        logits, _ = model(vocab.encode(expected["text"]).unsqueeze(1))
+    assert logits[-1, 0].tolist() == expected["last_logits"]
