@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = [
     "SCHEMES",
@@ -71,40 +72,37 @@ def default_(rnn: nn.Module) -> nn.Module:
     return rnn
 
 
+def _biases_zero_and(rnn: nn.Module, init_ih: Callable[[Tensor], object],
+                     init_hh: Callable[[Tensor], object]) -> nn.Module:
+    """Every bias to zero, every W_ih through ``init_ih`` and every W_hh through ``init_hh``, in
+    registration order (so a seed gives the same draws whatever the scheme does with them)."""
+    for name, p in rnn.named_parameters():
+        kind = _kind(name)
+        if kind == "bias":
+            p.zero_()
+        else:
+            (init_hh if kind == "hh" else init_ih)(p)
+    return rnn
+
+
 @torch.no_grad()
 def small_normal_(rnn: nn.Module, std: float = 0.01) -> nn.Module:
     """The tutorial's ``torch.randn(shape) * 0.01``: weights N(0, std²), biases zero."""
-    for name, p in rnn.named_parameters():
-        if _kind(name) == "bias":
-            p.zero_()
-        else:
-            p.normal_(0.0, std)
-    return rnn
+    normal = partial(Tensor.normal_, mean=0.0, std=std)
+    return _biases_zero_and(rnn, normal, normal)
 
 
 @torch.no_grad()
 def xavier_(rnn: nn.Module, gain: float = 1.0) -> nn.Module:
     """Glorot & Bengio (2010): weights U(±gain·√(6 / (fan_in + fan_out))), biases zero."""
-    for name, p in rnn.named_parameters():
-        if _kind(name) == "bias":
-            p.zero_()
-        else:
-            nn.init.xavier_uniform_(p, gain=gain)
-    return rnn
+    xavier = partial(nn.init.xavier_uniform_, gain=gain)
+    return _biases_zero_and(rnn, xavier, xavier)
 
 
 @torch.no_grad()
 def orthogonal_(rnn: nn.Module, gain: float = 1.0) -> nn.Module:
     """W_hh a random orthogonal matrix times gain (Saxe et al. 2014), W_ih Xavier, biases zero."""
-    for name, p in rnn.named_parameters():
-        kind = _kind(name)
-        if kind == "bias":
-            p.zero_()
-        elif kind == "hh":
-            nn.init.orthogonal_(p, gain=gain)
-        else:
-            nn.init.xavier_uniform_(p)
-    return rnn
+    return _biases_zero_and(rnn, nn.init.xavier_uniform_, partial(nn.init.orthogonal_, gain=gain))
 
 
 @torch.no_grad()
@@ -114,15 +112,10 @@ def identity_(rnn: nn.Module, scale: float = 1.0, input_std: float = 0.001) -> n
     Meant for ``nonlinearity='relu'``; with tanh it still starts every eigenvalue of W_hh at
     ``scale``, but tanh then shrinks the state at every step.
     """
-    for name, p in rnn.named_parameters():
-        kind = _kind(name)
-        if kind == "bias":
-            p.zero_()
-        elif kind == "hh":
-            p.copy_(scale * torch.eye(p.shape[0], dtype=p.dtype, device=p.device))
-        else:
-            p.normal_(0.0, input_std)
-    return rnn
+    def eye(p: Tensor) -> Tensor:
+        return p.copy_(scale * torch.eye(p.shape[0], dtype=p.dtype, device=p.device))
+
+    return _biases_zero_and(rnn, partial(Tensor.normal_, mean=0.0, std=input_std), eye)
 
 
 SCHEMES: dict[str, Callable[[nn.Module], nn.Module]] = {

@@ -36,12 +36,29 @@ def _check_lr(lr: float) -> None:
         raise ValueError(f"learning rate must be a positive number, got {lr!r}")
 
 
-def _with_grads(group: dict) -> tuple[list[Tensor], list[Tensor]]:
-    params = [p for p in group["params"] if p.grad is not None]
-    return params, [p.grad for p in params]
+class _HandWritten(torch.optim.Optimizer):
+    """The loop every optimizer here shares: for each parameter group, the parameters that have a
+    gradient and their gradients go to ``_update``, which writes the update rule."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None if closure is None else closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._update(group, params, [p.grad for p in params])
+        return loss
+
+    def _update(self, group: dict, params: list[Tensor], g: list[Tensor]) -> None:
+        raise NotImplementedError
 
 
-class SGD(torch.optim.Optimizer):
+def _l2(g: list[Tensor], params: list[Tensor], wd: float) -> list[Tensor]:
+    """g ← g + λθ (L2 weight decay, as a new list), or g itself when λ = 0."""
+    return torch._foreach_add(g, params, alpha=wd) if wd else g
+
+
+class SGD(_HandWritten):
     """SGD with momentum μ (and optional Nesterov), dampening τ, L2 weight decay λ."""
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
@@ -55,35 +72,27 @@ class SGD(torch.optim.Optimizer):
                         weight_decay=weight_decay, nesterov=nesterov)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None if closure is None else closure()
-        for group in self.param_groups:
-            params, g = _with_grads(group)
-            if not params:
-                continue
-            lr, mu, tau, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
-            if wd:
-                g = torch._foreach_add(g, params, alpha=wd)  # g ← g + λθ
-            if mu:
-                old_b, old_g = [], []
-                for p, g_p in zip(params, g, strict=True):
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = g_p.clone()  # b₁ = g
-                    else:
-                        old_b.append(state["momentum_buffer"])
-                        old_g.append(g_p)
-                if old_b:
-                    torch._foreach_mul_(old_b, mu)  # b ← μ b + (1 − τ) g
-                    torch._foreach_add_(old_b, old_g, alpha=1 - tau)
-                b = [self.state[p]["momentum_buffer"] for p in params]
-                g = torch._foreach_add(g, b, alpha=mu) if group["nesterov"] else b
-            torch._foreach_add_(params, g, alpha=-lr)  # θ ← θ − η b
-        return loss
+    def _update(self, group: dict, params: list[Tensor], g: list[Tensor]) -> None:
+        lr, mu, tau = group["lr"], group["momentum"], group["dampening"]
+        g = _l2(g, params, group["weight_decay"])  # g ← g + λθ
+        if mu:
+            old_b, old_g = [], []
+            for p, g_p in zip(params, g, strict=True):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = g_p.clone()  # b₁ = g
+                else:
+                    old_b.append(state["momentum_buffer"])
+                    old_g.append(g_p)
+            if old_b:
+                torch._foreach_mul_(old_b, mu)  # b ← μ b + (1 − τ) g
+                torch._foreach_add_(old_b, old_g, alpha=1 - tau)
+            b = [self.state[p]["momentum_buffer"] for p in params]
+            g = torch._foreach_add(g, b, alpha=mu) if group["nesterov"] else b
+        torch._foreach_add_(params, g, alpha=-lr)  # θ ← θ − η b
 
 
-class Adagrad(torch.optim.Optimizer):
+class Adagrad(_HandWritten):
     """Adagrad: per-coordinate steps η / (√G + ε), G the running sum of squared gradients."""
 
     def __init__(self, params, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
@@ -97,29 +106,21 @@ class Adagrad(torch.optim.Optimizer):
                 self.state[p]["step"] = torch.tensor(0.0)
                 self.state[p]["sum"] = torch.full_like(p, group["initial_accumulator_value"])
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None if closure is None else closure()
-        for group in self.param_groups:
-            params, g = _with_grads(group)
-            if not params:
-                continue
-            states = [self.state[p] for p in params]
-            G = [s["sum"] for s in states]
-            for s in states:
-                s["step"] += 1
-            t = states[0]["step"].item()
-            if group["weight_decay"]:
-                g = torch._foreach_add(g, params, alpha=group["weight_decay"])  # g ← g + λθ
-            torch._foreach_addcmul_(G, g, g)  # G ← G + g²
-            std = torch._foreach_sqrt(G)
-            torch._foreach_add_(std, group["eps"])  # √G + ε
-            lr_t = group["lr"] / (1 + (t - 1) * group["lr_decay"])
-            torch._foreach_addcdiv_(params, g, std, value=-lr_t)  # θ ← θ − η_t g / (√G + ε)
-        return loss
+    def _update(self, group: dict, params: list[Tensor], g: list[Tensor]) -> None:
+        states = [self.state[p] for p in params]
+        G = [s["sum"] for s in states]
+        for s in states:
+            s["step"] += 1
+        t = states[0]["step"].item()
+        g = _l2(g, params, group["weight_decay"])  # g ← g + λθ
+        torch._foreach_addcmul_(G, g, g)  # G ← G + g²
+        std = torch._foreach_sqrt(G)
+        torch._foreach_add_(std, group["eps"])  # √G + ε
+        lr_t = group["lr"] / (1 + (t - 1) * group["lr_decay"])
+        torch._foreach_addcdiv_(params, g, std, value=-lr_t)  # θ ← θ − η_t g / (√G + ε)
 
 
-class Adam(torch.optim.Optimizer):
+class Adam(_HandWritten):
     """Adam (Kingma & Ba 2015) with bias correction; ``weight_decay`` is L2 (added to g)."""
 
     _decoupled = False
@@ -134,38 +135,31 @@ class Adam(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None if closure is None else closure()
-        for group in self.param_groups:
-            params, g = _with_grads(group)
-            if not params:
-                continue
-            lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for p in params:
-                if not self.state[p]:
-                    self.state[p]["step"] = torch.tensor(0.0)
-                    self.state[p]["exp_avg"] = torch.zeros_like(p)
-                    self.state[p]["exp_avg_sq"] = torch.zeros_like(p)
-            states = [self.state[p] for p in params]
-            m = [s["exp_avg"] for s in states]
-            v = [s["exp_avg_sq"] for s in states]
-            for s in states:
-                s["step"] += 1
-            t = states[0]["step"].item()
-            if wd and self._decoupled:
-                torch._foreach_mul_(params, 1 - lr * wd)  # θ ← θ (1 − ηλ)
-            elif wd:
-                g = torch._foreach_add(g, params, alpha=wd)  # g ← g + λθ
-            torch._foreach_lerp_(m, g, 1 - beta1)  # m ← β₁ m + (1 − β₁) g
-            torch._foreach_mul_(v, beta2)  # v ← β₂ v + (1 − β₂) g²
-            torch._foreach_addcmul_(v, g, g, value=1 - beta2)
-            bias1, bias2 = 1 - beta1**t, 1 - beta2**t
-            denom = torch._foreach_sqrt(v)  # √v̂ + ε = √v / √(1 − β₂ᵗ) + ε
-            torch._foreach_div_(denom, math.sqrt(bias2))
-            torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(params, m, denom, value=-lr / bias1)  # θ ← θ − η m̂ / (√v̂ + ε)
-        return loss
+    def _update(self, group: dict, params: list[Tensor], g: list[Tensor]) -> None:
+        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        for p in params:
+            if not self.state[p]:
+                self.state[p]["step"] = torch.tensor(0.0)
+                self.state[p]["exp_avg"] = torch.zeros_like(p)
+                self.state[p]["exp_avg_sq"] = torch.zeros_like(p)
+        states = [self.state[p] for p in params]
+        m = [s["exp_avg"] for s in states]
+        v = [s["exp_avg_sq"] for s in states]
+        for s in states:
+            s["step"] += 1
+        t = states[0]["step"].item()
+        if self._decoupled and wd:
+            torch._foreach_mul_(params, 1 - lr * wd)  # θ ← θ (1 − ηλ)
+        elif not self._decoupled:
+            g = _l2(g, params, wd)  # g ← g + λθ
+        torch._foreach_lerp_(m, g, 1 - beta1)  # m ← β₁ m + (1 − β₁) g
+        torch._foreach_mul_(v, beta2)  # v ← β₂ v + (1 − β₂) g²
+        torch._foreach_addcmul_(v, g, g, value=1 - beta2)
+        bias1, bias2 = 1 - beta1**t, 1 - beta2**t
+        denom = torch._foreach_sqrt(v)  # √v̂ + ε = √v / √(1 − β₂ᵗ) + ε
+        torch._foreach_div_(denom, math.sqrt(bias2))
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, m, denom, value=-lr / bias1)  # θ ← θ − η m̂ / (√v̂ + ε)
 
 
 class AdamW(Adam):
