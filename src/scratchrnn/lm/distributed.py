@@ -206,8 +206,8 @@ class World:
     def seed_rank(self, seed: int) -> None:
         """Give ranks 1 … W − 1 their own dropout streams (rank 0 keeps the one-process stream),
         so that the shards of a batch do not share dropout masks."""
-        if self.rank:
-            torch.manual_seed(seed * 1_000_003 + self.rank)
+        if self.rank:  # modulo 2⁶⁴: torch takes a 64-bit seed, and any seed of TrainConfig is valid
+            torch.manual_seed((seed * 1_000_003 + self.rank) % 2**64)
 
     def _object_device(self) -> torch.device | None:
         return self.device if self.device.type == "cuda" else None
