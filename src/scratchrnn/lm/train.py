@@ -254,6 +254,7 @@ class Trainer:
         config = dataclasses.replace(config, data=resolve_data(config.data), out=os.fspath(self.files.path))
         config.validate()
         self.world.check_batch_size(config.batch_size)
+        self.files.check_target()
         ckpt = None
         schedule = Schedule(config.max_steps, config.time_budget)
         if resume:
