@@ -13,6 +13,7 @@ begins leaves as one line and status 130 or 143 (during training the loop saves 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -334,6 +335,22 @@ def _stop(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    previous = {}
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(ValueError):  # not the main thread: the signals stay as they are
+            previous[sig] = signal.signal(sig, _stop)
+    try:
+        return _main(argv)
+    except (_Stopped, KeyboardInterrupt) as stop:  # before a command began: nothing to report but that
+        signum = stop.signum if isinstance(stop, _Stopped) else signal.SIGINT
+        print(f"scratchrnn: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # the subcommand's usage, not the top level's: it is the one that knows the flags
@@ -343,10 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rank = os.environ.get("RANK", "0")  # set by torchrun
     where = "" if rank == "0" else f" (rank {rank})"
-    previous = {}
     try:
-        for sig in STOP_SIGNALS:
-            previous[sig] = signal.signal(sig, _stop)
         _COMMANDS[args.command](args)
     except (ValueError, OSError) as err:
         if rank != "0" and raised_on_every_rank(err):
@@ -357,9 +371,6 @@ def main(argv: list[str] | None = None) -> int:
         signum = stop.signum if isinstance(stop, _Stopped) else signal.SIGINT
         print(f"scratchrnn {args.command}{where}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
         return 128 + signum
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
     return 0
 
 

@@ -187,6 +187,7 @@ class Corpus:
 def load_corpus(path: str | os.PathLike | None = None, vocab: Vocab | None = None) -> Corpus:
     """Read, split and encode a UTF-8 text file (the bundled corpus when ``path`` is None)."""
     name = "the bundled corpus" if path is None else os.fspath(path)
+    log.debug("reading and encoding %s", name)
     return Corpus.from_text(read_text(path), vocab, name)
 
 

@@ -19,9 +19,11 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["DiskFullError", "append_text", "atomic_write", "file_mode", "read_regular", "stat_error"]
+__all__ = ["DiskFullError", "append_text", "atomic_write", "disk_full_said", "file_mode", "os_error",
+           "read_regular", "stat_error"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -37,11 +39,23 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def _full(err: OSError, path: Path) -> DiskFullError:
-    return DiskFullError(
-        err.errno, f"no space left on the device to write {path} ({err.strerror}); "
-        f"its previous version, if any, is kept"
-    )
+def os_error(kind: type[OSError], code: int, message: str) -> OSError:
+    """``kind(message)`` with ``errno`` set: its text is the message alone, without "[Errno N]"."""
+    err = kind(message)
+    err.errno = code
+    return err
+
+
+@contextlib.contextmanager
+def disk_full_said(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk (or quota) while writing ``path`` into a :class:`DiskFullError` saying so."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in _FULL:
+            raise os_error(DiskFullError, err.errno, f"no space left on the device to write {path} "
+                           f"({err.strerror}); its previous version, if any, is kept") from None
+        raise
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
@@ -52,32 +66,25 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         OSError: any other failure to write; ``path`` is as it was.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), file_mode())
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(err, OSError) and err.errno in _FULL:
-            raise _full(err, path) from None
-        raise
+    with disk_full_said(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), file_mode())
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def append_text(path: str | os.PathLike, text: str) -> None:
     """Append ``text`` to ``path`` (created if missing), saying so plainly when the disk is full."""
-    path = Path(path)
-    try:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as err:
-        if err.errno in _FULL:
-            raise _full(err, path) from None
-        raise
+    with disk_full_said(path), open(path, "a", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _kind(mode: int) -> str:
@@ -93,10 +100,10 @@ def stat_error(err: OSError, path: str) -> OSError:
     if err.errno == errno.ENOENT:
         return FileNotFoundError(f"no such file: {path}")
     if err.errno == errno.ELOOP:
-        return OSError(errno.ELOOP, f"{path} is a loop of symbolic links (it never reaches a file)")
+        return os_error(OSError, errno.ELOOP, f"{path} is a loop of symbolic links (it never reaches a file)")
     if err.errno == errno.EACCES:
         return PermissionError(f"permission denied: {path}")
-    return OSError(err.errno, f"{path}: {err.strerror}")
+    return os_error(OSError, err.errno, f"{path}: {err.strerror}")
 
 
 def read_regular(path: str | os.PathLike, what: str, limit: int) -> bytes:

@@ -46,7 +46,7 @@ from pathlib import Path
 from scratchrnn.lm.checkpoint import load_checkpoint
 from scratchrnn.lm.config import RESUME_CHANGEABLE, TrainConfig
 from scratchrnn.lm.data import resolve_data, same_data
-from scratchrnn.lm.files import append_text, atomic_write
+from scratchrnn.lm.files import append_text, atomic_write, disk_full_said, os_error
 
 __all__ = ["LOCK_NAME", "REPLACED", "RUN_FILES", "RunDir", "RunInUseError", "changes_refused", "read_log",
            "resume_config"]
@@ -87,9 +87,9 @@ class _Lock:
                 f.seek(0)
                 holder = f.read().strip() or "unknown"
                 f.close()
-                raise RunInUseError(
-                    errno.EBUSY, f"{self.path.parent} is in use by another scratchrnn process "
-                    f"(PID {holder}); wait for it to finish, or stop it, or choose another --out"
+                raise os_error(
+                    RunInUseError, errno.EBUSY, f"{self.path.parent} is in use by another scratchrnn "
+                    f"process (PID {holder}); wait for it to finish, or stop it, or choose another --out"
                 ) from None
             # The last holder removes the file as it lets go; if that happened between our open
             # and our flock, we hold a lock on a file nobody else will see: start again.
@@ -100,19 +100,24 @@ class _Lock:
             if current:
                 break
             f.close()
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
         self._file = f
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+        except BaseException:  # e.g. a full disk: no lock, and no lock file left behind
+            self.release()
+            raise
 
     def release(self) -> None:
         if self._file is None:
             return
+        f, self._file = self._file, None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        self._file.close()  # closing lets go of the flock
-        self._file = None
+        with contextlib.suppress(OSError):  # a failed flush still closes the file
+            f.close()  # closing lets go of the flock
 
 
 class RunDir:
@@ -166,8 +171,16 @@ class RunDir:
             if not (self.checkpoint.is_file() or (self.path / REPLACED).is_dir()):
                 raise FileNotFoundError(f"no run to resume in {self.path} (no checkpoint.pt)")
         else:
-            self._make_directory()
-        self.lock.acquire()
+            with disk_full_said(self.path):
+                self._make_directory()
+        try:
+            with disk_full_said(self.lock.path):
+                self.lock.acquire()
+        except RunInUseError:
+            raise  # the directory is its holder's: nothing here is ours to remove
+        except BaseException:
+            self._remove_created()
+            raise
         self._opened = True
         try:
             self._prepare(mode)
@@ -214,9 +227,12 @@ class RunDir:
         self.lock.release()
         self._opened = False
         if self._aborted:
-            for directory in reversed(self._created):
-                with contextlib.suppress(OSError):  # not empty: something else is in it now
-                    directory.rmdir()
+            self._remove_created()
+
+    def _remove_created(self) -> None:
+        for directory in reversed(self._created):
+            with contextlib.suppress(OSError):  # not empty: something else is in it now
+                directory.rmdir()
 
     def _make_directory(self) -> None:
         missing = []
