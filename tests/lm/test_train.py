@@ -272,7 +272,7 @@ def test_paths_are_saved_absolute_so_resume_and_eval_work_from_anywhere(corpus, 
 
 def test_extending_max_steps_keeps_the_schedule_and_says_so(corpus, tmp_path, caplog):
     train(tiny(corpus, tmp_path, max_steps=10, warmup_steps=2))
-    with caplog.at_level(logging.INFO, logger="scratchrnn.lm.train"):
+    with caplog.at_level(logging.INFO, logger="scratchrnn.lm.schedule"):
         train(resume_config(tmp_path, max_steps=20), resume=True)
     assert "the learning-rate schedule still ends at step 10, as the run began" in caplog.text
     assert "training now stops at step 20" in caplog.text

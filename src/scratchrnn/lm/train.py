@@ -32,13 +32,13 @@ import math
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -58,11 +58,13 @@ from scratchrnn.lm.distributed import STOP_SIGNALS, World
 from scratchrnn.lm.evaluation import NATS_TO_BITS, Evaluation, eval_batches, evaluate, evaluate_checkpoint
 from scratchrnn.lm.model import CharRNN, TorchCharRNN, cross_entropy, generate
 from scratchrnn.lm.rundir import RunDir, changes_refused, read_log, refuse, resume_config
+from scratchrnn.lm.schedule import Schedule, learning_rate, resumed_schedule
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "NATS_TO_BITS",
+    "Backend",
     "Schedule",
     "TrainConfig",
     "TrainResult",
@@ -72,6 +74,7 @@ __all__ = [
     "learning_rate",
     "load_checkpoint",
     "load_model",
+    "make_backend",
     "read_log",
     "resume_config",
     "train",
@@ -103,36 +106,6 @@ class TrainResult:
 
 class TrainingDiverged(ValueError):
     """The loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Where the learning-rate schedule ends: a step, a number of seconds, or the earlier of both.
-    Fixed when a run is created and kept by every resume."""
-
-    max_steps: int | None
-    time_budget: float | None
-
-    def progress(self, step: int, elapsed: float) -> float:
-        """The fraction of the schedule done (≥ 1 past its end)."""
-        done = [step / self.max_steps] if self.max_steps else []
-        if self.time_budget:
-            done.append(elapsed / self.time_budget)
-        return max(done)
-
-    def describe(self) -> str:
-        ends = [f"step {self.max_steps}"] if self.max_steps else []
-        ends += [f"{self.time_budget:g} s of training"] if self.time_budget else []
-        return " or ".join(ends) + (", whichever comes first" if len(ends) > 1 else "")
-
-
-def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
-    """Warm-up then cosine: lr · min(1, (step + 1) / warmup) · (r + (1 − r)(1 + cos(π·progress))/2),
-    progress ∈ [0, 1] the fraction of training done, r = min_lr_ratio."""
-    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-    r = config.min_lr_ratio
-    cosine = r + (1 - r) * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-    return config.lr * warm * cosine
 
 
 def training_bytes(config: TrainConfig, vocab_size: int) -> int:
@@ -177,6 +150,81 @@ def check_memory(config: TrainConfig, vocab_size: int, world: World) -> None:
             f"(weights, gradients, {c.optimizer} state, activations), and {available / 1e9:.3g} GB "
             f"of memory is available on {world.device.type}"
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Start-up: the run's settings, data and directory; the two backends.
+# --------------------------------------------------------------------------------------------
+
+
+def _open_run(files: RunDir, world: World, config: TrainConfig, resume: bool, force: bool):
+    """Check the settings, read the text (and the checkpoint), open the run directory; returns
+    (config with absolute paths, checkpoint or None, corpus, schedule). Run by rank 0 alone."""
+    config = dataclasses.replace(config, data=resolve_data(config.data), out=os.fspath(files.path))
+    config.validate()
+    world.check_batch_size(config.batch_size)
+    files.check_target()
+    ckpt = None
+    schedule = Schedule(config.max_steps, config.time_budget)
+    if resume:
+        files.open("resume")
+        ckpt = load_checkpoint(files.checkpoint)
+        refuse(changes_refused(ckpt["train_config"], asdict(config)), files.path)
+        schedule = resumed_schedule(config, ckpt, files.path)
+    corpus = load_corpus(config.data, Vocab(ckpt["vocab"]) if ckpt else None)
+    StreamBatches(corpus.train, config.batch_size, config.seq_len, "the training split")
+    eval_batches(corpus.val, config.eval_streams, config.seq_len, "the validation split")
+    check_memory(config, len(corpus.vocab), world)
+    if not resume:
+        files.open("force" if force else "new")
+    return config, ckpt, corpus, schedule
+
+
+@dataclass
+class Backend:
+    """A model with what trains it: ours (scratch) or torch's own (the baseline)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    clip_fn: Callable[..., Tensor]
+
+
+def _torch_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+def make_backend(config: TrainConfig, vocab_size: int, device: torch.device) -> Backend:
+    """The model, its optimizer, loss and clipping, seeded by ``config.seed``."""
+    c = config
+    torch.manual_seed(c.seed)
+    args = (vocab_size, c.embedding_dim, c.hidden_size, c.num_layers, c.dropout)
+    if c.backend == "scratch":
+        model = CharRNN(*args).to(device)
+        optimizer = optim.make_optimizer(c.optimizer, model.parameters(), c.lr, c.weight_decay, c.momentum)
+        return Backend(model, optimizer, cross_entropy, optim.clip_grad_norm_)
+    # the baseline: the same model and update rules, all from torch
+    model = TorchCharRNN(*args).to(device)
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+            "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}[c.optimizer]
+    extra = {"momentum": c.momentum} if c.optimizer == "sgd" else {}
+    optimizer = kind(model.parameters(), lr=c.lr, weight_decay=c.weight_decay, **extra)
+    return Backend(model, optimizer, _torch_cross_entropy, torch.nn.utils.clip_grad_norm_)
+
+
+@contextlib.contextmanager
+def noted_signals() -> Iterator[list[int]]:
+    """While inside, :data:`STOP_SIGNALS` are noted in the list it yields, not obeyed."""
+    received: list[int] = []
+    handlers = {}
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(ValueError):  # not the main thread: no signal handling
+            handlers[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,7 +274,8 @@ class Trainer:
         self.world = world = world or distributed.current()
         self.files = RunDir(os.path.abspath(config.out))
         try:
-            self.config, ckpt, self.corpus, self.schedule = world.on_main(self._open, config, resume, force)
+            self.config, ckpt, self.corpus, self.schedule = world.on_main(
+                _open_run, self.files, world, config, resume, force)
             self.run_dir = Path(self.config.out)
             N, T = self.config.batch_size, self.config.seq_len
             self.batches = StreamBatches(self.corpus.train, N, T, "the training split").select(
@@ -248,53 +297,6 @@ class Trainer:
             self._give_up()
             raise
 
-    def _open(self, config: TrainConfig, resume: bool, force: bool):
-        """Check the settings, read the text (and the checkpoint), open the run directory; returns
-        (config with absolute paths, checkpoint or None, corpus, schedule). Run by rank 0 alone."""
-        config = dataclasses.replace(config, data=resolve_data(config.data), out=os.fspath(self.files.path))
-        config.validate()
-        self.world.check_batch_size(config.batch_size)
-        self.files.check_target()
-        ckpt = None
-        schedule = Schedule(config.max_steps, config.time_budget)
-        if resume:
-            self.files.open("resume")
-            ckpt = load_checkpoint(self.files.checkpoint)
-            refuse(changes_refused(ckpt["train_config"], asdict(config)), self.files.path)
-            schedule = self._resumed_schedule(config, ckpt)
-        corpus = load_corpus(config.data, Vocab(ckpt["vocab"]) if ckpt else None)
-        StreamBatches(corpus.train, config.batch_size, config.seq_len, "the training split")
-        eval_batches(corpus.val, config.eval_streams, config.seq_len, "the validation split")
-        check_memory(config, len(corpus.vocab), self.world)
-        if not resume:
-            self.files.open("force" if force else "new")
-        return config, ckpt, corpus, schedule
-
-    def _resumed_schedule(self, config: TrainConfig, ckpt: dict) -> Schedule:
-        """The saved run's schedule; refuses a finished run, and says what a new end means."""
-        saved = ckpt["train_config"]
-        schedule = Schedule(**ckpt.get("schedule") or
-                            {"max_steps": saved.get("max_steps"), "time_budget": saved.get("time_budget")})
-        step, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
-        end = (config.max_steps, config.time_budget)
-        same_end = end == (saved.get("max_steps"), saved.get("time_budget"))
-        steps_done = bool(config.max_steps and step >= config.max_steps)
-        time_done = bool(config.time_budget and elapsed >= config.time_budget)
-        if steps_done or time_done or (ckpt.get("finished") and same_end):
-            if steps_done or not config.time_budget:
-                more = f"a --max-steps above {step}"
-            else:
-                more = f"a --time-budget above {elapsed:.0f} (seconds)"
-            raise ValueError(f"the run in {self.files.path} is finished (step {step}, {elapsed:.1f} s of "
-                             f"training); pass {more} with --resume to train it further")
-        if not same_end:
-            stop = Schedule(config.max_steps, config.time_budget).describe()
-            floor = config.lr * config.min_lr_ratio
-            log.info("resuming at step %d: the learning-rate schedule still ends at %s, as the run began; "
-                     "training now stops at %s, and any steps past the schedule's end use its floor, "
-                     "lr %.3g", step, schedule.describe(), stop, floor)
-        return schedule
-
     def _prepare_files(self, ckpt: dict | None) -> None:
         if ckpt is not None:
             self.files.truncate_log(self.step)
@@ -315,25 +317,15 @@ class Trainer:
     def build(self) -> None:
         """The model, the optimizer, the loss and the clipping function, from the seed up."""
         c = self.config
-        torch.manual_seed(c.seed)
-        args = (len(self.corpus.vocab), c.embedding_dim, c.hidden_size, c.num_layers, c.dropout)
-        if c.backend == "scratch":
-            self.model = CharRNN(*args).to(self.world.device)
-            self.optimizer = optim.make_optimizer(
-                c.optimizer, self.model.parameters(), c.lr, c.weight_decay, c.momentum
-            )
-            self.loss_fn, self.clip_fn = cross_entropy, optim.clip_grad_norm_
-        else:  # the baseline: the same model and update rules, all from torch
-            self.model = TorchCharRNN(*args).to(self.world.device)
-            kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-                    "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}[c.optimizer]
-            extra = {"momentum": c.momentum} if c.optimizer == "sgd" else {}
-            self.optimizer = kind(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay, **extra)
-
-            def loss_fn(logits, y):
-                return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-
-            self.loss_fn, self.clip_fn = loss_fn, torch.nn.utils.clip_grad_norm_
+        try:
+            b = make_backend(c, len(self.corpus.vocab), self.world.device)
+        except (MemoryError, RuntimeError) as err:  # past check_memory's estimate: still one line
+            if isinstance(err, RuntimeError) and "alloc" not in str(err):
+                raise
+            reason = " ".join(str(err).split()) or type(err).__name__
+            raise ValueError(f"not enough memory to build the model (H = {c.hidden_size}): {reason}") \
+                from None
+        self.model, self.optimizer, self.loss_fn, self.clip_fn = b.model, b.optimizer, b.loss_fn, b.clip_fn
         self.params = list(self.model.parameters())
         self.model.train()
         # The steps run through DDP when there are several ranks: it averages the gradients of our
@@ -475,20 +467,6 @@ class Trainer:
             self._sample()
         return self.val_loss
 
-    @contextlib.contextmanager
-    def _stop_signals(self) -> Iterator[list[int]]:
-        """While the loop runs, :data:`STOP_SIGNALS` are noted (the list it yields), not obeyed."""
-        received: list[int] = []
-        handlers = {}
-        for sig in STOP_SIGNALS:
-            with contextlib.suppress(ValueError):  # not the main thread: no signal handling
-                handlers[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
-        try:
-            yield received
-        finally:
-            for sig, old in handlers.items():
-                signal.signal(sig, old)
-
     def _bar(self) -> tqdm:
         c = self.config
         by_step = bool(c.max_steps and not c.time_budget)  # else the bar counts seconds
@@ -541,7 +519,7 @@ class Trainer:
     def _loop(self, s: _Session) -> None:
         chars_per_step = self.config.batch_size * self.config.seq_len
         by_step = bool(self.config.max_steps and not self.config.time_budget)
-        with self._stop_signals() as received, self._bar() as bar, logging_redirect_tqdm():
+        with noted_signals() as received, self._bar() as bar, logging_redirect_tqdm():
             while not self._should_stop(s):
                 loss_value = self._one_step(s, received)
                 bar.update(1 if by_step else round(self.elapsed) - bar.n)
