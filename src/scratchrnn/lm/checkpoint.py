@@ -29,7 +29,7 @@ from scratchrnn.lm.files import atomic_write, read_regular
 from scratchrnn.lm.model import CharRNN
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "MAX_CHECKPOINT_BYTES", "check_finite",
-           "load_checkpoint", "load_model", "save_checkpoint"]
+           "load_checkpoint", "load_model", "save_checkpoint", "saved_hidden"]
 
 CHECKPOINT_FORMAT = "scratchrnn.charlm"
 CHECKPOINT_VERSION = 1
@@ -78,6 +78,16 @@ def check_finite(state_dict: dict, path: str | os.PathLike) -> None:
             bad = int((~torch.isfinite(value)).sum())
             raise ValueError(f"{os.fspath(path)} holds non-finite weights: {bad} NaN or infinite value(s) "
                              f"in {name}; it cannot be used")
+
+
+def saved_hidden(ckpt: dict, expected: tuple[int, int, int]) -> torch.Tensor | None:
+    """The carried state of all N streams in ``ckpt``, checked to be (L, N, H) = ``expected``
+    (None: the run stopped before its first step); raises ValueError otherwise."""
+    hidden = ckpt["hidden"]
+    if hidden is not None and (not isinstance(hidden, torch.Tensor) or tuple(hidden.shape) != expected):
+        shape = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
+        raise ValueError(f"its hidden state is {shape}, expected (L, N, H) = {expected}")
+    return hidden
 
 
 def load_model(path: str | os.PathLike) -> tuple[CharRNN, Vocab, dict]:

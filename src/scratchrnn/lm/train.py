@@ -51,6 +51,7 @@ from scratchrnn.lm.checkpoint import (
     load_checkpoint,
     load_model,
     save_checkpoint,
+    saved_hidden,
 )
 from scratchrnn.lm.config import TrainConfig
 from scratchrnn.lm.data import StreamBatches, Vocab, load_corpus, resolve_data
@@ -77,6 +78,7 @@ __all__ = [
     "make_backend",
     "read_log",
     "resume_config",
+    "sample_text",
     "train",
     "training_bytes",
 ]
@@ -195,7 +197,19 @@ def _torch_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def make_backend(config: TrainConfig, vocab_size: int, device: torch.device) -> Backend:
-    """The model, its optimizer, loss and clipping, seeded by ``config.seed``."""
+    """The model, its optimizer, loss and clipping, seeded by ``config.seed``; an allocation that
+    fails (past :func:`check_memory`'s estimate) is a ValueError that says so."""
+    try:
+        return _make_backend(config, vocab_size, device)
+    except (MemoryError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and "alloc" not in str(err):
+            raise
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"not enough memory to build the model (H = {config.hidden_size}): {reason}") \
+            from None
+
+
+def _make_backend(config: TrainConfig, vocab_size: int, device: torch.device) -> Backend:
     c = config
     torch.manual_seed(c.seed)
     args = (vocab_size, c.embedding_dim, c.hidden_size, c.num_layers, c.dropout)
@@ -225,6 +239,34 @@ def noted_signals() -> Iterator[list[int]]:
     finally:
         for sig, old in handlers.items():
             signal.signal(sig, old)
+
+
+def _progress_bar(config: TrainConfig, is_main: bool) -> tqdm:
+    """Steps, or seconds when a time budget is set; on rank 0's terminal only."""
+    by_step = bool(config.max_steps and not config.time_budget)
+    return tqdm(
+        total=config.max_steps if by_step else round(config.time_budget), unit="step" if by_step else "s",
+        disable=None if config.progress and is_main else True, dynamic_ncols=True, leave=False,
+    )
+
+
+def sample_text(model: nn.Module, vocab: Vocab, length: int, seed: int) -> str:
+    """``length`` characters generated from the vocabulary's start character with a seeded
+    generator, on the CPU (the generator's device), so that a GPU run writes the same text."""
+    if next(model.parameters()).device.type != "cpu":
+        model = copy.deepcopy(model).cpu()
+    ids = generate(model, vocab.encode(vocab.start), length, generator=torch.Generator().manual_seed(seed))
+    return vocab.decode(ids)
+
+
+def _diverged(files: RunDir, loss_value: float, step: int) -> TrainingDiverged:
+    path = files.checkpoint
+    if files.committed and path.exists():
+        kept = f"the last good checkpoint, {path} (step {load_checkpoint(path)['step']}), is kept"
+    else:
+        kept = "no checkpoint had been saved yet, so the run directory is left as it was before"
+    return TrainingDiverged(f"the training loss became {loss_value} at step {step}; stopped, and {kept}. "
+                            "Try a lower learning rate or gradient clipping.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,14 +359,7 @@ class Trainer:
     def build(self) -> None:
         """The model, the optimizer, the loss and the clipping function, from the seed up."""
         c = self.config
-        try:
-            b = make_backend(c, len(self.corpus.vocab), self.world.device)
-        except (MemoryError, RuntimeError) as err:  # past check_memory's estimate: still one line
-            if isinstance(err, RuntimeError) and "alloc" not in str(err):
-                raise
-            reason = " ".join(str(err).split()) or type(err).__name__
-            raise ValueError(f"not enough memory to build the model (H = {c.hidden_size}): {reason}") \
-                from None
+        b = make_backend(c, len(self.corpus.vocab), self.world.device)
         self.model, self.optimizer, self.loss_fn, self.clip_fn = b.model, b.optimizer, b.loss_fn, b.clip_fn
         self.params = list(self.model.parameters())
         self.model.train()
@@ -405,13 +440,11 @@ class Trainer:
             check_finite(ckpt["model"], where)
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
-            self._restore_rng(ckpt)
+            self.world.restore_rng(ckpt.get("rng_ranks"), ckpt.get("rng_device"), ckpt["rng"],
+                                   self.config.seed + int(ckpt["step"]))
             self.step, self.elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
-            hidden, self.best_val = ckpt["hidden"], float(ckpt["best_val"])
-            expected = (c.num_layers, c.batch_size, c.hidden_size)
-            if hidden is not None and (not isinstance(hidden, Tensor) or tuple(hidden.shape) != expected):
-                shape = tuple(hidden.shape) if isinstance(hidden, Tensor) else type(hidden).__name__
-                raise ValueError(f"its hidden state is {shape}, expected (L, N, H) = {expected}")
+            self.best_val = float(ckpt["best_val"])
+            hidden = saved_hidden(ckpt, (c.num_layers, c.batch_size, c.hidden_size))
             if hidden is not None:  # (L, N, H), all streams: keep this rank's
                 self.h = hidden[:, self.world.shard(c.batch_size)].to(self.world.device)
             self.val_loss = ckpt.get("val_loss")
@@ -419,32 +452,14 @@ class Trainer:
             reason = " ".join(str(err).split())
             raise ValueError(f"{where} cannot be resumed: {reason}") from None
 
-    def _restore_rng(self, ckpt: dict) -> None:
-        """Each rank continues its own dropout stream when the checkpoint comes from as many
-        processes on the same kind of device; otherwise rank 0 takes the saved CPU generator and
-        the others start fresh streams (dropout masks then differ from an uninterrupted run)."""
-        w = self.world
-        states = ckpt.get("rng_ranks")
-        if states is not None and len(states) == w.size and ckpt.get("rng_device") == w.device.type:
-            w.set_rng_state(states[w.rank])
-        else:
-            torch.set_rng_state(ckpt["rng"])
-            w.seed_rank(self.config.seed + int(ckpt["step"]))
-
     def read_log(self) -> list[dict]:
         """The records of this run's log.jsonl (see :func:`scratchrnn.lm.rundir.read_log`)."""
         return read_log(self.files.path)
 
     def _sample(self) -> None:
-        c = self.config
-        if not c.sample_length:
-            return
-        vocab = self.corpus.vocab
-        g = torch.Generator().manual_seed(c.seed)
-        # Sampled on the CPU (the seeded generator's device), so a GPU run writes the same text.
-        model = self.model if self.world.device.type == "cpu" else copy.deepcopy(self.model).cpu()
-        ids = generate(model, vocab.encode(vocab.start), c.sample_length, generator=g)
-        self.files.add_sample(f"step {self.step}, val loss {self.val_loss:.4f} nats/char", vocab.decode(ids))
+        if self.config.sample_length:
+            text = sample_text(self.model, self.corpus.vocab, self.config.sample_length, self.config.seed)
+            self.files.add_sample(f"step {self.step}, val loss {self.val_loss:.4f} nats/char", text)
 
     def plot(self) -> Path:
         """loss.png: train and validation loss against steps and against seconds."""
@@ -467,14 +482,6 @@ class Trainer:
             self._sample()
         return self.val_loss
 
-    def _bar(self) -> tqdm:
-        c = self.config
-        by_step = bool(c.max_steps and not c.time_budget)  # else the bar counts seconds
-        return tqdm(
-            total=c.max_steps if by_step else round(c.time_budget), unit="step" if by_step else "s",
-            disable=None if c.progress and self.world.is_main else True, dynamic_ncols=True, leave=False,
-        )
-
     def _should_stop(self, s: _Session) -> bool:
         c = self.config
         return (s.stopped_by is not None or bool(c.max_steps and self.step >= c.max_steps)
@@ -494,7 +501,7 @@ class Trainer:
         # learning rate must agree) and any rank's stop signal.
         loss_value, dt, s.stopped_by = self.world.agree(loss.item(), dt, received)
         if not math.isfinite(loss_value):  # the mean: every rank stops here
-            raise self.world.main_error(self._diverged, loss_value)
+            raise self.world.main_error(_diverged, self.files, loss_value, self.step + 1)
         self.step += 1
         self.elapsed += dt
         s.steps += 1
@@ -519,7 +526,8 @@ class Trainer:
     def _loop(self, s: _Session) -> None:
         chars_per_step = self.config.batch_size * self.config.seq_len
         by_step = bool(self.config.max_steps and not self.config.time_budget)
-        with noted_signals() as received, self._bar() as bar, logging_redirect_tqdm():
+        bar = _progress_bar(self.config, self.world.is_main)
+        with noted_signals() as received, bar, logging_redirect_tqdm():
             while not self._should_stop(s):
                 loss_value = self._one_step(s, received)
                 bar.update(1 if by_step else round(self.elapsed) - bar.n)
@@ -557,17 +565,6 @@ class Trainer:
             self._give_up()  # nothing to undo once a checkpoint is written; the lock is let go
         return TrainResult(self.step, self.elapsed, s.train_loss, self.val_loss,
                            s.chars_per_s(c.batch_size * c.seq_len), str(self.files.checkpoint), interrupted)
-
-    def _diverged(self, loss_value: float) -> TrainingDiverged:
-        path = self.files.checkpoint
-        if self.files.committed and path.exists():
-            kept = f"the last good checkpoint, {path} (step {load_checkpoint(path)['step']}), is kept"
-        else:
-            kept = "no checkpoint had been saved yet, so the run directory is left as it was before"
-        return TrainingDiverged(
-            f"the training loss became {loss_value} at step {self.step + 1}; stopped, and {kept}. "
-            "Try a lower learning rate or gradient clipping."
-        )
 
 
 def train(config: TrainConfig | None = None, resume: bool = False, force: bool = False) -> TrainResult:
