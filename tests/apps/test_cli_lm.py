@@ -3,8 +3,13 @@ clear error line and exit status 2, with nothing overwritten."""
 
 from __future__ import annotations
 
+import errno
+import math
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,3 +187,156 @@ def test_console_script_error_has_no_traceback(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"scratchrnn sample: error: no such file: {tmp_path / 'none.pt'}"
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# Reliability (issue 9): what --resume means, and one line for every failure.
+# --------------------------------------------------------------------------------------------
+
+
+def copy_of(run, tmp_path):
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_resume_repeats_the_command_and_honours_every_given_flag(capsys, corpus, run, tmp_path):
+    out = copy_of(run, tmp_path)
+    again = ["train", "--data", corpus, "--out", str(out), *TINY]
+    # the original command plus --resume: equal values are accepted; --eval-interval 500 is the
+    # default, and given, so it is honoured
+    assert cli.main([*again, "--resume", "--max-steps", "14", "--eval-interval", "500"]) == 0
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert saved["step"] == 14 and saved["train_config"]["eval_interval"] == 500
+    line = fails(capsys, [*again, "--resume", "--max-steps", "16", "--hidden-size", "640"],
+                 "hidden_size cannot change when resuming the run in")
+    assert "(hidden_size: the run has 16, got 640)" in line
+    line = fails(capsys, ["train", "--out", str(out), "--resume"], "is finished (step 14")
+    assert "pass a --max-steps above 14 with --resume" in line
+
+
+def test_an_unknown_train_flag_prints_the_train_usage(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", "--hiden-size", "3"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("usage: scratchrnn train ")
+    assert "scratchrnn train: error: unrecognized arguments: --hiden-size 3" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (["--seed", "99999999999999999999999"], "seed must be an integer from 0 to 18446744073709551615"),
+        (["--hidden-size", "100000"], "H = 100000 (L = 1, E = 4"),
+        (["--optimizer", "sgd", "--weight-decay", "1e300"], "weight_decay must be at most 3.4e+38"),
+    ],
+)
+def test_failures_that_used_to_be_tracebacks(capsys, corpus, tmp_path, flags, match):
+    fails(capsys, ["train", "--data", corpus, "--out", str(tmp_path / "out"), *TINY, *flags], match)
+    assert not (tmp_path / "out").exists()
+
+
+def test_dangerous_or_foreign_output_directories(capsys, corpus, tmp_path):
+    fails(capsys, ["train", "--data", corpus, "--out", "/", *TINY], "--out / is the filesystem root")
+    (tmp_path / "mine.txt").write_text("mine")
+    fails(capsys, ["train", "--data", corpus, "--out", str(tmp_path), "--force", *TINY],
+          "is not empty and holds no scratchrnn run (mine.txt)")
+    assert os.listdir(tmp_path) == ["mine.txt"]
+
+
+def test_special_and_odd_data_files(capsys, tmp_path):
+    out = str(tmp_path / "out")
+    os.mkfifo(tmp_path / "fifo")
+    fails(capsys, ["train", "--data", str(tmp_path / "fifo"), "--out", out, *TINY], "is a FIFO (named pipe)")
+    fails(capsys, ["train", "--data", "/dev/zero", "--out", out, *TINY], "is a character device")
+    os.symlink(tmp_path / "loop", tmp_path / "loop")
+    fails(capsys, ["train", "--data", str(tmp_path / "loop"), "--out", out, *TINY],
+          "a loop of symbolic links")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_byte_order_mark_is_not_a_character(capsys, corpus, tmp_path):
+    (tmp_path / "bom.txt").write_text("\ufeff" + Path(corpus).read_text(encoding="utf-8"), encoding="utf-8")
+    out = tmp_path / "out"
+    assert cli.main(["train", "--data", str(tmp_path / "bom.txt"), "--out", str(out), *TINY]) == 0
+    assert "\ufeff" not in torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)["vocab"]
+
+
+def test_sample_and_demo_bounds(capsys, run):
+    fails(capsys, ["sample", "--checkpoint", str(run / "checkpoint.pt"), "--temperature", "1e-40"],
+          "temperature must be ≥ 0.0001")
+    fails(capsys, ["sample", "--checkpoint", str(run / "checkpoint.pt"), "--seed", "-1"], "--seed must be")
+    fails(capsys, ["demo", "--seq-len", "0"], "seq_len must be a positive integer, got 0")
+
+
+def _tampered(run, tmp_path, change) -> str:
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    change(ckpt)
+    torch.save(ckpt, tmp_path / "tampered.pt")
+    return str(tmp_path / "tampered.pt")
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_checkpoints_that_cannot_be_used(capsys, run, tmp_path, command):
+    def nan_weight(ckpt):
+        ckpt["model"]["rnn.weight_hh_l0"][0, 0] = math.nan
+
+    def extra_character(ckpt):
+        ckpt["vocab"] += "\u2603"
+
+    path = _tampered(run, tmp_path, nan_weight)
+    fails(capsys, [command, "--checkpoint", path], "holds non-finite weights: 1 NaN or infinite value(s)")
+    path = _tampered(run, tmp_path, extra_character)
+    fails(capsys, [command, "--checkpoint", path], "characters but the model predicts")
+
+
+def test_resume_with_a_wrong_shape_hidden_state(capsys, run, tmp_path):
+    out = copy_of(run, tmp_path)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt["hidden"] = ckpt["hidden"][:, :2]
+    torch.save(ckpt, out / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    fails(capsys, ["train", "--out", str(out), "--resume", "--max-steps", "20"],
+          "cannot be resumed: its hidden state is (1, 2, 16), expected (L, N, H) = (1, 4, 16)")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_second_writer_is_told_who_holds_the_run(capsys, corpus, run, tmp_path):
+    from scratchrnn.lm.rundir import RunDir
+
+    out = copy_of(run, tmp_path)
+    holder = RunDir(out)
+    holder.open("resume")
+    try:
+        fails(capsys, ["train", "--out", str(out), "--resume", "--max-steps", "20"],
+              f"is in use by another scratchrnn process (PID {os.getpid()})")
+        fails(capsys, ["train", "--data", corpus, "--out", str(out), "--force", *TINY], "is in use")
+    finally:
+        holder.close()
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_loses_nothing(capsys, corpus, run, tmp_path, monkeypatch):
+    from scratchrnn.lm.train import Trainer
+
+    out = copy_of(run, tmp_path)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(self):
+        raise KeyboardInterrupt  # while the model is built: after the old run was moved aside
+
+    monkeypatch.setattr(Trainer, "build", interrupted)
+    capsys.readouterr()
+    assert cli.main(["train", "--data", corpus, "--out", str(out), "--force", *TINY]) == 130
+    assert capsys.readouterr().err == "scratchrnn train: stopped by SIGINT\n"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(capsys, corpus, tmp_path, monkeypatch):
+    from scratchrnn.lm import files
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    fails(capsys, ["train", "--data", corpus, "--out", str(tmp_path / "out"), *TINY],
+          "no space left on the device to write")
+    assert not (tmp_path / "out").exists()

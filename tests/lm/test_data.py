@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
 
+from scratchrnn.lm import data
 from scratchrnn.lm.data import (
     Corpus,
     StreamBatches,
@@ -14,6 +16,8 @@ from scratchrnn.lm.data import (
     default_corpus_path,
     load_corpus,
     read_text,
+    resolve_data,
+    same_data,
     split_text,
 )
 
@@ -108,3 +112,42 @@ def test_too_short_for_one_batch(L, N, T):
 def test_corpus_too_short():
     with pytest.raises(ValueError, match="too short"):
         Corpus.from_text("a")
+
+
+def test_a_byte_order_mark_is_dropped(tmp_path):
+    (tmp_path / "bom.txt").write_bytes("\ufeffhello".encode())
+    assert read_text(tmp_path / "bom.txt") == "hello"
+    assert Vocab.from_text(read_text(tmp_path / "bom.txt")).chars == "ehlo"
+
+
+def test_only_regular_files_of_bounded_size_are_read(tmp_path, monkeypatch):
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ValueError, match=r"is a FIFO \(named pipe\), not a text file"):
+        read_text(tmp_path / "fifo")  # without the check: blocks forever waiting for a writer
+    with pytest.raises(ValueError, match="is a character device, not a text file"):
+        read_text("/dev/zero")  # without the check: reads until MemoryError
+    monkeypatch.setattr(data, "MAX_TEXT_BYTES", 10)
+    (tmp_path / "big.txt").write_text("x" * 11)
+    with pytest.raises(ValueError, match="is 11 bytes; the limit for a text file is 10 bytes"):
+        read_text(tmp_path / "big.txt")
+
+
+def test_a_loop_of_symbolic_links_is_not_a_missing_file(tmp_path):
+    os.symlink(tmp_path / "loop", tmp_path / "loop")
+    with pytest.raises(OSError, match="is a loop of symbolic links"):
+        read_text(tmp_path / "loop")
+
+
+def test_the_same_file_by_other_names(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text("x")
+    os.symlink(tmp_path / "a.txt", tmp_path / "link.txt")
+    os.link(tmp_path / "a.txt", tmp_path / "hard.txt")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_data("a.txt") == str(tmp_path / "a.txt") and resolve_data(None) is None
+    for name in ("a.txt", "./a.txt", "link.txt", "hard.txt", str(tmp_path / "a.txt")):
+        assert same_data(str(tmp_path / "a.txt"), name), name
+    assert same_data(None, default_corpus_path()) and not same_data("a.txt", "missing.txt")
+
+
+def test_generation_starts_from_a_newline_or_the_first_character():
+    assert Vocab("\nab").start == "\n" and Vocab("ab").start == "a"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -203,3 +205,114 @@ def test_a_checkpoint_written_before_the_package_was_split_still_loads():
     with torch.no_grad():
         logits, _ = model(vocab.encode(expected["text"]).unsqueeze(1))
     assert logits[-1, 0].tolist() == expected["last_logits"]
+
+
+# --------------------------------------------------------------------------------------------
+# Reliability (issue 9): --force, paths, resume's meaning, failures that leave nothing behind.
+# --------------------------------------------------------------------------------------------
+
+
+def _diverge_at(monkeypatch, at_step: int) -> None:
+    original = Trainer.train_step
+
+    def train_step(self, *args):
+        if self.step + 1 == at_step:
+            with torch.no_grad():
+                self.model.head.bias[0] = math.nan
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+def run_files(path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(Path(path).iterdir())}
+
+
+def test_force_replaces_the_old_run_only_once_the_new_one_has_a_checkpoint(corpus, tmp_path, monkeypatch):
+    train(tiny(corpus, tmp_path, max_steps=10))
+    before = run_files(tmp_path)
+    _diverge_at(monkeypatch, 2)  # the new run fails before its first checkpoint
+    with pytest.raises(TrainingDiverged, match="the run directory is left as it was before"):
+        train(tiny(corpus, tmp_path, max_steps=10, seed=1), force=True)
+    assert run_files(tmp_path) == before
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="seed must be an integer from 0 to"):
+        train(tiny(corpus, tmp_path, seed=99999999999999999999999), force=True)
+    assert run_files(tmp_path) == before
+    train(tiny(corpus, tmp_path, max_steps=10, seed=1), force=True)
+    assert run_files(tmp_path)["checkpoint.pt"] != before["checkpoint.pt"]
+    assert sorted(os.listdir(tmp_path)) == sorted(before)  # no .replaced, no .lock left
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_directory(corpus, tmp_path, monkeypatch):
+    _diverge_at(monkeypatch, 3)
+    with pytest.raises(TrainingDiverged, match="no checkpoint had been saved yet"):
+        train(tiny(corpus, tmp_path / "runs" / "new"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_paths_are_saved_absolute_so_resume_and_eval_work_from_anywhere(corpus, tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "small.txt").write_text(Path(corpus).read_text())
+    monkeypatch.chdir(tmp_path / "a")
+    train(tiny("small.txt", "run", max_steps=10))
+    saved = load_checkpoint(tmp_path / "a" / "run" / "checkpoint.pt")["train_config"]
+    assert saved["data"] == str(tmp_path / "a" / "small.txt") and saved["out"] == str(tmp_path / "a" / "run")
+    (tmp_path / "b" / "small.txt").write_text("a different small.txt, which must not be read")
+    monkeypatch.chdir(tmp_path / "b")
+    loss, _ = evaluate_checkpoint(tmp_path / "a" / "run" / "checkpoint.pt")
+    assert loss == pytest.approx(load_checkpoint(tmp_path / "a" / "run" / "checkpoint.pt")["val_loss"])
+    resumed = train(resume_config(tmp_path / "a" / "run", max_steps=20), resume=True)
+    assert resumed.step == 20
+    # the same file named differently is the same data
+    config = tiny(str(tmp_path / "a" / ".." / "a" / "small.txt"), tmp_path / "a" / "run", max_steps=30)
+    assert train(config, resume=True).step == 30
+
+
+def test_extending_max_steps_keeps_the_schedule_and_says_so(corpus, tmp_path, caplog):
+    train(tiny(corpus, tmp_path, max_steps=10, warmup_steps=2))
+    with caplog.at_level(logging.INFO, logger="scratchrnn.lm.schedule"):
+        train(resume_config(tmp_path, max_steps=20), resume=True)
+    assert "the learning-rate schedule still ends at step 10, as the run began" in caplog.text
+    assert "training now stops at step 20" in caplog.text
+    lrs = records(tmp_path, "lr")
+    floor = 1e-2 * 0.1
+    assert all(lrs[s] == pytest.approx(floor) for s in range(11, 21))  # no jump back up the cosine
+
+
+def test_resuming_a_finished_run_says_so(corpus, tmp_path):
+    train(tiny(corpus, tmp_path, max_steps=10))
+    with pytest.raises(ValueError, match=r"is finished \(step 10, .*\); pass a --max-steps above 10"):
+        train(resume_config(tmp_path), resume=True)
+    with pytest.raises(ValueError, match=r"is finished \(step 10, .*\); pass a --max-steps above 10"):
+        train(resume_config(tmp_path, max_steps=8), resume=True)
+
+
+def test_a_wrong_shape_hidden_state_is_refused_on_resume(corpus, tmp_path):
+    train(tiny(corpus, tmp_path, max_steps=10))
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    ckpt["hidden"] = torch.zeros(1, 3, 24)
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    before = run_files(tmp_path)
+    with pytest.raises(ValueError, match=r"cannot be resumed: its hidden state is \(1, 3, 24\), "
+                                         r"expected \(L, N, H\) = \(1, 4, 24\)"):
+        Trainer(resume_config(tmp_path, max_steps=20), resume=True)
+    assert run_files(tmp_path) == before
+
+
+def test_a_model_too_large_for_memory_is_refused_before_it_is_allocated(corpus, tmp_path):
+    with pytest.raises(ValueError, match=r"^H = 100000 \(L = 1, .*\) needs about 1\d\d GB to train"):
+        Trainer(tiny(corpus, tmp_path / "run", hidden_size=100_000))
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_log_keeps_normal_permissions_after_a_resume(corpus, tmp_path):
+    old = os.umask(0o022)
+    try:
+        train(tiny(corpus, tmp_path, max_steps=10))
+        train(resume_config(tmp_path, max_steps=12), resume=True)  # rewrites log.jsonl atomically
+    finally:
+        os.umask(old)
+    assert {n: oct(stat.S_IMODE(os.stat(tmp_path / n).st_mode)) for n in os.listdir(tmp_path)} == {
+        n: "0o644" for n in os.listdir(tmp_path)}

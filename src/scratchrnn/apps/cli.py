@@ -1,26 +1,39 @@
 """The ``scratchrnn`` command line: a thin shell over the library.
 
 Each subcommand has an ``_add_<name>`` function that declares its flags and a ``_cmd_<name>``
-function that calls the library. Errors a user can cause (bad paths, bad flags, bad files) arrive
-as ValueError or OSError from the library and leave as one line on stderr and exit status 2.
+function that calls the library. The flags of ``train`` are generated from the fields of
+:class:`~scratchrnn.lm.config.TrainConfig` (name, type, default, help, group, choices), with no
+default of their own: a flag is "given" when it is on the command line, whatever its value.
+
+Errors a user can cause (bad paths, bad flags, bad files) arrive as ValueError or OSError from
+the library and leave as one line on stderr and exit status 2; SIGINT or SIGTERM before training
+begins leaves as one line and status 130 or 143 (during training the loop saves a checkpoint first).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import logging
-import math
 import os
 import signal
 import sys
+import types
+import typing
 from pathlib import Path
 
 import torch
 
 from scratchrnn.core.modules import RNN
-from scratchrnn.lm.distributed import raised_on_every_rank
+from scratchrnn.lm.config import SEED_MAX, TrainConfig, check_count
+from scratchrnn.lm.distributed import STOP_SIGNALS, raised_on_every_rank
 
 log = logging.getLogger("scratchrnn")
+
+# The smallest sampling temperature: below it the logits divided by it overflow float32, and
+# sampling is already greedy above it.
+MIN_TEMPERATURE = 1e-4
 
 
 def _add_demo(sub) -> None:
@@ -38,6 +51,9 @@ def _add_demo(sub) -> None:
 
 
 def _cmd_demo(args) -> None:
+    for name in ("seq_len", "batch_size", "input_size", "hidden_size", "num_layers"):
+        check_count(name, getattr(args, name))
+    _check_seed(args.seed)
     T, N, D = args.seq_len, args.batch_size, args.input_size
     H, L = args.hidden_size, args.num_layers
     torch.manual_seed(args.seed)
@@ -147,54 +163,54 @@ def _cmd_lab(args) -> None:
     print("\nwrote " + ", ".join(str(f) for f in result.files))
 
 
-def _add_train(sub) -> None:
-    from scratchrnn.lm.train import TrainConfig
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"--seed must be an integer from 0 to {SEED_MAX}, got {seed}")
 
-    d = TrainConfig()
+
+def _flag_type(annotation) -> type:
+    """The type a flag parses to: ``int`` for ``int | None``, and so on."""
+    if isinstance(annotation, types.UnionType):
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return annotation
+
+
+def _add_config_flags(p: argparse.ArgumentParser, config_class) -> dict:
+    """One flag per field of ``config_class``, in its declared group, default SUPPRESS: only the
+    flags given on the command line appear in the parsed namespace. Returns the groups by name."""
+    hints = typing.get_type_hints(config_class)
+    groups: dict = {}
+    for f in dataclasses.fields(config_class):
+        group = groups.get(f.metadata["group"]) or groups.setdefault(
+            f.metadata["group"], p.add_argument_group(f.metadata["group"]))
+        choices = f.metadata["choices"]
+        help = f.metadata["help"] + (f"; one of {', '.join(choices)}" if choices else "")
+        kind = _flag_type(hints[f.name])
+        if kind is bool:  # a switch that turns the default off (or on)
+            flag = f"--{'no-' if f.default else ''}{f.name.replace('_', '-')}"
+            group.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
+                               default=argparse.SUPPRESS, help=f"do not {help}" if f.default else help)
+        else:
+            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind,
+                               default=argparse.SUPPRESS, help=f"{help} (default: {f.default})")
+    return groups
+
+
+def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train the character-level language model (CharRNN) on a text file",
         description="Train a CharRNN with truncated BPTT; every gradient and update is hand-written. "
         "The defaults are the best settings found for 180 s on a 2-core CPU. Data-parallel on K "
-        "processes: torchrun --nproc_per_node=K -m scratchrnn train ... (same flags; see README).",
+        "processes: torchrun --nproc_per_node=K -m scratchrnn train ... (same flags; see README). "
+        "With --resume, the flags given must agree with the saved run but for the stopping rule "
+        "and the output's cadence.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default=d.data, help="UTF-8 text file (None: the bundled tiny Shakespeare)")
-    g = p.add_argument_group("model")
-    g.add_argument("--embedding-dim", type=int, default=d.embedding_dim, help="E; 0 for one-hot input")
-    g.add_argument("--hidden-size", type=int, default=d.hidden_size, help="H, hidden units")
-    g.add_argument("--num-layers", type=int, default=d.num_layers, help="L, stacked RNN layers")
-    g.add_argument("--dropout", type=float, default=d.dropout, help="on every RNN layer's output")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--optimizer", default=d.optimizer, help="adam, adamw, sgd or adagrad")
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 (AdamW: decoupled)")
-    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD's momentum")
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps")
-    g.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio,
-                   help="the cosine decays the lr to this fraction of its peak")
-    g.add_argument("--clip", type=float, default=d.clip, help="max global gradient norm (0: off)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="N, parallel streams in all (global): under torchrun each of K processes "
-                   "trains on N/K of them (K must divide N); the batch means the same for any K")
-    g.add_argument("--seq-len", type=int, default=d.seq_len, help="T, steps of truncated BPTT")
-    g.add_argument("--max-steps", type=int, default=d.max_steps, help="stop after N steps (None: no limit)")
-    g.add_argument("--time-budget", type=float, default=d.time_budget,
-                   help="stop after this many seconds of training and evaluation (0: no limit)")
-    g.add_argument("--seed", type=int, default=d.seed, help="random seed")
-    g.add_argument("--backend", default=d.backend,
-                   help="scratch (ours) or torch (same model: nn.RNN, autograd, torch.optim)")
-    g = p.add_argument_group("output")
-    g.add_argument("--out", default=d.out, help="run directory")
+    g = _add_config_flags(p, TrainConfig)["output"]
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    g.add_argument("--force", action="store_true", help="replace a run that --out already holds")
-    g.add_argument("--eval-interval", type=int, default=d.eval_interval,
-                   help="steps between validation, checkpoint and sample")
-    g.add_argument("--eval-streams", type=int, default=d.eval_streams, help="streams when validating")
-    g.add_argument("--log-interval", type=int, default=d.log_interval, help="steps between log records")
-    g.add_argument("--sample-length", type=int, default=d.sample_length, help="characters per sample")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--force", action="store_true",
+                   help="replace a run that --out already holds (kept until the new one has a checkpoint)")
     g = p.add_argument_group("hardware")
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="cpu, or cuda (under torchrun: GPU <local rank> for each process, NCCL between "
@@ -202,24 +218,18 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args) -> None:
-    from dataclasses import fields
-
     from scratchrnn.lm import distributed, train
 
-    defaults = train.TrainConfig()
-    values = {f.name: getattr(args, f.name) for f in fields(train.TrainConfig) if f.name != "progress"}
-    values["progress"] = not args.no_progress
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     # Under torchrun, one process per rank joins the group here (without it, a world of one).
     with distributed.launched(args.device) as world:
         if not world.is_main:  # rank 0 reports; the others stay quiet but for their own errors
             logging.getLogger().setLevel(logging.ERROR)
         if args.resume:  # the saved settings, with the flags given on this command line
-            changes = {k: v for k, v in values.items() if v != getattr(defaults, k) and k != "out"}
-            config = world.on_main(train.resume_config, args.out, **changes)
+            out = given.pop("out", TrainConfig.out)
+            config = world.on_main(train.resume_config, out, **given)
         else:
-            config = train.TrainConfig(**values)
-        if config.time_budget == 0:
-            config.time_budget = None
+            config = TrainConfig(**given)
         result = train.Trainer(config, resume=args.resume, force=args.force, world=world).run()
     if world.is_main:
         val = "n/a"
@@ -231,8 +241,8 @@ def _cmd_train(args) -> None:
     if result.interrupted:
         if world.is_main:
             launcher = "torchrun --nproc_per_node=K -m scratchrnn" if world.size > 1 else "scratchrnn"
-            print(f"stopped by {result.interrupted}; continue with: {launcher} train --out {config.out} "
-                  "--resume", file=sys.stderr)
+            print(f"stopped by {result.interrupted}; continue with: {launcher} train --out "
+                  f"{Path(result.checkpoint).parent} --resume", file=sys.stderr)
         raise SystemExit(128 + getattr(signal, result.interrupted))
 
 
@@ -243,21 +253,27 @@ def _add_sample(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt or best.pt of scratchrnn train")
-    p.add_argument("--prompt", default="", help="text to start from (empty: a newline)")
+    p.add_argument("--prompt", default="", help="text to start from (empty: a newline, if the vocabulary "
+                   "has one, else its first character)")
     p.add_argument("--length", type=int, default=500, help="characters to generate")
-    p.add_argument("--temperature", type=float, default=0.8, help="< 1: safer text, > 1: wilder")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help=f"< 1: safer text, > 1: wilder; from {MIN_TEMPERATURE:g} (greedy already)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest only (None: all)")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same text")
 
 
 def _cmd_sample(args) -> None:
+    from scratchrnn.lm.checkpoint import load_model
     from scratchrnn.lm.model import generate
-    from scratchrnn.lm.train import load_model
 
     if args.length < 0:
         raise ValueError(f"length must be ≥ 0, got {args.length}")
+    if args.temperature > 0 and not args.temperature >= MIN_TEMPERATURE:
+        raise ValueError(f"temperature must be ≥ {MIN_TEMPERATURE:g} (below, the logits divided by it "
+                         f"overflow float32, and sampling is greedy already), got {args.temperature:g}")
+    _check_seed(args.seed)
     model, vocab, _ = load_model(args.checkpoint)
-    prompt = args.prompt or ("\n" if "\n" in vocab.stoi else vocab.chars[0])
+    prompt = args.prompt or vocab.start
     prompt_ids = vocab.encode(prompt)
     generator = torch.Generator().manual_seed(args.seed)
     ids = generate(model, prompt_ids, args.length, args.temperature, args.top_k, generator)
@@ -277,12 +293,12 @@ def _add_eval(sub) -> None:
 
 
 def _cmd_eval(args) -> None:
-    from scratchrnn.lm.train import evaluate_checkpoint
+    from scratchrnn.lm.evaluation import evaluate_checkpoint
 
-    loss, count = evaluate_checkpoint(args.checkpoint, args.data)
+    result = evaluate_checkpoint(args.checkpoint, args.data)
     source = args.data or "the checkpoint's training text"
-    print(f"val loss {loss:.4f} nats/char, {loss / math.log(2):.4f} bits/char "
-          f"({count:,} characters: the last 10% of {source})")
+    print(f"val loss {result.loss:.4f} nats/char, {result.bits:.4f} bits/char "
+          f"({result.chars:,} characters: the last 10% of {source})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_eval(sub)
+    parser.commands = sub.choices  # each subcommand's parser, for its own usage line
     return parser
 
 
@@ -305,21 +322,55 @@ _COMMANDS = {"demo": _cmd_demo, "bench": _cmd_bench, "lab": _cmd_lab}
 _COMMANDS.update(train=_cmd_train, sample=_cmd_sample, eval=_cmd_eval)
 
 
+class _Stopped(BaseException):
+    """A stop signal before the training loop took them over (it saves a checkpoint instead)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum, frame) -> None:
+    raise _Stopped(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    previous = {}
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(ValueError):  # not the main thread: the signals stay as they are
+            previous[sig] = signal.signal(sig, _stop)
+    try:
+        return _main(argv)
+    except (_Stopped, KeyboardInterrupt) as stop:  # before a command began: nothing to report but that
+        signum = stop.signum if isinstance(stop, _Stopped) else signal.SIGINT
+        print(f"scratchrnn: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the subcommand's usage, not the top level's: it is the one that knows the flags
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s"
     )
+    rank = os.environ.get("RANK", "0")  # set by torchrun
+    where = "" if rank == "0" else f" (rank {rank})"
     try:
         _COMMANDS[args.command](args)
     except (ValueError, OSError) as err:
-        rank = os.environ.get("RANK", "0")  # set by torchrun
         if rank != "0" and raised_on_every_rank(err):
             return 2  # rank 0 reports it
-        where = "" if rank == "0" else f" (rank {rank})"
         print(f"scratchrnn {args.command}{where}: error: {err}", file=sys.stderr)
         return 2
+    except (_Stopped, KeyboardInterrupt) as stop:
+        signum = stop.signum if isinstance(stop, _Stopped) else signal.SIGINT
+        print(f"scratchrnn {args.command}{where}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     return 0
 
 

@@ -12,6 +12,9 @@ state can be carried from one batch to the next (detached: gradients stop at the
 The split is nanoGPT's: the first 90 % of the characters train, the last 10 % validate, so numbers
 compare. The vocabulary is built from the training part only (what the model could have seen);
 validation characters outside it are dropped, and the count is logged.
+
+A text file must be a regular file of at most :data:`MAX_TEXT_BYTES` (the ids take 8 bytes a
+character in memory); a UTF-8 byte-order mark at its start is not text and is dropped.
 """
 
 from __future__ import annotations
@@ -25,19 +28,26 @@ from importlib import resources
 import torch
 from torch import Tensor
 
+from scratchrnn.lm.files import read_regular
+
 __all__ = [
+    "MAX_TEXT_BYTES",
     "Corpus",
     "StreamBatches",
     "Vocab",
     "default_corpus_path",
     "load_corpus",
     "read_text",
+    "resolve_data",
+    "same_data",
     "split_text",
 ]
 
 log = logging.getLogger(__name__)
 
 VAL_FRACTION = 0.1
+MAX_TEXT_BYTES = 2**30  # 1 GiB of text is 8 GiB of int64 ids
+_BOM = "\ufeff"
 
 
 def default_corpus_path() -> str:
@@ -46,25 +56,38 @@ def default_corpus_path() -> str:
 
 
 def read_text(path: str | os.PathLike | None = None) -> str:
-    """Read a UTF-8 text file (the bundled corpus when ``path`` is None).
+    """Read a UTF-8 text file (the bundled corpus when ``path`` is None), without a leading BOM.
 
     Raises:
-        OSError: the path is missing, a directory, or unreadable.
-        ValueError: the file is not valid UTF-8.
+        OSError: the path is missing, a directory, a loop of symbolic links, or unreadable.
+        ValueError: not a regular file, over :data:`MAX_TEXT_BYTES`, or not valid UTF-8.
     """
     path = default_corpus_path() if path is None else os.fspath(path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path} is a directory, not a text file")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path}")
-    with open(path, "rb") as f:
-        raw = f.read()
+    raw = read_regular(path, "a text file", MAX_TEXT_BYTES)
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(
             f"{path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})"
         ) from None
+    return text.removeprefix(_BOM)
+
+
+def resolve_data(path: str | os.PathLike | None) -> str | None:
+    """The absolute path, symbolic links resolved, that a run saves for its text (None: bundled),
+    so that the run can be resumed and evaluated from any directory."""
+    return None if path is None else os.path.realpath(path)
+
+
+def same_data(a: str | os.PathLike | None, b: str | os.PathLike | None) -> bool:
+    """Whether two names (None: the bundled corpus) are the same file, however they are spelled."""
+    a, b = (default_corpus_path() if p is None else os.fspath(p) for p in (a, b))
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them is missing: then they are not the same file
+        return False
 
 
 def split_text(text: str, val_fraction: float = VAL_FRACTION) -> tuple[str, str]:
@@ -102,6 +125,12 @@ class Vocab:
 
     def __repr__(self) -> str:
         return f"Vocab({len(self)} characters)"
+
+    @property
+    def start(self) -> str:
+        """The character generation starts from without a prompt: a newline if the vocabulary
+        has one (text starts after a line break), else its first character."""
+        return "\n" if "\n" in self.stoi else self.chars[0]
 
     def unknown(self, text: str) -> list[str]:
         """The distinct characters of ``text`` that are not in the vocabulary, sorted."""
@@ -158,6 +187,7 @@ class Corpus:
 def load_corpus(path: str | os.PathLike | None = None, vocab: Vocab | None = None) -> Corpus:
     """Read, split and encode a UTF-8 text file (the bundled corpus when ``path`` is None)."""
     name = "the bundled corpus" if path is None else os.fspath(path)
+    log.debug("reading and encoding %s", name)
     return Corpus.from_text(read_text(path), vocab, name)
 
 

@@ -203,11 +203,23 @@ class World:
         else:
             torch.set_rng_state(state)
 
+    def restore_rng(self, states: Sequence[Tensor] | None, device_type: str | None, cpu_state: Tensor,
+                    seed: int) -> None:
+        """Continue each rank's own dropout stream (``states``, one per rank) when they come from as
+        many processes on the same kind of device; otherwise rank 0 takes the saved CPU generator
+        and the others start fresh streams from ``seed`` (dropout masks then differ from an
+        uninterrupted run)."""
+        if states is not None and len(states) == self.size and device_type == self.device.type:
+            self.set_rng_state(states[self.rank])
+        else:
+            torch.set_rng_state(cpu_state)
+            self.seed_rank(seed)
+
     def seed_rank(self, seed: int) -> None:
         """Give ranks 1 … W − 1 their own dropout streams (rank 0 keeps the one-process stream),
         so that the shards of a batch do not share dropout masks."""
-        if self.rank:
-            torch.manual_seed(seed * 1_000_003 + self.rank)
+        if self.rank:  # modulo 2⁶⁴: torch takes a 64-bit seed, and any seed of TrainConfig is valid
+            torch.manual_seed((seed * 1_000_003 + self.rank) % 2**64)
 
     def _object_device(self) -> torch.device | None:
         return self.device if self.device.type == "cuda" else None
