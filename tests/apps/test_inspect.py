@@ -153,7 +153,7 @@ def checkpoint(corpus, tmp_path_factory) -> str:
 def test_cli_writes_the_page_and_the_json(checkpoint, corpus, tmp_path, capsys):
     page, data = tmp_path / "page.html", tmp_path / "page.json"
     argv = ["inspect", "--checkpoint", checkpoint, "--text", corpus, "--chars", "700", "--layer", "0",
-            "--out", str(page), "--json", str(data)]
+            "--out", str(page), "--json", str(data), "--summary", str(tmp_path / "found")]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "700 characters, layer 0" in printed and str(page) in printed
@@ -161,6 +161,10 @@ def test_cli_writes_the_page_and_the_json(checkpoint, corpus, tmp_path, capsys):
     assert numbers["activations"]["chars"] == 700 and numbers["layer"] == 0
     inlined = page.read_text().split('<script id="data" type="application/json">')[1].split("</script>")[0]
     assert json.loads(inlined) == numbers  # the page holds the same data
+    digest = json.loads((tmp_path / "found" / "results.json").read_text())
+    assert digest["found"] == numbers["found"] and digest["units"] == 16
+    assert set(digest["best"]) | set(digest["not_found"]) == {f["feature"] for f in numbers["found"]}
+    assert (tmp_path / "found" / "summary.md").read_text().startswith("# inspect")
 
 
 def test_cli_refuses_too_few_characters(checkpoint, tmp_path, capsys):

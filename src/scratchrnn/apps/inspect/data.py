@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from scratchrnn.apps.inspect.features import find_units
-from scratchrnn.core.reference import time_major_rnn, tutorial_weights
+from scratchrnn.apps.lab._common import num_threads
+from scratchrnn.core.modules import RNN
 from scratchrnn.lm.data import Vocab
 from scratchrnn.lm.model import CharRNN
 
@@ -39,12 +40,19 @@ def decode_activations(encoded: dict) -> np.ndarray:
 
 @torch.no_grad()
 def layer_states(model: CharRNN, ids: torch.Tensor, layer: int) -> np.ndarray:
-    """h_t of RNN layer ``layer`` after each character of ``ids`` (T,), from zero state: (T, H)."""
+    """h_t of RNN layer ``layer`` after each character of ``ids`` (T,), from zero state: (T, H).
+
+    The stacked RNN returns its last layer's output only, so the layers up to ``layer`` run one
+    at a time, each as a one-layer scratchrnn.RNN holding that layer's weights.
+    """
     x = model.embed(ids.view(-1, 1))  # (T, 1, D)
-    weights = tutorial_weights(model.rnn)[: layer + 1]
-    h0 = x.new_zeros(layer + 1, 1, model.hidden_size)
-    output, _ = time_major_rnn(x, h0, weights, model.rnn.nonlinearity)  # the output of layer `layer`
-    return output[:, 0].numpy()
+    names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+    for weights in model.rnn.all_weights[: layer + 1]:
+        H, D = weights[0].shape
+        one = RNN(D, H, bias=len(weights) == 4, nonlinearity=model.rnn.nonlinearity)
+        one.load_state_dict(dict(zip(names, weights, strict=False)))
+        x, _ = one(x)  # (T, 1, H): this layer's output, the next one's input
+    return x[:, 0].numpy()
 
 
 @torch.no_grad()
@@ -73,6 +81,13 @@ def saturation(h: np.ndarray) -> dict:
 
 def collect(model: CharRNN, vocab: Vocab, text: str, layer: int = -1, source: str = "") -> dict:
     """Everything the page shows for ``text`` (only characters ``vocab`` knows), as JSON-able data."""
+    # One thread: the text runs as one stream (N = 1), so every step is a matrix-vector product,
+    # too small to share, and a second thread only waits (many times slower on a loaded machine).
+    with num_threads(1):
+        return _collect(model, vocab, text, layer, source)
+
+
+def _collect(model: CharRNN, vocab: Vocab, text: str, layer: int, source: str) -> dict:
     if model.rnn.nonlinearity != "tanh":
         raise ValueError(f"Expected a tanh RNN (activations in [-1, 1]), got {model.rnn.nonlinearity}")
     L = model.num_layers
