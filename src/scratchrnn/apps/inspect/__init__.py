@@ -47,6 +47,7 @@ def digest(data: dict) -> dict:
         "not_found": [f["feature"] for f in data["found"] if not f["found"]],
         "saturation": {
             "threshold": threshold,
+            "mean_slope": data["saturation"]["mean_slope"],
             "mean_left": sum(left) / len(left),
             "mean_right": sum(right) / len(right),
             "units_saturated_half_the_time": sum(a + b > 0.5 for a, b in zip(left, right, strict=True)),
@@ -73,7 +74,7 @@ def summary_markdown(digest: dict) -> str:
         "|---|---|---|---|---|",
         *rows,
         "",
-        "No score (the feature never changes in the text): " + (", ".join(
+        "No score (the feature is constant in the fit half or the held-out half of the text): " + (", ".join(
             f["feature"] for f in digest["found"] if not f["units"]) or "none") + ".",
         "",
         f"Saturation (|h| > {sat['threshold']}): on average a unit is left-saturated "

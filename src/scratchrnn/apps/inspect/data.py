@@ -68,13 +68,15 @@ def predictions(model: CharRNN, ids: torch.Tensor) -> tuple[np.ndarray, np.ndarr
 
 
 def saturation(h: np.ndarray) -> dict:
-    """Per unit, the fraction of steps with h < −0.9 (left) and h > 0.9 (right); and a histogram
-    of all the layer's activations over [−1, 1] in 40 bins."""
+    """Per unit, the fraction of steps with h < −0.9 (left) and h > 0.9 (right); the mean of
+    tanh' = 1 − h² over all units and steps (the factor BPTT multiplies by, besides W_hh); and a
+    histogram of all the layer's activations over [−1, 1] in 40 bins."""
     counts, edges = np.histogram(np.clip(h, -1, 1), bins=40, range=(-1, 1))
     return {
         "left": np.round((h < -SATURATED).mean(0), 4).tolist(),
         "right": np.round((h > SATURATED).mean(0), 4).tolist(),
         "threshold": SATURATED,
+        "mean_slope": float((1 - h.astype(np.float64) ** 2).mean()),
         "histogram": {"edges": np.round(edges, 3).tolist(), "counts": counts.tolist()},
     }
 
