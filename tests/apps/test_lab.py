@@ -114,6 +114,34 @@ def test_adding_numbers_are_sane(lab_all):
             assert r["best_mse"] <= r["val_mse"][0]
 
 
+def test_longadding_runs_sgd_per_length_init_and_learning_rate(lab_all):
+    numbers = _numbers(lab_all, "longadding")
+    config = numbers["config"]
+    assert set(numbers["results"]) == {str(T) for T in config["lengths"]}
+    for T, per_init in numbers["results"].items():
+        assert set(per_init) == {"IRNN (identity, ReLU)", "PyTorch default", "orthogonal", "×0.01 (tutorial)"}
+        for label, per_lr in per_init.items():
+            assert set(per_lr) == {str(lr) for lr in config["lrs"]}
+            best = numbers["best"][T][label]
+            assert best["best_mse"] == min(r["best_mse"] for r in per_lr.values())
+            for r in per_lr.values():  # the same budget of time steps: updates × T
+                assert r["steps"][-1] == config["step_budget"] // int(T) or r["solved_at_step"]
+
+
+def test_lab_all_skips_the_long_experiment_unless_asked(tmp_path, monkeypatch):
+    import scratchrnn.apps.lab as lab
+
+    ran = []
+    monkeypatch.setattr(lab, "run", lambda name, out, quick=False: ran.append(name) or lab.LabResult(
+        name, Path(out), {}, ""))
+    (tmp_path / "img").mkdir()
+    lab.run_all(tmp_path / "img")
+    assert "longadding" not in ran and ran == [n for n in EXPERIMENTS if not lab.is_long(n)]
+    ran.clear()
+    lab.run_all(tmp_path / "img", long=True)
+    assert ran == list(EXPERIMENTS)
+
+
 def test_adding_batch_is_the_adding_problem():
     T, N = 20, 50_000
     x, y = adding_batch(T, N, torch.Generator().manual_seed(0))
@@ -177,7 +205,9 @@ def test_tutorial_quotes_the_code_as_it_is(tutorial):
 def test_tutorial_shows_the_plots_that_lab_all_writes(tutorial):
     text = tutorial.read_text(encoding="utf-8")
     images = re.findall(r"!\[[^\]]*\]\((img/[^)]+)\)", text)
-    assert {Path(i).parent.name for i in images} == set(EXPERIMENTS)
+    # Every experiment's plots, and the inspect page's screenshots (made by scratchrnn inspect and
+    # tests/apps/chromium.py, as the chapter "What did the network learn?" says).
+    assert {Path(i).parent.name for i in images} == set(EXPERIMENTS) | {"inspect"}
     for image in images:
         assert (tutorial.parent / image).is_file(), image
         assert (tutorial.parent / image).parent.joinpath("summary.md").is_file()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import max_abs
-from torch import Tensor
+from torch import Tensor, nn
 
 from scratchrnn import RNN
-from scratchrnn.core.reference import TutorialRNN, time_major_rnn
+from scratchrnn.core.reference import time_major_rnn, tutorial_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,14 +22,30 @@ F64 = torch.float64
 TOL = 1e-12
 
 
-def reference_weights(model: RNN) -> list[tuple[Tensor, Tensor, Tensor | None]]:
-    """Our parameters per layer in time_major_rnn's form: (W_ih, W_hh, b_ih + b_hh or None)."""
-    weights = []
-    for k in range(model.num_layers):
-        W_ih, W_hh = getattr(model, f"weight_ih_l{k}"), getattr(model, f"weight_hh_l{k}")
-        b = getattr(model, f"bias_ih_l{k}") + getattr(model, f"bias_hh_l{k}") if model.bias else None
-        weights.append((W_ih, W_hh, b))
-    return weights
+class TutorialRNN(nn.Module):
+    """The tutorial's ``MyRNN`` with its bugs fixed and nn.RNN's argument names.
+
+    Args:
+        input_size, hidden_size, num_layers: as nn.RNN. batch_first: (N, T, D) in and out.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first=False):
+        super().__init__()
+        self.hidden_size, self.num_layers, self.batch_first = hidden_size, num_layers, batch_first
+        sizes = [input_size] + [hidden_size] * (num_layers - 1)
+        # The tutorial's init: small Gaussian weights (×0.01) and zero biases.
+        self.w_ih = nn.ParameterList(nn.Parameter(0.01 * torch.randn(hidden_size, d)) for d in sizes)
+        H = hidden_size
+        self.w_hh = nn.ParameterList(nn.Parameter(0.01 * torch.randn(H, H)) for _ in sizes)
+        self.b_h = nn.ParameterList(nn.Parameter(torch.zeros(hidden_size)) for _ in sizes)
+
+    def forward(self, inputs: Tensor, hidden: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = inputs.transpose(0, 1) if self.batch_first else inputs  # (T, N, D)
+        if hidden is None:
+            hidden = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
+        weights = list(zip(self.w_ih, self.w_hh, self.b_h, strict=True))
+        output, h_n = time_major_rnn(x, hidden, weights)
+        return (output.transpose(0, 1) if self.batch_first else output), h_n
 
 
 def outputs_and_grads(run, model: RNN, x: Tensor, h0: Tensor) -> list[Tensor]:
@@ -52,7 +68,7 @@ def test_layer_major_equals_time_major(num_layers, nonlinearity, bias, T, diffs)
     h0 = torch.randn(num_layers, 4, 5, dtype=F64)
     ours = outputs_and_grads(model, model, x, h0)
     theirs = outputs_and_grads(
-        lambda x, h0: time_major_rnn(x, h0, reference_weights(model), nonlinearity), model, x, h0
+        lambda x, h0: time_major_rnn(x, h0, tutorial_weights(model), nonlinearity), model, x, h0
     )
     for name, a, b in zip(["output", "h_n", "dx", "dh0"] + [n for n, _ in model.named_parameters()],
                           ours, theirs, strict=True):
@@ -60,12 +76,29 @@ def test_layer_major_equals_time_major(num_layers, nonlinearity, bias, T, diffs)
         assert max_abs(a, b) <= TOL, name
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_tutorial_weights_of_torch_nn_rnn_give_its_output(bias):
+    torch.manual_seed(5)
+    ref = nn.RNN(3, 5, num_layers=2, bias=bias, dtype=F64)
+    x, h0 = torch.randn(4, 2, 3, dtype=F64), torch.randn(2, 2, 5, dtype=F64)
+    weights = tutorial_weights(ref)
+    assert [b is None for _, _, b in weights] == [not bias, not bias]
+    with torch.no_grad():
+        got, want = time_major_rnn(x, h0, weights), ref(x, h0)
+    assert max_abs(got[0], want[0]) <= TOL and max_abs(got[1], want[1]) <= TOL
+
+
+def test_tutorial_weights_refuses_a_bidirectional_rnn():
+    with pytest.raises(ValueError, match="unidirectional"):
+        tutorial_weights(RNN(3, 5, bidirectional=True))
+
+
 def test_time_major_rnn_does_not_touch_h0():
     torch.manual_seed(1)
     model = RNN(3, 5, 2, dtype=F64)
     h0 = torch.randn(2, 4, 5, dtype=F64)
     copy, version = h0.clone(), h0._version
-    time_major_rnn(torch.randn(3, 4, 3, dtype=F64), h0, reference_weights(model))
+    time_major_rnn(torch.randn(3, 4, 3, dtype=F64), h0, tutorial_weights(model))
     assert torch.equal(h0, copy) and h0._version == version
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from scratchrnn.apps import inspect as inspect_page
 from scratchrnn.core.modules import RNN
 from scratchrnn.lm.config import SEED_MAX, TrainConfig, check_count
 from scratchrnn.lm.distributed import STOP_SIGNALS, raised_on_every_rank
@@ -314,12 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_eval(sub)
+    inspect_page.add_parser(sub)
     parser.commands = sub.choices  # each subcommand's parser, for its own usage line
     return parser
 
 
 _COMMANDS = {"demo": _cmd_demo, "bench": _cmd_bench, "lab": _cmd_lab}
 _COMMANDS.update(train=_cmd_train, sample=_cmd_sample, eval=_cmd_eval)
+_COMMANDS.update(inspect=inspect_page.main)
 
 
 class _Stopped(BaseException):

@@ -12,8 +12,8 @@ Its code had four bugs, fixed here:
 3. it printed the input's shape inside ``forward``;
 4. it used ``nn`` without importing it.
 
-Its init (weights N(0, 0.01²), zero biases) and single bias are kept as the textbook's; use
-:func:`time_major_rnn` with the weights of a :class:`scratchrnn.RNN` to compare with ours.
+Use :func:`time_major_rnn` with :func:`tutorial_weights` of a :class:`scratchrnn.RNN` (or of a
+``torch.nn.RNN``) to compare with ours.
 """
 
 from __future__ import annotations
@@ -21,11 +21,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+__all__ = ["time_major_rnn", "tutorial_weights"]
+
+Weights = list[tuple[Tensor, Tensor, Tensor | None]]
+
+
+def tutorial_weights(rnn: nn.Module) -> Weights:
+    """Per layer (W_ih, W_hh, b_ih + b_hh), or b = None without biases: :func:`time_major_rnn`'s form.
+
+    Works for a unidirectional :class:`scratchrnn.RNN` and ``torch.nn.RNN``: both list each layer's
+    parameters in ``all_weights`` as [W_ih, W_hh] or [W_ih, W_hh, b_ih, b_hh]. The tensors keep
+    their autograd history, so gradients flow back into the module's parameters.
+    """
+    if rnn.bidirectional:
+        raise ValueError("Expected a unidirectional RNN, got bidirectional=True")
+    return [(w[0], w[1], w[2] + w[3] if len(w) == 4 else None) for w in rnn.all_weights]
+
 
 def time_major_rnn(
     x: Tensor,
     h0: Tensor,
-    weights: list[tuple[Tensor, Tensor, Tensor | None]],
+    weights: Weights,
     nonlinearity: str = "tanh",
 ) -> tuple[Tensor, Tensor]:
     """The stacked RNN, time loop outside, layer loop inside, on autograd.
@@ -49,28 +65,3 @@ def time_major_rnn(
         outputs.append(inp)
     return torch.stack(outputs), torch.stack(h)
 
-
-class TutorialRNN(nn.Module):
-    """The tutorial's ``MyRNN`` with its bugs fixed and nn.RNN's argument names.
-
-    Args:
-        input_size, hidden_size, num_layers: as nn.RNN. batch_first: (N, T, D) in and out.
-    """
-
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first=False):
-        super().__init__()
-        self.hidden_size, self.num_layers, self.batch_first = hidden_size, num_layers, batch_first
-        sizes = [input_size] + [hidden_size] * (num_layers - 1)
-        # The tutorial's init: small Gaussian weights (×0.01) and zero biases.
-        self.w_ih = nn.ParameterList(nn.Parameter(0.01 * torch.randn(hidden_size, d)) for d in sizes)
-        H = hidden_size
-        self.w_hh = nn.ParameterList(nn.Parameter(0.01 * torch.randn(H, H)) for _ in sizes)
-        self.b_h = nn.ParameterList(nn.Parameter(torch.zeros(hidden_size)) for _ in sizes)
-
-    def forward(self, inputs: Tensor, hidden: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x = inputs.transpose(0, 1) if self.batch_first else inputs  # (T, N, D)
-        if hidden is None:
-            hidden = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
-        weights = list(zip(self.w_ih, self.w_hh, self.b_h, strict=True))
-        output, h_n = time_major_rnn(x, hidden, weights)
-        return (output.transpose(0, 1) if self.batch_first else output), h_n

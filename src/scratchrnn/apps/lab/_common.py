@@ -22,6 +22,18 @@ if TYPE_CHECKING:  # matplotlib is imported when a figure is made, not when the 
     from matplotlib.figure import Figure
 
 
+# (label, init scheme of scratchrnn.core.init, nonlinearity): the tutorial's and PyTorch's inits,
+# two that keep ρ(W_hh) ≈ 1, and the IRNN, which is identity + ReLU. gradflow, adding and longadding
+# compare them.
+CASES = (
+    ("×0.01 (tutorial)", "small", "tanh"),
+    ("PyTorch default", "default", "tanh"),
+    ("Xavier", "xavier", "tanh"),
+    ("orthogonal", "orthogonal", "tanh"),
+    ("IRNN (identity, ReLU)", "identity", "relu"),
+)
+
+
 @dataclass
 class LabResult:
     """What one experiment produced.

@@ -37,7 +37,7 @@ from scratchrnn.apps.lab._common import (
     save,
 )
 from scratchrnn.core.modules import RNN
-from scratchrnn.core.reference import time_major_rnn
+from scratchrnn.core.reference import time_major_rnn, tutorial_weights
 
 
 def concat_weights(W_ih: Tensor, W_hh: Tensor) -> Tensor:
@@ -52,11 +52,7 @@ def split_weights(W: Tensor, input_size: int) -> tuple[Tensor, Tensor]:
 
 def to_concat_form(rnn: RNN) -> list[tuple[Tensor, Tensor]]:
     """Per layer (W (H, D_l + H), b (H,)) with b = b_ih + b_hh."""
-    return [
-        (concat_weights(getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"weight_hh_l{k}")),
-         getattr(rnn, f"bias_ih_l{k}") + getattr(rnn, f"bias_hh_l{k}"))
-        for k in range(rnn.num_layers)
-    ]
+    return [(concat_weights(W_ih, W_hh), b) for W_ih, W_hh, b in tutorial_weights(rnn)]
 
 
 def from_concat_form(layers: list[tuple[Tensor, Tensor]], input_size: int) -> dict[str, Tensor]:
@@ -94,10 +90,9 @@ def concat_rnn(x: Tensor, h0: Tensor, layers: list[tuple[Tensor, Tensor]]) -> tu
     return torch.stack(outputs), torch.stack(h)
 
 
-def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
-    """Check both forms agree (values, gradients, conversions) and time them; write to ``out``."""
-    out = prepare_out(out)
-    T, N, D, H, L = (6, 3, 4, 5, 2) if quick else (50, 8, 10, 16, 2)
+def check_forms(T: int, N: int, D: int, H: int, L: int, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Both forms on one float64 problem: every max |difference| (values, gradients, conversions);
+    layer 0's W = [W_ih | W_hh]; and the per-step max |difference| of the outputs."""
     dtype = torch.float64
     torch.manual_seed(seed)
     rnn = RNN(D, H, num_layers=L, dtype=dtype)
@@ -111,7 +106,7 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
     step_two = torch.tanh(
         x[0] @ rnn.weight_ih_l0.t() + rnn.bias_ih_l0 + h0[0] @ rnn.weight_hh_l0.t() + rnn.bias_hh_l0
     )
-    one_step = (step_concat - step_two).abs().max().item()
+    diffs = {"one_step_max_abs_diff": (step_concat - step_two).abs().max().item()}
 
     # 2. The whole sequence and its gradients: autograd on the concatenated form vs our BPTT.
     layers = [(W.detach().requires_grad_(), b.detach().requires_grad_()) for W, b in to_concat_form(rnn)]
@@ -119,51 +114,58 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
     (out_c * g_out).sum().backward()
     out_r, hn_r = rnn(x, h0)
     (out_r * g_out).sum().backward()
-    seq_output = (out_c - out_r).abs().max().item()
-    seq_h_n = (hn_c - hn_r).abs().max().item()
     grad_W, grad_b = 0.0, 0.0
-    for k, (W_k, b_k) in enumerate(layers):
-        dW_ours = concat_weights(getattr(rnn, f"weight_ih_l{k}").grad, getattr(rnn, f"weight_hh_l{k}").grad)
-        grad_W = max(grad_W, (W_k.grad - dW_ours).abs().max().item())  # dW = [dW_ih | dW_hh]
-        grad_b = max(grad_b, (b_k.grad - getattr(rnn, f"bias_ih_l{k}").grad).abs().max().item())
+    for (W_k, b_k), (W_ih, W_hh, b_ih, _) in zip(layers, rnn.all_weights, strict=True):
+        grad_W = max(grad_W, (W_k.grad - concat_weights(W_ih.grad, W_hh.grad)).abs().max().item())
+        grad_b = max(grad_b, (b_k.grad - b_ih.grad).abs().max().item())  # dW = [dW_ih | dW_hh]
+    diffs |= {
+        "sequence_output_max_abs_diff": (out_c - out_r).abs().max().item(),
+        "sequence_h_n_max_abs_diff": (hn_c - hn_r).abs().max().item(),
+        "grad_W_vs_concat_of_dW_ih_dW_hh": grad_W,
+        "grad_b_vs_db": grad_b,
+        **check_conversions(rnn, [(W.detach(), b.detach()) for W, b in layers], x, h0, out_r.detach()),
+    }
+    per_step_diff = (out_c.detach() - out_r.detach()).abs().amax(dim=(1, 2)).numpy()
+    rnn.zero_grad(set_to_none=True)
+    return diffs, layers[0][0].detach().numpy(), per_step_diff
 
-    # 3. Conversions: two → one → two (exact for the weights), and the result in torch.nn.RNN.
-    state = from_concat_form([(W.detach(), b.detach()) for W, b in layers], D)
-    round_trip_weights = max(
-        (state[name] - p).abs().max().item()
-        for name, p in rnn.named_parameters()
-        if name.startswith("weight")
+
+def check_conversions(rnn: RNN, layers: list[tuple[Tensor, Tensor]], x: Tensor, h0: Tensor,
+                      out_r: Tensor) -> dict[str, float]:
+    """Two → one → two (exact for the weights, the bias sum for the biases), one → two → one, and
+    the converted weights loaded into torch.nn.RNN."""
+    D = rnn.input_size
+    state = from_concat_form(layers, D)
+    weights = max((state[name] - p).abs().max().item() for name, p in rnn.named_parameters()
+                  if name.startswith("weight"))
+    bias_sum = max(
+        (state[f"bias_ih_l{k}"] + state[f"bias_hh_l{k}"] - b_ih - b_hh).abs().max().item()
+        for k, (_, _, b_ih, b_hh) in enumerate(rnn.all_weights)
     )
-    round_trip_bias_sum = max(
-        (state[f"bias_ih_l{k}"] + state[f"bias_hh_l{k}"]
-         - getattr(rnn, f"bias_ih_l{k}") - getattr(rnn, f"bias_hh_l{k}")).abs().max().item()
-        for k in range(L)
-    )
-    torch_rnn = torch.nn.RNN(D, H, num_layers=L, dtype=dtype)
+    torch_rnn = torch.nn.RNN(D, rnn.hidden_size, num_layers=rnn.num_layers, dtype=x.dtype)
     torch_rnn.load_state_dict(state)
     with torch.no_grad():
         out_t, _ = torch_rnn(x, h0)
-        W_back = concat_weights(*split_weights(layers[0][0].detach(), D))
-    converted_output = (out_t - out_r.detach()).abs().max().item()
-    one_two_one = (W_back - layers[0][0].detach()).abs().max().item()
-    per_step_diff = (out_c.detach() - out_r.detach()).abs().amax(dim=(1, 2)).numpy()
-    rnn.zero_grad(set_to_none=True)
+        W_back = concat_weights(*split_weights(layers[0][0], D))
+    return {
+        "round_trip_two_one_two_weights": weights,
+        "round_trip_two_one_two_bias_sum": bias_sum,
+        "round_trip_one_two_one": (W_back - layers[0][0]).abs().max().item(),
+        "converted_into_torch_nn_RNN_output_diff": (out_t - out_r).abs().max().item(),
+    }
 
-    # 4. Speed, float32, one thread: the concatenated form can't hoist its input projection.
-    bench = dict(T=20, N=4, D=16, H=32, L=2) if quick else dict(T=100, N=32, D=64, H=128, L=2)
-    rounds = 3 if quick else 15
+
+def time_forms(bench: dict, rounds: int, seed: int) -> dict[str, dict[str, float]]:
+    """Forward seconds per form, float32, one thread: the concatenated form can't hoist its input
+    projection."""
     torch.manual_seed(seed)
     rnn32 = RNN(bench["D"], bench["H"], num_layers=bench["L"])
     xb = torch.randn(bench["T"], bench["N"], bench["D"])
     hb = torch.zeros(bench["L"], bench["N"], bench["H"])
     form_c = [(W.detach(), b.detach()) for W, b in to_concat_form(rnn32)]
-    form_two = [
-        (getattr(rnn32, f"weight_ih_l{k}").detach(), getattr(rnn32, f"weight_hh_l{k}").detach(),
-         (getattr(rnn32, f"bias_ih_l{k}") + getattr(rnn32, f"bias_hh_l{k}")).detach())
-        for k in range(bench["L"])
-    ]
+    form_two = [(W_ih.detach(), W_hh.detach(), b.detach()) for W_ih, W_hh, b in tutorial_weights(rnn32)]
     with torch.no_grad(), num_threads(1):
-        times = interleaved_times(
+        return interleaved_times(
             {
                 "concatenated W [x_t; h_{t-1}] (time loop)": partial(concat_rnn, xb, hb, form_c),
                 "two matrices (tutorial's time loop)": partial(time_major_rnn, xb, hb, form_two),
@@ -172,8 +174,11 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
             rounds,
         )
 
+
+def plot(Wn: np.ndarray, per_step_diff: np.ndarray, shape: dict, out: Path) -> Path:
+    """Layer 0's W = [W_ih | W_hh] as an image, and the per-step difference of the two forms."""
+    T, D, H, L = shape["T"], shape["D"], shape["H"], shape["L"]
     fig, (ax_w, ax_d) = new_figure(2)
-    Wn = layers[0][0].detach().numpy()
     lim = np.abs(Wn).max()
     im = ax_w.imshow(Wn, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto",
                      extent=(-0.5, D + H - 0.5, H - 0.5, -0.5))
@@ -192,44 +197,34 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
     ax_d.set_xlabel("time step t")
     ax_d.set_ylabel("max |h_t(concatenated) − h_t(two matrices)|")
     ax_d.legend(fontsize=8)
-    fig_path = save(fig, out / "concat.png")
+    return save(fig, out / "concat.png")
 
-    numbers = {
-        "shape": dict(T=T, N=N, D=D, H=H, L=L),
-        "one_step_max_abs_diff": one_step,
-        "sequence_output_max_abs_diff": seq_output,
-        "sequence_h_n_max_abs_diff": seq_h_n,
-        "grad_W_vs_concat_of_dW_ih_dW_hh": grad_W,
-        "grad_b_vs_db": grad_b,
-        "round_trip_two_one_two_weights": round_trip_weights,
-        "round_trip_two_one_two_bias_sum": round_trip_bias_sum,
-        "round_trip_one_two_one": one_two_one,
-        "converted_into_torch_nn_RNN_output_diff": converted_output,
-        "bench_shape": bench,
-        "rounds": rounds,
-        "forward_times_s": {k: v["best_s"] for k, v in times.items()},
+
+def summarise(numbers: dict, times: dict) -> str:
+    """The markdown summary: the checks' table and the forward times."""
+    T, N, D, H, L = (numbers["shape"][k] for k in "TNDHL")
+    bench, rounds = numbers["bench_shape"], numbers["rounds"]
+    labels = {
+        "one_step_max_abs_diff": "one step, W [x; h] + b vs x W_ihᵀ + b_ih + h W_hhᵀ + b_hh",
+        "sequence_output_max_abs_diff": f"whole sequence (T = {T}, L = {L}), output",
+        "sequence_h_n_max_abs_diff": "whole sequence, h_n",
+        "grad_W_vs_concat_of_dW_ih_dW_hh": "autograd's dW (concatenated form) vs [dW_ih | dW_hh] (our BPTT)",
+        "grad_b_vs_db": "autograd's db vs our db",
+        "round_trip_two_one_two_weights": "two → one → two: W_ih, W_hh",
+        "round_trip_two_one_two_bias_sum": "two → one → two: b_ih + b_hh",
+        "round_trip_one_two_one": "one → two → one: W",
+        "converted_into_torch_nn_RNN_output_diff": "converted weights loaded into torch.nn.RNN: output",
     }
-    rows = [
-        ("one step, W [x; h] + b vs x W_ihᵀ + b_ih + h W_hhᵀ + b_hh", one_step),
-        (f"whole sequence (T = {T}, L = {L}), output", seq_output),
-        ("whole sequence, h_n", seq_h_n),
-        ("autograd's dW (concatenated form) vs [dW_ih | dW_hh] (our BPTT)", grad_W),
-        ("autograd's db vs our db", grad_b),
-        ("two → one → two: W_ih, W_hh", round_trip_weights),
-        ("two → one → two: b_ih + b_hh", round_trip_bias_sum),
-        ("one → two → one: W", one_two_one),
-        ("converted weights loaded into torch.nn.RNN: output", converted_output),
-    ]
     base = times["two matrices (tutorial's time loop)"]["best_s"]
     time_rows = [(k, f"{v['best_s'] * 1e3:.3g}", f"{base / v['best_s']:.2f}×") for k, v in times.items()]
-    summary = "\n".join(
+    return "\n".join(
         [
             "# concat: W [x_t; h_{t-1}] is W_ih x_t + W_hh h_{t-1}",
             "",
             f"float64, T = {T}, N = {N}, D = {D}, H = {H}, L = {L}; W = [W_ih | W_hh] is ({H}, {D + H}), "
             "b = b_ih + b_hh.",
             "",
-            md_table(["check", "max |difference|"], [(k, fmt(v)) for k, v in rows]),
+            md_table(["check", "max |difference|"], [(text, fmt(numbers[k])) for k, text in labels.items()]),
             "",
             "Going back from one matrix to two, b_ih = b and b_hh = 0: only the sum of the biases is "
             "determined, and only the sum matters.",
@@ -242,4 +237,16 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
             "![concat](concat.png)",
         ]
     )
-    return finish("concat", out, numbers, summary, [fig_path])
+
+
+def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
+    """Check both forms agree (values, gradients, conversions) and time them; write to ``out``."""
+    out = prepare_out(out)
+    shape = dict(T=6, N=3, D=4, H=5, L=2) if quick else dict(T=50, N=8, D=10, H=16, L=2)
+    bench = dict(T=20, N=4, D=16, H=32, L=2) if quick else dict(T=100, N=32, D=64, H=128, L=2)
+    rounds = 3 if quick else 15
+    diffs, Wn, per_step_diff = check_forms(**shape, seed=seed)
+    times = time_forms(bench, rounds, seed)
+    numbers = {"shape": shape, **diffs, "bench_shape": bench, "rounds": rounds,
+               "forward_times_s": {k: v["best_s"] for k, v in times.items()}}
+    return finish("concat", out, numbers, summarise(numbers, times), [plot(Wn, per_step_diff, shape, out)])

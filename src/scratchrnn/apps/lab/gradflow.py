@@ -26,20 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scratchrnn.apps.lab._common import LabResult, finish, fmt, md_table, new_figure, prepare_out, save
+from scratchrnn.apps.lab._common import CASES, LabResult, finish, fmt, md_table, new_figure, prepare_out, save
 from scratchrnn.core.init import init_rnn_
 from scratchrnn.core.modules import RNN
-from scratchrnn.core.reference import time_major_rnn
-
-# (label, init scheme, nonlinearity): the tutorial's and PyTorch's inits, two that keep ρ ≈ 1,
-# and the IRNN, which is identity + ReLU.
-CASES = (
-    ("×0.01 (tutorial)", "small", "tanh"),
-    ("PyTorch default", "default", "tanh"),
-    ("Xavier", "xavier", "tanh"),
-    ("orthogonal", "orthogonal", "tanh"),
-    ("IRNN (identity, ReLU)", "identity", "relu"),
-)
+from scratchrnn.core.reference import time_major_rnn, tutorial_weights
 
 
 def spectral_radius(W: torch.Tensor) -> float:
@@ -90,10 +80,7 @@ def gradient_norms(rnn: RNN, x: torch.Tensor, u: torch.Tensor) -> tuple[np.ndarr
     _, h_n = rnn(x, h0_full)
     (h_n[0] @ u).sum().backward()
     h0_ref = h0.detach().clone().requires_grad_(True)
-    w = [
-        (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0 + rnn.bias_hh_l0),
-    ]
-    _, h_n_ref = time_major_rnn(x, h0_ref, w, rnn.nonlinearity)
+    _, h_n_ref = time_major_rnn(x, h0_ref, tutorial_weights(rnn), rnn.nonlinearity)
     (h_n_ref[0] @ u).sum().backward()
     rnn.zero_grad(set_to_none=True)
     checks = {
@@ -104,40 +91,38 @@ def gradient_norms(rnn: RNN, x: torch.Tensor, u: torch.Tensor) -> tuple[np.ndarr
     return norms, checks
 
 
-def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
-    """Measure ‖∂L/∂h_t‖ for every init in :data:`CASES`; write the plot and summary to ``out``."""
-    out = prepare_out(out)
-    T, N, D, H = (100, 8, 8, 32) if quick else (200, 32, 16, 128)
+def measure(T: int, N: int, D: int, H: int, seed: int) -> tuple[dict, dict, dict]:
+    """Per init of :data:`CASES`: the numbers, the curve ‖∂L/∂h_t‖ (t = 0 … T), W_hh's eigenvalues."""
     dtype = torch.float64  # the ×0.01 gradients fall below float32's smallest number (~1e-38)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(T, N, D, generator=gen, dtype=dtype)
     u = torch.randn(H, generator=gen, dtype=dtype)
     u /= u.norm()  # ∂L/∂h_T = u for every sequence: norm 1 at t = T
-
-    rows, curves, eigs, numbers = [], {}, {}, {"T": T, "N": N, "D": D, "H": H, "cases": {}}
+    cases, curves, eigs = {}, {}, {}
     for label, scheme, nonlinearity in CASES:
         torch.manual_seed(seed)
         rnn = init_rnn_(RNN(D, H, nonlinearity=nonlinearity, dtype=dtype), scheme)
-        rho = spectral_radius(rnn.weight_hh_l0.detach())
         norms, checks = gradient_norms(rnn, x, u)
-        mid = T // 2
         # The per-step factor: the geometric mean of ‖dh_{t-1}‖ / ‖dh_t‖ over all T steps.
         per_step = (norms[1] / norms[T]) ** (1.0 / (T - 1)) if norms[1] > 0 else 0.0
-        numbers["cases"][label] = {
+        cases[label] = {
             "scheme": scheme,
             "nonlinearity": nonlinearity,
-            "spectral_radius": rho,
+            "spectral_radius": spectral_radius(rnn.weight_hh_l0.detach()),
             "norm_at_T": float(norms[T]),
-            "norm_at_mid": float(norms[mid]),
+            "norm_at_mid": float(norms[T // 2]),
             "norm_at_1": float(norms[1]),
             "per_step_factor": per_step,
             **checks,
         }
-        slope = checks["mean_activation_slope"]
-        rows.append((label, rho, slope, rho * slope, per_step, float(norms[mid]), float(norms[1])))
         curves[label] = norms
         eigs[label] = torch.linalg.eigvals(rnn.weight_hh_l0.detach()).numpy()
+    return cases, curves, eigs
 
+
+def plot(numbers: dict, curves: dict, eigs: dict, out: Path) -> Path:
+    """‖∂L/∂h_t‖ against t per init, and W_hh's eigenvalues against the unit circle."""
+    T, H = numbers["T"], numbers["H"]
     fig, (ax, ax_eig) = new_figure(2)
     t = np.arange(T + 1)
     for label, norms in curves.items():
@@ -157,25 +142,28 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
     ax_eig.set_ylabel("Im λ")
     ax_eig.set_aspect("equal")
     ax_eig.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig_path = save(fig, out / "gradflow.png")
+    return save(fig, out / "gradflow.png")
 
-    small, default = numbers["cases"][CASES[0][0]], numbers["cases"][CASES[1][0]]
-    numbers["small_over_default_at_1"] = small["norm_at_1"] / default["norm_at_1"]
-    worst_check = max(
-        max(c["dh0_rel_diff_full_call"], c["dh0_rel_diff_autograd_reference"])
-        for c in numbers["cases"].values()
-    )
-    numbers["worst_dh0_check"] = worst_check
+
+def summarise(numbers: dict) -> str:
+    """The markdown summary: the setting, the table per init, the ×0.01 / default ratio."""
+    T, N, D, H = (numbers[k] for k in ("T", "N", "D", "H"))
+    rows = [
+        (label, rho, slope, rho * slope, c["per_step_factor"], c["norm_at_mid"], c["norm_at_1"])
+        for label, c in numbers["cases"].items()
+        for rho, slope in [(c["spectral_radius"], c["mean_activation_slope"])]
+    ]
     header = ["init", "ρ(W_hh)", "mean f'(a_t)", "ρ × mean f'", "factor per step"]
     header += [f"‖∂L/∂h_{{{T // 2}}}‖", "‖∂L/∂h_1‖"]
-    summary = "\n".join(
+    return "\n".join(
         [
             "# gradflow: ‖∂L/∂h_t‖ back through time, per initialisation",
             "",
             f"One tanh (IRNN: ReLU) layer, T = {T}, N = {N}, D = {D}, H = {H}, float64, inputs "
             f"N(0, 1), L = Σ_n u·h_T (‖u‖ = 1, so ‖∂L/∂h_T‖ = 1). Gradients from our hand-written "
             "BPTT, one step per call with retain_grad; the chained ∂L/∂h_0 matches one full-length "
-            f"call and autograd on the reference loop to a relative {fmt(worst_check)} at worst.",
+            "call and autograd on the reference loop to a relative "
+            f"{fmt(numbers['worst_dh0_check'])} at worst.",
             "",
             md_table(header, rows),
             "",
@@ -191,4 +179,18 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
             "![gradflow](gradflow.png)",
         ]
     )
-    return finish("gradflow", out, numbers, summary, [fig_path])
+
+
+def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
+    """Measure ‖∂L/∂h_t‖ for every init in :data:`CASES`; write the plot and summary to ``out``."""
+    out = prepare_out(out)
+    T, N, D, H = (100, 8, 8, 32) if quick else (200, 32, 16, 128)
+    cases, curves, eigs = measure(T, N, D, H, seed)
+    small, default = cases[CASES[0][0]], cases[CASES[1][0]]
+    worst_check = max(
+        max(c["dh0_rel_diff_full_call"], c["dh0_rel_diff_autograd_reference"]) for c in cases.values()
+    )
+    numbers = {"T": T, "N": N, "D": D, "H": H, "cases": cases,
+               "small_over_default_at_1": small["norm_at_1"] / default["norm_at_1"],
+               "worst_dh0_check": worst_check}
+    return finish("gradflow", out, numbers, summarise(numbers), [plot(numbers, curves, eigs, out)])

@@ -40,7 +40,7 @@ from scratchrnn.apps.lab._common import (
 )
 from scratchrnn.core import accel
 from scratchrnn.core.modules import RNN
-from scratchrnn.core.reference import time_major_rnn
+from scratchrnn.core.reference import time_major_rnn, tutorial_weights
 
 Weights = list[tuple[Tensor, Tensor, Tensor]]
 
@@ -81,15 +81,6 @@ def layer_major_hoisted_loop(x: Tensor, h0: Tensor, weights: Weights) -> tuple[T
     return inp, torch.stack(h_n)
 
 
-def _weights(rnn: RNN) -> Weights:
-    """Per layer (W_ih, W_hh, b_ih + b_hh): the form the tutorial's loop takes."""
-    return [
-        (getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"weight_hh_l{k}"),
-         getattr(rnn, f"bias_ih_l{k}") + getattr(rnn, f"bias_hh_l{k}"))
-        for k in range(rnn.num_layers)
-    ]
-
-
 def _outputs_and_grads(fn, rnn: RNN, x: Tensor, h0: Tensor, g_out: Tensor, g_hn: Tensor) -> list[Tensor]:
     """output, h_n and the gradients of L = Σ output·g_out + Σ h_n·g_hn w.r.t. x, h0, weights."""
     x = x.detach().requires_grad_(True)
@@ -111,8 +102,8 @@ def compare(T: int, N: int, D: int, H: int, L: int, seed: int = 0) -> dict[str, 
     g_out, g_hn = torch.randn(T, N, H, dtype=dtype), torch.randn(L, N, H, dtype=dtype)
     names = ["output", "h_n", "dx", "dh0", *(f"d{n}" for n, _ in rnn.named_parameters())]
     variants = {
-        "time-major loop (tutorial, autograd)": lambda x, h: time_major_rnn(x, h, _weights(rnn)),
-        "layer-major loop (swapped, autograd)": lambda x, h: layer_major_loop(x, h, _weights(rnn)),
+        "time-major loop (tutorial, autograd)": lambda x, h: time_major_rnn(x, h, tutorial_weights(rnn)),
+        "layer-major loop (swapped, autograd)": lambda x, h: layer_major_loop(x, h, tutorial_weights(rnn)),
         "scratchrnn.RNN (layer-major, hand-written BPTT)": lambda x, h: rnn(x, h),
     }
     results = {k: _outputs_and_grads(fn, rnn, x, h0, g_out, g_hn) for k, fn in variants.items()}
@@ -168,9 +159,9 @@ def time_variants(T: int, N: int, D: int, H: int, L: int, rounds: int, seed: int
     x = torch.randn(T, N, D)
     h0 = torch.zeros(L, N, H)
     variants = {
-        "time-major loop (tutorial)": lambda x, h: time_major_rnn(x, h, _weights(rnn)),
-        "layer-major loop (swapped)": lambda x, h: layer_major_loop(x, h, _weights(rnn)),
-        "layer-major, hoisted x W_ihᵀ": lambda x, h: layer_major_hoisted_loop(x, h, _weights(rnn)),
+        "time-major loop (tutorial)": lambda x, h: time_major_rnn(x, h, tutorial_weights(rnn)),
+        "layer-major loop (swapped)": lambda x, h: layer_major_loop(x, h, tutorial_weights(rnn)),
+        "layer-major, hoisted x W_ihᵀ": lambda x, h: layer_major_hoisted_loop(x, h, tutorial_weights(rnn)),
         "scratchrnn.RNN, PyTorch step loop": lambda x, h: rnn(x, h),
         "scratchrnn.RNN, C step loop": lambda x, h: rnn(x, h),
         "torch.nn.RNN": lambda x, h: ref(x, h),
@@ -211,9 +202,8 @@ def _shape_label(b: dict) -> str:
     return f"T = {b['T']}, N = {b['N']}, D = {b['D']}, H = {b['H']}, L = {b['L']}"
 
 
-def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
-    """Compare the two loop orders (numbers and speed) and the output assembly; write to ``out``."""
-    out = prepare_out(out)
+def measure(quick: bool, seed: int) -> dict:
+    """The float64 differences, the output assembly and the timings at each benchmark shape."""
     check = dict(T=7, N=3, D=5, H=6, L=3) if quick else dict(T=50, N=8, D=16, H=32, L=3)
     # Two shapes: a small batch, where the per-step overhead of each operation dominates, and a
     # larger one, where the arithmetic does.
@@ -224,8 +214,6 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
         else [dict(T=100, N=8, D=64, H=128, L=2), dict(T=100, N=64, D=128, H=128, L=2)]
     )
     diffs = compare(**check, seed=seed)
-    worst = {variant: max(d.values()) for variant, d in diffs.items()}
-    assembly = assemble_outputs(T=4, N=5, H=8, seed=seed)
     benches = []
     for shape in shapes:
         timings = time_variants(**shape, rounds=rounds, seed=seed)
@@ -234,7 +222,18 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
             t["forward_speedup"] = base["forward_s"] / t["forward_s"]
             t["forward_backward_speedup"] = base["forward_backward_s"] / t["forward_backward_s"]
         benches.append({"shape": shape, "timings": timings})
+    return {
+        "check_shape": check,
+        "max_abs_diff_float64": diffs,
+        "worst_abs_diff_float64": {variant: max(d.values()) for variant, d in diffs.items()},
+        "rounds": rounds,
+        "benchmarks": benches,
+        "output_assembly": assemble_outputs(T=4, N=5, H=8, seed=seed),
+    }
 
+
+def plot(benches: list[dict], rounds: int, out: Path) -> Path:
+    """Speed-up over the tutorial's loop per variant: forward + backward, and forward alone."""
     fig, axes = new_figure(2, width=6.4, height=3.2 + 0.9 * len(benches))
     names = list(benches[0]["timings"])
     height = 0.8 / len(benches)
@@ -257,16 +256,13 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
         ax.set_xlim(0, max(b["timings"][n][key] for b in benches for n in names) * 1.25)
         ax.set_title(f"{title}: float32, 1 thread, best of {rounds} rounds", fontsize=10)
         ax.legend(fontsize=7, loc="lower right")
-    fig_path = save(fig, out / "looporder.png")
+    return save(fig, out / "looporder.png")
 
-    numbers = {
-        "check_shape": check,
-        "max_abs_diff_float64": diffs,
-        "worst_abs_diff_float64": worst,
-        "rounds": rounds,
-        "benchmarks": benches,
-        "output_assembly": assembly,
-    }
+
+def summarise(numbers: dict) -> str:
+    """The markdown summary: the differences, the speed tables and the output assembly."""
+    diffs, benches = numbers["max_abs_diff_float64"], numbers["benchmarks"]
+    assembly, rounds, c = numbers["output_assembly"], numbers["rounds"], numbers["check_shape"]
     diff_rows = [
         (variant, fmt(d["output"]), fmt(d["h_n"]), fmt(d["dx"]), fmt(d["dh0"]),
          fmt(max(v for k, v in d.items() if k.startswith("dweight") or k.startswith("dbias"))))
@@ -286,8 +282,7 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
             "",
         ]
     asm_rows = [(k, tuple(v["shape"]), fmt(v["max_diff_from_stack"])) for k, v in assembly.items()]
-    c = check
-    summary = "\n".join(
+    return "\n".join(
         [
             "# looporder: time loop outside (tutorial) vs layer loop outside (ours)",
             "",
@@ -314,4 +309,11 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
             md_table(["method", "shape", "max abs diff from stack (after transposing)"], asm_rows),
         ]
     )
-    return finish("looporder", out, numbers, summary, [fig_path])
+
+
+def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
+    """Compare the two loop orders (numbers and speed) and the output assembly; write to ``out``."""
+    out = prepare_out(out)
+    numbers = measure(quick, seed)
+    fig_path = plot(numbers["benchmarks"], numbers["rounds"], out)
+    return finish("looporder", out, numbers, summarise(numbers), [fig_path])

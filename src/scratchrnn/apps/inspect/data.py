@@ -1,0 +1,120 @@
+"""What the page shows, measured: every unit's activation per character, the next-character
+predictions, the surprise, the saturation and the found units.
+
+Encoding (the page and ``--json`` share it): the activations of a tanh layer lie in [−1, 1] and are
+stored as int8 q = round(127·h), unit-major ((H, T) bytes, so one unit's row is contiguous), then
+base64. 1/254 is finer than any colour map shows and keeps a 20k-character, 640-unit page at about
+17 MB instead of ~100 MB of JSON floats. The top-5 predictions are character ids and probabilities
+quantised to 1/255; the surprise −log p(c_t) is quantised to 1/16 nat (clamped at 15.9).
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import torch
+
+from scratchrnn.apps.inspect.features import find_units
+from scratchrnn.apps.lab._common import num_threads
+from scratchrnn.core.modules import RNN
+from scratchrnn.lm.data import Vocab
+from scratchrnn.lm.model import CharRNN
+
+__all__ = ["SATURATED", "collect", "decode_activations"]
+
+SATURATED = 0.9  # |h| above this counts as saturated (the paper's threshold)
+TOP = 5
+SURPRISE_STEP = 1 / 16  # nats per level of the quantised surprise
+
+
+def _b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
+
+
+def decode_activations(encoded: dict) -> np.ndarray:
+    """The (T, H) float32 activations back from the page's / the JSON's ``activations`` entry."""
+    q = np.frombuffer(base64.b64decode(encoded["data"]), dtype=np.int8)
+    return (q.reshape(encoded["units"], encoded["chars"]).T / encoded["scale"]).astype(np.float32)
+
+
+@torch.no_grad()
+def layer_states(model: CharRNN, ids: torch.Tensor, layer: int) -> np.ndarray:
+    """h_t of RNN layer ``layer`` after each character of ``ids`` (T,), from zero state: (T, H).
+
+    The stacked RNN returns its last layer's output only, so the layers up to ``layer`` run one
+    at a time, each as a one-layer scratchrnn.RNN holding that layer's weights.
+    """
+    x = model.embed(ids.view(-1, 1))  # (T, 1, D)
+    names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+    for weights in model.rnn.all_weights[: layer + 1]:
+        H, D = weights[0].shape
+        one = RNN(D, H, bias=len(weights) == 4, nonlinearity=model.rnn.nonlinearity)
+        one.load_state_dict(dict(zip(names, weights, strict=False)))
+        x, _ = one(x)  # (T, 1, H): this layer's output, the next one's input
+    return x[:, 0].numpy()
+
+
+@torch.no_grad()
+def predictions(model: CharRNN, ids: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-5 next-character ids and probabilities after each character (T, 5), and the surprise
+    −log p(c_t) of each character under the prediction made before it (T,; 0 for the first)."""
+    logits, _ = model(ids.view(-1, 1))
+    logp = torch.log_softmax(logits[:, 0].double(), dim=-1)  # (T, V)
+    top_p, top_id = logp.exp().topk(min(TOP, logp.shape[1]), dim=-1)
+    surprise = torch.zeros(len(ids), dtype=torch.float64)
+    surprise[1:] = -logp[:-1].gather(1, ids[1:, None])[:, 0]
+    return top_id.numpy(), top_p.numpy(), surprise.numpy()
+
+
+def saturation(h: np.ndarray) -> dict:
+    """Per unit, the fraction of steps with h < −0.9 (left) and h > 0.9 (right); the mean of
+    tanh' = 1 − h² over all units and steps (the factor BPTT multiplies by, besides W_hh); and a
+    histogram of all the layer's activations over [−1, 1] in 40 bins."""
+    counts, edges = np.histogram(np.clip(h, -1, 1), bins=40, range=(-1, 1))
+    return {
+        "left": np.round((h < -SATURATED).mean(0), 4).tolist(),
+        "right": np.round((h > SATURATED).mean(0), 4).tolist(),
+        "threshold": SATURATED,
+        "mean_slope": float((1 - h.astype(np.float64) ** 2).mean()),
+        "histogram": {"edges": np.round(edges, 3).tolist(), "counts": counts.tolist()},
+    }
+
+
+def collect(model: CharRNN, vocab: Vocab, text: str, layer: int = -1, source: str = "") -> dict:
+    """Everything the page shows for ``text`` (only characters ``vocab`` knows), as JSON-able data."""
+    # One thread: the text runs as one stream (N = 1), so every step is a matrix-vector product,
+    # too small to share, and a second thread only waits (many times slower on a loaded machine).
+    with num_threads(1):
+        return _collect(model, vocab, text, layer, source)
+
+
+def _collect(model: CharRNN, vocab: Vocab, text: str, layer: int, source: str) -> dict:
+    if model.rnn.nonlinearity != "tanh":
+        raise ValueError(f"Expected a tanh RNN (activations in [-1, 1]), got {model.rnn.nonlinearity}")
+    L = model.num_layers
+    if not -L <= layer < L:
+        raise ValueError(f"Expected a layer in 0 … {L - 1} (or −1 … −{L}), got {layer}")
+    layer %= L
+    ids = vocab.encode(text)
+    if len(ids) < 2:
+        raise ValueError(f"Expected a text of at least 2 characters, got {len(ids)}")
+    h = layer_states(model, ids, layer)
+    top_id, top_p, surprise = predictions(model, ids)
+    q = np.clip(np.rint(h * 127), -127, 127).astype(np.int8)
+    T, H = h.shape
+    return {
+        "source": source,
+        "text": text,
+        "layer": layer,
+        "num_layers": L,
+        "vocab": vocab.chars,
+        "activations": {"chars": T, "units": H, "scale": 127, "data": _b64(q.T)},
+        "top": {"k": top_id.shape[1], "ids": _b64(top_id.astype(np.uint8)),
+                "probs": _b64(np.rint(top_p * 255).astype(np.uint8))},
+        "surprise": {"step": SURPRISE_STEP,
+                     "data": _b64(np.clip(np.rint(surprise / SURPRISE_STEP), 0, 255).astype(np.uint8))},
+        "mean_surprise_nats": float(surprise[1:].mean()),
+        "saturation": saturation(h),
+        "found": find_units(h, text),
+    }

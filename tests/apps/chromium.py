@@ -1,0 +1,175 @@
+"""Headless Chromium driven over the DevTools protocol, with the standard library only.
+
+``--remote-debugging-pipe`` makes Chromium read protocol commands from file descriptor 3 and write
+replies and events to descriptor 4, each message JSON ended by a NUL byte: no websocket needed.
+:func:`load` opens a page from disk and reports what a test wants to know: console errors, thrown
+exceptions, every request the page made, timings, values of JavaScript expressions, a screenshot.
+
+Also a tool: ``python tests/apps/chromium.py PAGE.html SHOT.png [JS]`` loads the page (running the
+optional JS first, e.g. to pick a unit), writes the screenshot and prints the load times.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TIMEOUT_S = 60.0
+
+
+def find_chromium() -> str | None:
+    """The Chromium (or Chrome) executable on PATH, or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@dataclass
+class PageReport:
+    """What loading a page showed. ``values`` holds the result of each expression asked for."""
+
+    errors: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+    values: dict[str, object] = field(default_factory=dict)
+    screenshot: bytes = b""
+
+
+class _Pipe:
+    """One Chromium process and its protocol pipe: send a command, wait for its reply."""
+
+    def __init__(self, executable: str, profile: str, width: int, height: int) -> None:
+        to_child_r, self._to_child = os.pipe()
+        self._from_child, from_child_w = os.pipe()
+
+        def wire_fds() -> None:  # in the child, before exec: fd 3 reads commands, fd 4 writes replies
+            # Copied above 10 first: a pipe may already be fd 3 or 4, and dup2 onto itself would
+            # leave it close-on-exec.
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_child_r, from_child_w)]
+            os.dup2(high[0], 3)
+            os.dup2(high[1], 4)
+
+        self.proc = subprocess.Popen(
+            [executable, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
+             "--no-first-run", "--no-default-browser-check", "--disable-extensions",
+             f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            close_fds=False, preexec_fn=wire_fds,
+        )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self._next_id = 0
+        self._replies: dict[int, queue.Queue] = {}
+        self.events: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        buffer = b""
+        with os.fdopen(self._from_child, "rb", buffering=0) as stream:
+            while chunk := stream.read(1 << 16):
+                buffer += chunk
+                *messages, buffer = buffer.split(b"\0")
+                for raw in messages:
+                    message = json.loads(raw)
+                    if "id" in message:
+                        self._replies.pop(message["id"]).put(message)
+                    else:
+                        self.events.put(message)
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        self._next_id += 1
+        reply: queue.Queue = queue.Queue()
+        self._replies[self._next_id] = reply
+        message = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._to_child, json.dumps(message).encode() + b"\0")
+        answer = reply.get(timeout=TIMEOUT_S)
+        if "error" in answer:
+            raise RuntimeError(f"{method}: {answer['error']}")
+        return answer["result"]
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close")
+        finally:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            os.close(self._to_child)
+
+
+def _note(event: dict, report: PageReport) -> bool:
+    """Record an event in ``report``; True when it is the page's load event."""
+    method, params = event.get("method"), event.get("params", {})
+    if method == "Runtime.exceptionThrown":
+        details = params["exceptionDetails"]
+        report.errors.append(details.get("exception", {}).get("description", details.get("text", "")))
+    elif method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
+        report.errors.append(" ".join(str(a.get("value", a.get("description"))) for a in params["args"]))
+    elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+        report.errors.append(params["entry"]["text"])
+    elif method == "Network.requestWillBeSent":
+        report.requests.append(params["request"]["url"])
+    return method == "Page.loadEventFired"
+
+
+def load(page: str | Path, expressions: dict[str, str] | None = None, before: str = "",
+         width: int = 1400, height: int = 900) -> PageReport:
+    """Open ``page`` (a file) in headless Chromium, wait for its load event, run ``before`` (JS),
+    evaluate each of ``expressions`` (name → JS expression, JSON-able value) and take a screenshot."""
+    executable = find_chromium()
+    if executable is None:
+        raise FileNotFoundError("no chromium on PATH")
+    report = PageReport()
+    with tempfile.TemporaryDirectory(prefix="scratchrnn-chromium-") as profile:
+        pipe = _Pipe(executable, profile, width, height)
+        try:
+            target = pipe.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+            session = pipe.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            for domain in ("Runtime", "Log", "Network", "Page"):
+                pipe.send(f"{domain}.enable", session=session)
+            pipe.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": height,
+                      "deviceScaleFactor": 1, "mobile": False}, session=session)
+            pipe.send("Page.navigate", {"url": Path(page).resolve().as_uri()}, session=session)
+            while not _note(pipe.events.get(timeout=TIMEOUT_S), report):
+                pass
+            if before:
+                pipe.send("Runtime.evaluate", {"expression": before}, session=session)
+            for name, expression in (expressions or {}).items():
+                result = pipe.send("Runtime.evaluate", {"expression": expression, "returnByValue": True},
+                                   session=session)
+                report.values[name] = result["result"].get("value")
+            shot = pipe.send("Page.captureScreenshot", {"format": "png"}, session=session)
+            report.screenshot = base64.b64decode(shot["data"])
+            while not pipe.events.empty():  # what arrived while we evaluated
+                _note(pipe.events.get(), report)
+        finally:
+            pipe.close()
+    return report
+
+
+TIMINGS = {
+    "timing": "(() => { const n = performance.getEntriesByType('navigation')[0];"
+    " return {domContentLoadedMs: n.domContentLoadedEventEnd, loadMs: n.loadEventEnd}; })()",
+    "rendered": "window.inspectRendered",
+}
+
+
+if __name__ == "__main__":
+    result = load(sys.argv[1], TIMINGS, before=sys.argv[3] if len(sys.argv) > 3 else "")
+    Path(sys.argv[2]).write_bytes(result.screenshot)
+    print(json.dumps({"errors": result.errors, "requests": result.requests, **result.values}, indent=1))

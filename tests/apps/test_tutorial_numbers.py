@@ -1,0 +1,54 @@
+"""Numbers that cannot drift: every number the tutorials mark as measured must be the number in
+the experiment's results.json (or, for a marked table, the table in its summary.md); see
+:mod:`scratchrnn.apps.lab.prose` for the markers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scratchrnn.apps.lab.prose import check, marked_numbers, marked_tables, refresh
+
+ROOT = Path(__file__).resolve().parents[2]
+IMG = ROOT / "docs" / "img"
+TUTORIALS = [ROOT / "docs" / "tutorial.md", ROOT / "docs" / "tutorial.zh.md"]
+
+
+@pytest.mark.parametrize("tutorial", TUTORIALS, ids=lambda p: p.name)
+def test_every_marked_number_is_the_measured_one(tutorial):
+    text = tutorial.read_text(encoding="utf-8")
+    assert len(marked_numbers(text)) >= 40 and len(marked_tables(text)) >= 9  # the markers are there
+    assert check(text, IMG) == []
+
+
+@pytest.mark.parametrize("tutorial", TUTORIALS, ids=lambda p: p.name)
+def test_a_number_changed_by_hand_is_caught_and_refresh_restores_it(tutorial):
+    text = tutorial.read_text(encoding="utf-8")
+    written, spec = marked_numbers(text)[0]
+    edited = text.replace(f"{written}<!-- = {spec} -->", f"9{written}<!-- = {spec} -->", 1)
+    assert check(edited, IMG) == [f"9{written} should be {written} ({spec})"]
+    assert refresh(edited, IMG) == text  # what lab all does to the tutorials after a run
+
+
+@pytest.mark.parametrize("tutorial", TUTORIALS, ids=lambda p: p.name)
+def test_a_table_cell_changed_by_hand_is_caught(tutorial):
+    text = tutorial.read_text(encoding="utf-8")
+    experiment, k, table = marked_tables(text)[0]
+    row = table.splitlines()[2]  # the first row under the header
+    cells = row.split("|")
+    cells[2] = " 7" + cells[2]  # a digit typed into its second cell
+    edited = text.replace(table, table.replace(row, "|".join(cells), 1), 1)
+    assert check(edited, IMG) == [f"the table marked {experiment} {k} differs from table {k} of "
+                                  f"{experiment}/summary.md"]
+    assert refresh(edited, IMG) == text
+
+
+def test_markers_format_and_divide(tmp_path):
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "results.json").write_text('{"a": {"b": [0.123456, 120000]}, "t": 50}')
+    (tmp_path / "exp" / "summary.md").write_text("# exp\n\n| x |\n|---|\n| 1 |\n")
+    text = ("ρ 0.123<!-- = exp/a/b/0 --> over 120,000<!-- = exp/a/b/1|, --> steps, "
+            "2400<!-- = exp/a/b/1 / exp/t|.0f --> updates\n\n<!-- table: exp 1 -->\n| x |\n|---|\n| 1 |\n")
+    assert check(text, tmp_path) == []
+    assert check(text.replace("2400", "2401"), tmp_path) == ["2401 should be 2400 (exp/a/b/1 / exp/t|.0f)"]
