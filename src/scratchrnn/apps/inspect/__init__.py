@@ -16,8 +16,8 @@ from importlib import resources
 from pathlib import Path
 
 from scratchrnn.apps.inspect.data import collect, decode_activations
-from scratchrnn.lm.data import read_text, split_text
 from scratchrnn.lm.checkpoint import load_model
+from scratchrnn.lm.data import read_text, split_text
 
 __all__ = ["add_parser", "collect", "decode_activations", "digest", "main", "render", "write"]
 
