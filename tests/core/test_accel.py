@@ -4,7 +4,8 @@ import ctypes
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_sequence
+from torch import Tensor
+from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence
 
 import scratchrnn
 from scratchrnn.core import accel
@@ -97,6 +98,11 @@ def test_c_tanh_is_correctly_rounded_in_float32_and_close_in_float64():
     lib.scratchrnn_tanh_f64(ctypes.c_int64(ours64.numel()), ctypes.c_void_p(ours64.data_ptr()))
     torch.testing.assert_close(ours64, torch.tanh(grid), atol=1e-300, rtol=1e-15)
     assert ours64[grid == 0].eq(0).all()
+    special = torch.tensor([float("nan"), float("inf"), float("-inf")], dtype=torch.float64)
+    for dtype, fn in ((torch.float32, lib.scratchrnn_tanh_f32), (torch.float64, lib.scratchrnn_tanh_f64)):
+        ours = special.to(dtype, copy=True)
+        fn(ctypes.c_int64(3), ctypes.c_void_p(ours.data_ptr()))
+        torch.testing.assert_close(ours, torch.tanh(special.to(dtype)), equal_nan=True, atol=0, rtol=0)
 
 
 def test_disabled_means_unavailable(python_loops):
@@ -162,3 +168,66 @@ def test_rnn_with_onednn_gemms_matches_nn_rnn_in_float32():
         results.append([output, h_n, *torch.autograd.grad(loss, [x, *model.parameters()])])
     for a, b in zip(*results, strict=True):
         assert ((a - b).abs().max() / b.abs().max()).item() <= 1e-5
+
+
+def _nonfinite_pattern(t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return t.isnan(), t.isposinf(), t.isneginf()
+
+
+def _poisoned_run(model, where: str, value: float, dtype: torch.dtype, packed: bool):
+    """_run with one element of ``where`` (the input, hx or a parameter) set to ``value``."""
+    T, N, D = 5, 3, 3
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(T, N, D, generator=g, dtype=dtype)
+    hx = torch.randn(model.num_layers * (2 if model.bidirectional else 1), N, model.hidden_size,
+                     generator=g, dtype=dtype)
+    with torch.no_grad():
+        target = {"input": x, "hx": hx, **dict(model.named_parameters())}[where]
+        target.view(-1)[target.numel() // 2] = value
+    x.requires_grad_()
+    hx.requires_grad_()
+    inputs = pack_padded_sequence(x, [5, 4, 2]) if packed else x
+    return _run(model, inputs, [x], hx)
+
+
+_PYTHON_RELU_BACKWARD = pytest.mark.xfail(
+    reason="the PyTorch loop's relu backward is f'(a) * dh with f' = [h > 0], so 0 * NaN = NaN and a NaN "
+    "h gives 0, where nn.RNN's threshold_backward gives 0 where h <= 0 and dh elsewhere "
+    "(core/functional.py, owned elsewhere; the C loop does as nn.RNN)",
+    strict=False,
+)
+
+
+@needs_accel
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize(
+    "nonlinearity, loop",
+    [("tanh", "C"), ("tanh", "python"), ("relu", "C"),
+     pytest.param("relu", "python", marks=_PYTHON_RELU_BACKWARD)],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("packed", [False, True])
+def test_nan_and_inf_propagate_as_in_nn_rnn(value, nonlinearity, loop, dtype, packed):
+    """Issue 9 item 1: the C loop's tanh clamp and relu once turned a NaN into ±1 or 0.
+
+    One NaN or ±inf in the input, hx or any one weight: the outputs, h_n and every gradient have
+    NaN and ±inf exactly where nn.RNN's have them, and nn.RNN's values elsewhere.
+    """
+    D, H, L = 3, 4, 2
+    torch.manual_seed(0)
+    ours = scratchrnn.RNN(D, H, L, nonlinearity=nonlinearity, bidirectional=True, dtype=dtype)
+    oracle = torch.nn.RNN(D, H, L, nonlinearity=nonlinearity, bidirectional=True, dtype=dtype)
+    oracle.load_state_dict(ours.state_dict())
+    tol = {"atol": 1e-12, "rtol": 0} if dtype == torch.float64 else {"atol": 1e-5, "rtol": 1e-5}
+    for where in ["input", "hx", *(name for name, _ in ours.named_parameters())]:
+        expected = _poisoned_run(oracle, where, value, dtype, packed)
+        accel.set_enabled(loop == "C")
+        try:
+            got = _poisoned_run(ours, where, value, dtype, packed)
+        finally:
+            accel.set_enabled(True)
+        for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+            for mask_a, mask_b in zip(_nonfinite_pattern(a), _nonfinite_pattern(b), strict=True):
+                assert torch.equal(mask_a, mask_b), f"{where}: result {i}"
+            finite = torch.isfinite(b)
+            torch.testing.assert_close(a[finite], b[finite], **tol)

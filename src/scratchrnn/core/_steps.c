@@ -34,10 +34,12 @@ void scratchrnn_init(void *s_gemm, void *d_gemm) {
  *   tanh|x| = −m / (2 + m),  m = expm1(−2|x|)  (no cancellation near 0, no overflow),
  *   expm1(y) = 2^k (expm1(r) + 1) − 1  with  y = k ln2 + r, |r| ≤ ln2 / 2,
  * expm1(r) by its Taylor series to r^13 (truncation < 1e-17 relative). Max error: a few ulp in
- * double, so float results are correctly rounded or within one ulp. */
+ * double, so float results are correctly rounded or within one ulp. NaN in, NaN out. */
 static inline double tanh_d(double x) {
     double ax = x < 0 ? -x : x;
-    ax = ax < 20.0 ? ax : 20.0; /* tanh(20) rounds to 1 in double */
+    /* tanh(20) rounds to 1 in double; written so that a NaN fails the test and stays NaN
+     * (it then propagates through every operation below, as in nn.RNN), and ±inf gives ±1 */
+    ax = ax > 20.0 ? 20.0 : ax;
     double y = -2.0 * ax;
     double t = y * 1.4426950408889634 + 0x1.8p52; /* round(y / ln2) lands in t's low bits */
     double k = t - 0x1.8p52;
@@ -86,7 +88,8 @@ static void activate_##SUFFIX(int rows, int H, REAL *a, int lda, int relu) {    
     for (int r = 0; r < rows; r++) {                                                               \
         REAL *row = a + (int64_t)r * lda;                                                          \
         if (relu) {                                                                                \
-            for (int j = 0; j < H; j++) row[j] = row[j] > 0 ? row[j] : 0;                          \
+            /* relu as torch's: NaN fails `< 0` and passes through (never becomes 0) */            \
+            for (int j = 0; j < H; j++) row[j] = row[j] < 0 ? 0 : row[j];                          \
         } else if (lda == H) { /* contiguous: one call for all rows */                             \
             TANH((int64_t)rows * H, a);                                                            \
             return;                                                                                \
@@ -140,7 +143,9 @@ void scratchrnn_backward_##SUFFIX(int T, const int64_t *sizes, const int64_t *of
             REAL *d = da_t + (int64_t)r * H;                                                       \
             const REAL *h = h_t + (int64_t)r * ld_out;                                             \
             if (relu) {                                                                            \
-                for (int j = 0; j < H; j++) d[j] = h[j] > 0 ? d[j] : 0;                            \
+                /* nn.RNN's relu backward (threshold_backward): 0 where h <= 0, else dh, so a   \
+                 * NaN h passes dh on and a NaN dh where h <= 0 becomes 0, as there */         \
+                for (int j = 0; j < H; j++) d[j] = h[j] <= 0 ? 0 : d[j];                           \
             } else {                                                                               \
                 for (int j = 0; j < H; j++) d[j] *= 1 - h[j] * h[j];                               \
             }                                                                                      \
