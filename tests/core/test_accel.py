@@ -1,6 +1,11 @@
 """The optional C loops (_steps.c) against the PyTorch loops and torch.nn.RNN, and their fallback."""
 
 import ctypes
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -231,3 +236,79 @@ def test_nan_and_inf_propagate_as_in_nn_rnn(value, nonlinearity, loop, dtype, pa
                 assert torch.equal(mask_a, mask_b), f"{where}: result {i}"
             finite = torch.isfinite(b)
             torch.testing.assert_close(a[finite], b[finite], **tol)
+
+
+@pytest.fixture
+def fresh_cache(monkeypatch, tmp_path):
+    """An empty accelerator cache for one test; the process's library is rebuilt afterwards."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    accel.set_enabled(True)  # clears the loaded library: the next use looks in the new cache
+    yield tmp_path / "scratchrnn"
+    monkeypatch.undo()
+    accel.set_enabled(True)
+
+
+_CHILD = """
+import torch, scratchrnn
+from scratchrnn.core import accel
+torch.manual_seed(0)
+ours, oracle = scratchrnn.RNN(3, 4, dtype=torch.float64), torch.nn.RNN(3, 4, dtype=torch.float64)
+oracle.load_state_dict(ours.state_dict())
+x = torch.randn(5, 2, 3, dtype=torch.float64)
+assert accel.available() and torch.allclose(ours(x)[0], oracle(x)[0], rtol=0, atol=1e-14)
+"""
+
+
+def _new_process_uses_the_c_loops(cache: Path) -> None:
+    """In a fresh process (nothing loaded yet, as on a cluster node): the C loops load and are right."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache.parent)}
+    subprocess.run([sys.executable, "-c", _CHILD], env=env, check=True, timeout=120)
+
+
+def _cached_target(cache: Path) -> Path:
+    return cache / f"steps-{accel._build_key(accel._compiler())}.so"
+
+
+@needs_accel
+def test_a_corrupt_cached_library_is_rebuilt(fresh_cache):
+    target = _cached_target(fresh_cache)
+    fresh_cache.mkdir(parents=True)
+    target.write_bytes(b"\x7fELF but truncated")
+    _new_process_uses_the_c_loops(fresh_cache)
+    assert target.stat().st_size > 1000  # the rebuilt library, under the same key
+
+
+@needs_accel
+def test_a_cached_library_that_computes_wrong_is_rebuilt(fresh_cache):
+    target = _cached_target(fresh_cache)
+    fresh_cache.mkdir(parents=True)
+    wrong = fresh_cache / "wrong.c"  # a foreign build: loads and links, but its tanh is the identity
+    wrong.write_text(accel._SOURCE.read_text().replace("a[i] = (float)tanh_d(a[i])", "(void)a")
+                     .replace("a[i] = tanh_d(a[i])", "(void)a"))
+    subprocess.run([accel._compiler()[0], *accel._CFLAGS, str(wrong), "-o", str(target)], check=True)
+    built = target.stat().st_mtime_ns
+    _new_process_uses_the_c_loops(fresh_cache)
+    assert target.stat().st_mtime_ns != built
+
+
+@needs_accel
+def test_another_cpu_gets_its_own_build(fresh_cache, monkeypatch):
+    assert accel.available()
+    here = accel.cpu_info()
+    monkeypatch.setattr(accel, "cpu_info", lambda: {**here, "flags": "sse2"})
+    accel.set_enabled(True)
+    assert accel.available()
+    assert len(list(fresh_cache.glob("steps-*.so"))) == 2
+
+
+def test_a_failing_compiler_warns_once(fresh_cache, monkeypatch, caplog):
+    cc = fresh_cache.parent / "cc"
+    cc.write_text("#!/bin/sh\necho 'cc: error: out of licences' >&2\nexit 1\n")
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    accel.set_enabled(True)
+    with caplog.at_level(logging.WARNING, logger=accel.__name__):
+        assert not accel.available()
+        assert not accel.available()
+    (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "out of licences" in record.getMessage() and "PyTorch loops" in record.getMessage()
