@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from scratchrnn.apps.lab._common import LabResult, num_threads
+from scratchrnn.apps.bench.harness import num_threads
+from scratchrnn.apps.lab._common import LabResult
 
 __all__ = ["EXPERIMENTS", "LabResult", "run", "run_all"]
 
