@@ -22,8 +22,20 @@ typedef void (*gemm_f64)(const char *, const char *, const int *, const int *, c
                          const double *, const double *, const int *, const double *,
                          const int *, const double *, double *, const int *);
 
+/* The small kernel replaces BLAS for steps of at most SMALL_MAX_ROWS rows with H <= SMALL_MAX_H,
+ * rows * H <= SMALL_MAX_ROWS_H: where it measured faster than MKL on one thread (most at N = 1;
+ * at N = 32 no better; at H = 512, where W^T no longer fits in L2 beside the rest, slower). It is
+ * single-threaded: at these sizes a second thread costs more in synchronisation than it gives. */
+#define SMALL_MAX_ROWS 16
+#define SMALL_MAX_H 256
+#define SMALL_MAX_ROWS_H 2048
+#define USE_SMALL(rows, H) ((rows) <= SMALL_MAX_ROWS && (H) <= SMALL_MAX_H && (rows) * (H) <= SMALL_MAX_ROWS_H)
+
 static gemm_f32 sgemm;
 static gemm_f64 dgemm;
+
+/* Up to which H the forward wants W_hh^T too (for the small kernel; the caller packs it). */
+int scratchrnn_small_max_h(void) { return SMALL_MAX_H; }
 
 void scratchrnn_init(void *s_gemm, void *d_gemm) {
     sgemm = (gemm_f32)s_gemm;
@@ -66,22 +78,74 @@ void scratchrnn_tanh_f64(int64_t n, double *a) {
     for (int64_t i = 0; i < n; i++) a[i] = tanh_d(a[i]);
 }
 
+/* The small GEMM, C (rows x H, row stride ldc) = beta C + A (rows x H, row stride lda) @ B, with
+ * B row-major (H x H) and beta 0 or 1 (0: C is not read), without BLAS: for a few rows the call
+ * into BLAS costs more than the arithmetic. One block of RB rows x CB columns of C stays in
+ * registers over the whole sum (k in order, as in BLAS's own microkernel); RB and CB are
+ * constants, so the j loop vectorises and the accumulators are registers: 4 x 32 (8 AVX-512
+ * vectors of floats) for groups of four rows, 1 x 128 (8 vectors) for a lone row, enough
+ * independent chains to hide the FMA latency. Edges (H not a multiple of CB) take the same loop
+ * with run-time bounds. */
+#define SMALL_BLOCK(SUFFIX, REAL, RB, CB)                                                          \
+static void block_##RB##x##CB##_##SUFFIX(int H, const REAL *A, int lda, const REAL *B, REAL beta, \
+                                         REAL *C, int ldc, int nj) {                               \
+    REAL acc[RB][CB] = {{0}};                                                                      \
+    if (nj == CB) {                                                                                \
+        for (int k = 0; k < H; k++)                                                                \
+            for (int r = 0; r < RB; r++)                                                           \
+                for (int j = 0; j < CB; j++) acc[r][j] += A[(int64_t)r * lda + k] * B[(int64_t)k * H + j]; \
+    } else {                                                                                       \
+        for (int k = 0; k < H; k++)                                                                \
+            for (int r = 0; r < RB; r++)                                                           \
+                for (int j = 0; j < nj; j++) acc[r][j] += A[(int64_t)r * lda + k] * B[(int64_t)k * H + j]; \
+    }                                                                                              \
+    for (int r = 0; r < RB; r++)                                                                   \
+        for (int j = 0; j < nj; j++)                                                               \
+            C[(int64_t)r * ldc + j] = beta == 0 ? acc[r][j] : C[(int64_t)r * ldc + j] + acc[r][j]; \
+}
+
+#define DEFINE_SMALL_GEMM(SUFFIX, REAL)                                                            \
+SMALL_BLOCK(SUFFIX, REAL, 4, 32)                                                                   \
+SMALL_BLOCK(SUFFIX, REAL, 1, 128)                                                                  \
+static void small_gemm_##SUFFIX(int rows, int H, const REAL *A, int lda, const REAL *B, REAL beta, \
+                                REAL *C, int ldc) {                                                \
+    int r0 = 0;                                                                                    \
+    for (; r0 + 4 <= rows; r0 += 4)                                                                \
+        for (int j0 = 0; j0 < H; j0 += 32)                                                         \
+            block_4x32_##SUFFIX(H, A + (int64_t)r0 * lda, lda, B + j0, beta,                       \
+                                C + (int64_t)r0 * ldc + j0, ldc, H - j0 < 32 ? H - j0 : 32);       \
+    for (; r0 < rows; r0++)                                                                        \
+        for (int j0 = 0; j0 < H; j0 += 128)                                                        \
+            block_1x128_##SUFFIX(H, A + (int64_t)r0 * lda, lda, B + j0, beta,                      \
+                                 C + (int64_t)r0 * ldc + j0, ldc, H - j0 < 128 ? H - j0 : 128);    \
+}
+
+DEFINE_SMALL_GEMM(f32, float)
+DEFINE_SMALL_GEMM(f64, double)
+
 /* The two templates below are instantiated for float (f32) and double (f64). */
 #define DEFINE_STEPS(SUFFIX, REAL, GEMM, TANH)                                                     \
                                                                                                    \
 /* C (rows x H, row stride ldc) += A (rows x H, row stride lda) @ W^T, W row-major (H x H):       \
- * in column-major terms C^T += W A^T, so W is read transposed. */                                 \
+ * in column-major terms C^T += W A^T, so W is read transposed. W_T is W^T, row-major, packed     \
+ * once per call for the small kernel. */                                                          \
 static void a_plus_h_WT_##SUFFIX(int rows, int H, const REAL *A, int lda, const REAL *W,          \
-                                 REAL *C, int ldc) {                                               \
+                                 const REAL *W_T, REAL *C, int ldc) {                              \
     const REAL one = 1;                                                                            \
-    if (rows > 0) GEMM("T", "N", &H, &rows, &H, &one, W, &H, A, &lda, &one, C, &ldc);           \
+    if (rows > 0 && USE_SMALL(rows, H))                                                          \
+        small_gemm_##SUFFIX(rows, H, A, lda, W_T, one, C, ldc);                                    \
+    else if (rows > 0)                                                                             \
+        GEMM("T", "N", &H, &rows, &H, &one, W, &H, A, &lda, &one, C, &ldc);                        \
 }                                                                                                  \
                                                                                                    \
 /* C (rows x H, row stride ldc) = beta C + A (rows x H, contiguous) @ W (row-major H x H). */      \
 static void da_W_##SUFFIX(int rows, int H, const REAL *A, const REAL *W, REAL beta, REAL *C,      \
                           int ldc) {                                                               \
     const REAL one = 1;                                                                            \
-    if (rows > 0) GEMM("N", "N", &H, &rows, &H, &one, W, &H, A, &H, &beta, C, &ldc);            \
+    if (rows > 0 && USE_SMALL(rows, H))                                                          \
+        small_gemm_##SUFFIX(rows, H, A, H, W, beta, C, ldc);                                       \
+    else if (rows > 0)                                                                             \
+        GEMM("N", "N", &H, &rows, &H, &one, W, &H, A, &H, &beta, C, &ldc);                         \
 }                                                                                                  \
                                                                                                    \
 static void activate_##SUFFIX(int rows, int H, REAL *a, int lda, int relu) {                      \
@@ -104,7 +168,7 @@ static void activate_##SUFFIX(int rows, int H, REAL *a, int lda, int relu) {    
  * `offsets[t]` is the first row of step t. */                                                     \
 void scratchrnn_forward_##SUFFIX(int T, const int64_t *sizes, const int64_t *offsets, int H,      \
                                  REAL *out, int ld_out, const REAL *h0, const REAL *W_hh,          \
-                                 REAL *h_n, int reverse, int relu) {                               \
+                                 const REAL *W_hh_T, REAL *h_n, int reverse, int relu) {           \
     const REAL *h_prev = h0;                                                                       \
     int ld_prev = H;                                                                               \
     int b_prev = (int)sizes[reverse ? T - 1 : 0];                                                  \
@@ -115,9 +179,9 @@ void scratchrnn_forward_##SUFFIX(int T, const int64_t *sizes, const int64_t *off
         int carried = b < b_prev ? b : b_prev;                                                     \
         for (int r = b; r < b_prev; r++) /* forward, packed: rows that ended at the step before */ \
             for (int j = 0; j < H; j++) h_n[(int64_t)r * H + j] = h_prev[(int64_t)r * ld_prev + j]; \
-        a_plus_h_WT_##SUFFIX(carried, H, h_prev, ld_prev, W_hh, a_t, ld_out);                      \
+        a_plus_h_WT_##SUFFIX(carried, H, h_prev, ld_prev, W_hh, W_hh_T, a_t, ld_out);              \
         /* reverse, packed: rows that start here, from h0 */                                       \
-        a_plus_h_WT_##SUFFIX(b - carried, H, h0 + (int64_t)carried * H, H, W_hh,                   \
+        a_plus_h_WT_##SUFFIX(b - carried, H, h0 + (int64_t)carried * H, H, W_hh, W_hh_T,           \
                              a_t + (int64_t)carried * ld_out, ld_out);                             \
         activate_##SUFFIX(b, H, a_t, ld_out, relu);                                                \
         h_prev = a_t;                                                                              \
