@@ -13,6 +13,7 @@
  * (H, or 2H when both directions of a bidirectional layer share one buffer).
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef void (*gemm_f32)(const char *, const char *, const int *, const int *, const int *,
@@ -31,15 +32,56 @@ typedef void (*gemm_f64)(const char *, const char *, const int *, const int *, c
 #define SMALL_MAX_ROWS_H 2048
 #define USE_SMALL(rows, H) ((rows) <= SMALL_MAX_ROWS && (H) <= SMALL_MAX_H && (rows) * (H) <= SMALL_MAX_ROWS_H)
 
+/* MKL's packed-GEMM API (cblas_sgemm_pack / cblas_sgemm_compute, in libtorch_cpu too): W_hh is
+ * packed into MKL's internal layout once per call and every step's product reuses it, instead
+ * of each sgemm call repacking it. float32 only (MKL exports no double twin here); NULL when the
+ * library lacks it. The CBLAS enum values are MKL's. */
+enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112, PACKED = 151, B_MATRIX = 162 };
+typedef size_t (*pack_size_f)(int, int, int, int);
+typedef void (*pack_f)(int, int, int, int, int, int, float, const float *, int, float *);
+typedef void (*compute_f)(int, int, int, int, int, int, const float *, int, const float *, int, float,
+                          float *, int);
+
 static gemm_f32 sgemm;
 static gemm_f64 dgemm;
+static pack_size_f sgemm_pack_size;
+static pack_f sgemm_pack;
+static compute_f sgemm_compute;
 
 /* Up to which H the forward wants W_hh^T too (for the small kernel; the caller packs it). */
 int scratchrnn_small_max_h(void) { return SMALL_MAX_H; }
 
-void scratchrnn_init(void *s_gemm, void *d_gemm) {
+void scratchrnn_init(void *s_gemm, void *d_gemm, void *pack_size, void *pack, void *compute) {
     sgemm = (gemm_f32)s_gemm;
     dgemm = (gemm_f64)d_gemm;
+    sgemm_pack_size = (pack_size_f)pack_size;
+    sgemm_pack = (pack_f)pack;
+    sgemm_compute = (compute_f)compute;
+}
+
+/* W (H x H, row-major), or W^T when `trans`, as the B of a (rows x H) @ B product, packed; NULL
+ * where the small kernel runs instead, or without the packed API, or in double. Freed by free(). */
+static float *pack_f32(int rows, int H, const float *W, int trans) {
+    if (!sgemm_pack || rows <= 0 || USE_SMALL(rows, H)) return NULL;
+    float *packed = malloc(sgemm_pack_size(B_MATRIX, rows, H, H));
+    if (packed) sgemm_pack(ROW_MAJOR, B_MATRIX, trans ? TRANS : NO_TRANS, rows, H, H, 1.0f, W, H, packed);
+    return packed;
+}
+
+static double *pack_f64(int rows, int H, const double *W, int trans) {
+    (void)rows, (void)H, (void)W, (void)trans;
+    return NULL;
+}
+
+/* C (rows x H) = beta C + A (rows x H, row stride lda) @ B, B packed by pack_f32 for these rows. */
+static void packed_gemm_f32(int rows, int H, const float *A, int lda, const float *packed, float beta,
+                            float *C, int ldc) {
+    sgemm_compute(ROW_MAJOR, NO_TRANS, PACKED, rows, H, H, A, lda, packed, H, beta, C, ldc);
+}
+
+static void packed_gemm_f64(int rows, int H, const double *A, int lda, const double *packed, double beta,
+                            double *C, int ldc) {
+    (void)rows, (void)H, (void)A, (void)lda, (void)packed, (void)beta, (void)C, (void)ldc; /* never packed */
 }
 
 /* tanh in double precision, branch-free so that loops over it vectorise:
@@ -126,26 +168,40 @@ DEFINE_SMALL_GEMM(f64, double)
 /* The two templates below are instantiated for float (f32) and double (f64). */
 #define DEFINE_STEPS(SUFFIX, REAL, GEMM, TANH)                                                     \
                                                                                                    \
+/* W_hh in the forms the step products read: as is (BLAS), W_hh^T row-major (the small kernel),   \
+ * packed for `packed_rows`-row products (MKL's packed API; NULL without). */                    \
+typedef struct {                                                                                   \
+    const REAL *W, *W_T;                                                                           \
+    REAL *packed;                                                                                  \
+    int packed_rows;                                                                               \
+} weights_##SUFFIX;                                                                                \
+                                                                                                   \
 /* C (rows x H, row stride ldc) += A (rows x H, row stride lda) @ W^T, W row-major (H x H):       \
- * in column-major terms C^T += W A^T, so W is read transposed. W_T is W^T, row-major, packed     \
- * once per call for the small kernel. */                                                          \
-static void a_plus_h_WT_##SUFFIX(int rows, int H, const REAL *A, int lda, const REAL *W,          \
-                                 const REAL *W_T, REAL *C, int ldc) {                              \
+ * in column-major terms C^T += W A^T, so W is read transposed. */                                 \
+static void a_plus_h_WT_##SUFFIX(int rows, int H, const REAL *A, int lda, const weights_##SUFFIX *w, \
+                                 REAL *C, int ldc) {                                               \
     const REAL one = 1;                                                                            \
-    if (rows > 0 && USE_SMALL(rows, H))                                                          \
-        small_gemm_##SUFFIX(rows, H, A, lda, W_T, one, C, ldc);                                    \
-    else if (rows > 0)                                                                             \
-        GEMM("T", "N", &H, &rows, &H, &one, W, &H, A, &lda, &one, C, &ldc);                        \
+    if (rows <= 0) return;                                                                         \
+    if (USE_SMALL(rows, H))                                                                        \
+        small_gemm_##SUFFIX(rows, H, A, lda, w->W_T, one, C, ldc);                                 \
+    else if (w->packed && rows == w->packed_rows)                                                  \
+        packed_gemm_##SUFFIX(rows, H, A, lda, w->packed, one, C, ldc);                             \
+    else                                                                                           \
+        GEMM("T", "N", &H, &rows, &H, &one, w->W, &H, A, &lda, &one, C, &ldc);                     \
 }                                                                                                  \
                                                                                                    \
-/* C (rows x H, row stride ldc) = beta C + A (rows x H, contiguous) @ W (row-major H x H). */      \
-static void da_W_##SUFFIX(int rows, int H, const REAL *A, const REAL *W, REAL beta, REAL *C,      \
-                          int ldc) {                                                               \
+/* C (rows x H, row stride ldc) = beta C + A (rows x H, contiguous) @ W (row-major H x H);        \
+ * here w->packed holds W itself. */                                                               \
+static void da_W_##SUFFIX(int rows, int H, const REAL *A, const weights_##SUFFIX *w, REAL beta,   \
+                          REAL *C, int ldc) {                                                      \
     const REAL one = 1;                                                                            \
-    if (rows > 0 && USE_SMALL(rows, H))                                                          \
-        small_gemm_##SUFFIX(rows, H, A, H, W, beta, C, ldc);                                       \
-    else if (rows > 0)                                                                             \
-        GEMM("N", "N", &H, &rows, &H, &one, W, &H, A, &H, &beta, C, &ldc);                         \
+    if (rows <= 0) return;                                                                         \
+    if (USE_SMALL(rows, H))                                                                        \
+        small_gemm_##SUFFIX(rows, H, A, H, w->W, beta, C, ldc);                                    \
+    else if (w->packed && rows == w->packed_rows)                                                  \
+        packed_gemm_##SUFFIX(rows, H, A, H, w->packed, beta, C, ldc);                              \
+    else                                                                                           \
+        GEMM("N", "N", &H, &rows, &H, &one, w->W, &H, A, &H, &beta, C, &ldc);                      \
 }                                                                                                  \
                                                                                                    \
 static void activate_##SUFFIX(int rows, int H, REAL *a, int lda, int relu) {                      \
@@ -172,6 +228,8 @@ void scratchrnn_forward_##SUFFIX(int T, const int64_t *sizes, const int64_t *off
     const REAL *h_prev = h0;                                                                       \
     int ld_prev = H;                                                                               \
     int b_prev = (int)sizes[reverse ? T - 1 : 0];                                                  \
+    int N = (int)sizes[0]; /* the widest step: every step of a padded batch */                     \
+    weights_##SUFFIX w = {W_hh, W_hh_T, pack_##SUFFIX(N, H, W_hh, 1), N};                          \
     for (int k = 0; k < T; k++) {                                                                  \
         int t = reverse ? T - 1 - k : k;                                                           \
         int b = (int)sizes[t];                                                                     \
@@ -179,9 +237,9 @@ void scratchrnn_forward_##SUFFIX(int T, const int64_t *sizes, const int64_t *off
         int carried = b < b_prev ? b : b_prev;                                                     \
         for (int r = b; r < b_prev; r++) /* forward, packed: rows that ended at the step before */ \
             for (int j = 0; j < H; j++) h_n[(int64_t)r * H + j] = h_prev[(int64_t)r * ld_prev + j]; \
-        a_plus_h_WT_##SUFFIX(carried, H, h_prev, ld_prev, W_hh, W_hh_T, a_t, ld_out);              \
+        a_plus_h_WT_##SUFFIX(carried, H, h_prev, ld_prev, &w, a_t, ld_out);                        \
         /* reverse, packed: rows that start here, from h0 */                                       \
-        a_plus_h_WT_##SUFFIX(b - carried, H, h0 + (int64_t)carried * H, H, W_hh, W_hh_T,           \
+        a_plus_h_WT_##SUFFIX(b - carried, H, h0 + (int64_t)carried * H, H, &w,                     \
                              a_t + (int64_t)carried * ld_out, ld_out);                             \
         activate_##SUFFIX(b, H, a_t, ld_out, relu);                                                \
         h_prev = a_t;                                                                              \
@@ -190,6 +248,7 @@ void scratchrnn_forward_##SUFFIX(int T, const int64_t *sizes, const int64_t *off
     }                                                                                              \
     for (int r = 0; r < b_prev; r++)                                                               \
         for (int j = 0; j < H; j++) h_n[(int64_t)r * H + j] = h_prev[(int64_t)r * ld_prev + j];    \
+    free(w.packed);                                                                                \
 }                                                                                                  \
                                                                                                    \
 /* Backward. `dh` (rows x H, contiguous) holds dL/dh_t from the output, with dL/dh_n already added \
@@ -198,6 +257,8 @@ void scratchrnn_forward_##SUFFIX(int T, const int64_t *sizes, const int64_t *off
 void scratchrnn_backward_##SUFFIX(int T, const int64_t *sizes, const int64_t *offsets, int H,     \
                                   REAL *dh, const REAL *out, int ld_out, const REAL *W_hh,         \
                                   REAL *dh0, int reverse, int relu) {                              \
+    int N = (int)sizes[0];                                                                         \
+    weights_##SUFFIX w = {W_hh, W_hh, pack_##SUFFIX(N, H, W_hh, 0), N};                            \
     for (int k = T - 1; k >= 0; k--) {                                                             \
         int t = reverse ? T - 1 - k : k;                                                           \
         int b = (int)sizes[t];                                                                     \
@@ -220,12 +281,13 @@ void scratchrnn_backward_##SUFFIX(int T, const int64_t *sizes, const int64_t *of
             int b_prev = (int)sizes[t_prev];                                                       \
             carried = b < b_prev ? b : b_prev;                                                     \
             /* dh_next = da_t W_hh, added into dh_{t-1} */                                         \
-            da_W_##SUFFIX(carried, H, da_t, W_hh, 1, dh + offsets[t_prev] * H, H);                 \
+            da_W_##SUFFIX(carried, H, da_t, &w, 1, dh + offsets[t_prev] * H, H);                   \
         }                                                                                          \
         /* rows that began at step t from h0: their dh_next is dL/dh_0 */                          \
-        da_W_##SUFFIX(b - carried, H, da_t + (int64_t)carried * H, W_hh, 0,                        \
+        da_W_##SUFFIX(b - carried, H, da_t + (int64_t)carried * H, &w, 0,                          \
                       dh0 + (int64_t)carried * H, H);                                              \
     }                                                                                              \
+    free(w.packed);                                                                                \
 }
 
 DEFINE_STEPS(f32, float, sgemm, scratchrnn_tanh_f32)

@@ -117,6 +117,11 @@ def _torch_cpu_library() -> ctypes.CDLL:
     return ctypes.CDLL(str(lib_dir / name))  # already loaded by torch: this only finds it
 
 
+def _optional_symbol(lib: ctypes.CDLL, name: str) -> ctypes.c_void_p:
+    """The address of ``name`` in ``lib``, or NULL (the C side then does without)."""
+    return ctypes.cast(getattr(lib, name), ctypes.c_void_p) if hasattr(lib, name) else ctypes.c_void_p()
+
+
 def _passes_self_test(lib: ctypes.CDLL) -> bool:
     """A two-step forward through the library, float32 and float64, against the same in torch."""
     g = torch.Generator().manual_seed(0)
@@ -165,6 +170,8 @@ def _library() -> ctypes.CDLL | None:
     try:
         torch_lib = _torch_cpu_library()
         blas = [ctypes.cast(getattr(torch_lib, s), ctypes.c_void_p) for s in ("sgemm_", "dgemm_")]
+        blas += [_optional_symbol(torch_lib, s)
+                 for s in ("cblas_sgemm_pack_get_size", "cblas_sgemm_pack", "cblas_sgemm_compute")]
         cc = _compiler()
         target = _cache_dir() / f"steps-{_build_key(cc)}.so"
         lib = _load(target, blas) if target.exists() else None
