@@ -24,8 +24,10 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
+# The benchmark with its peers (JAX, oneDNN; the bench extra) into benchmarks/RESULTS.md.
 bench: $(STAMP)
-	$(BIN)/scratchrnn bench
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
+	$(BIN)/scratchrnn bench --out benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from scratchrnn.apps import cli
+from scratchrnn.apps.bench import peers
 from scratchrnn.apps.bench import rnn as bench
 from scratchrnn.apps.bench.rnn import Case, Shape
 from scratchrnn.core.functional import rnn_forward
@@ -157,7 +158,12 @@ def test_quick_bench_writes_a_well_formed_report(tmp_path, capsys):
     assert {(r[1], r[2]) for r in rows} == {(str(s), m) for s in bench.QUICK_SHAPES for m in bench.MODES}
 
     _, checks = _parse_table(text, "## Targets")
-    assert len(checks) == 6 and all(c[2] in ("yes", "**no**") for c in checks)
+    assert len(checks) == 6 + len(bench.MODES)  # the last ones: ahead of every peer, per mode
+    assert all(c[2] in ("yes", "**no**") for c in checks)
+    head, peer_rows = _parse_table(text, "Median ms per call")
+    assert head[3:5] == ["scratchrnn ms", "nn.RNN ms"] and "torch.compile ms" not in head  # quick: no compile
+    assert len(peer_rows) == len(bench.MODES)  # one thread, the one one-layer quick shape
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 and re.fullmatch(r"\d+%", r[-2]) for r in peer_rows)
     _, memory = _parse_table(text, "## Peak memory")
     assert [r[0] for r in memory] == list(bench.MEMORY_VARIANTS)
     assert all(float(r[1]) >= 0 for r in memory)
@@ -177,3 +183,65 @@ def test_bad_arguments_exit_2_with_one_line(argv, capsys):
     assert cli.main(["bench", "--no-memory", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("scratchrnn bench: error: ") and "\n" not in err
+
+
+def _oracle(w: peers.Weights):
+    """nn.RNN's output and gradients of output.sum() (x, W_ih, W_hh, b) for the peers' weights."""
+    rnn = torch.nn.RNN(w.x.shape[2], w.W_hh.shape[0])
+    rnn.load_state_dict({"weight_ih_l0": w.W_ih, "weight_hh_l0": w.W_hh, "bias_ih_l0": w.b_ih,
+                         "bias_hh_l0": w.b_hh})
+    x = w.x.clone().requires_grad_()
+    y = rnn(x)[0]
+    y.sum().backward()
+    return y.detach(), x.grad, rnn.weight_ih_l0.grad, rnn.weight_hh_l0.grad, rnn.bias_ih_l0.grad
+
+
+def _peer_or_skip(make):
+    try:
+        return make()
+    except peers.PeerUnavailable as err:
+        pytest.skip(str(err))
+
+
+PEER_TOL = {"rtol": 1e-4, "atol": 1e-5}  # float32, different summation orders
+
+
+def test_onednn_peer_computes_nn_rnn():
+    w = peers.Weights.make((7, 3, 4, 5))
+    onednn = _peer_or_skip(lambda: peers.OneDnnPeer(w, 1))
+    y, dx, dW_ih, dW_hh, db = _oracle(w)
+    torch.testing.assert_close(onednn.forward(), y, **PEER_TOL)
+    grads = onednn.forward_backward()
+    torch.testing.assert_close(onednn.buffers["y"], y, **PEER_TOL)
+    for name, want in (("dx", dx), ("dW_ih", dW_ih), ("dW_hh", dW_hh), ("db", db)):
+        torch.testing.assert_close(grads[name], want, **PEER_TOL)
+    grads = onednn.forward_backward()  # again: the weight gradients are zeroed, not accumulated
+    torch.testing.assert_close(grads["dW_hh"], dW_hh, **PEER_TOL)
+
+
+def test_jax_peer_computes_nn_rnn():
+    w = peers.Weights.make((7, 3, 4, 5))
+    jax_peer = _peer_or_skip(lambda: peers.JaxPeer(w))
+    y, dx, dW_ih, dW_hh, db = _oracle(w)
+    torch.testing.assert_close(jax_peer.output(), y, **PEER_TOL)
+    (g_W_ih, g_W_hh, g_b), g_x = jax_peer.grad(jax_peer.params, jax_peer.x)
+    for got, want in ((g_x, dx), (g_W_ih, dW_ih), (g_W_hh, dW_hh), (g_b, db)):
+        torch.testing.assert_close(torch.from_numpy(jax_peer.jax.device_get(got).copy()), want, **PEER_TOL)
+
+
+def test_the_loop_torch_compile_is_given_computes_nn_rnn():
+    w = peers.Weights.make((7, 3, 4, 5))
+    y = _oracle(w)[0]
+    h0 = w.x.new_zeros(3, 5)
+    torch.testing.assert_close(peers.hoisted_loop(w.x, h0, w.W_ih, w.W_hh, w.b_ih + w.b_hh), y, **PEER_TOL)
+
+
+def test_flops_count_the_gemms():
+    T, N, D, H = 3, 2, 4, 5
+    assert peers.flops((T, N, D, H), "fwd") == 2 * T * N * (D * H + H * H)
+    assert peers.flops((T, N, D, H), "fwd+bwd") == 3 * peers.flops((T, N, D, H), "fwd")
+
+
+def test_fma_peak_is_a_plausible_rate():
+    rate = _peer_or_skip(lambda: peers.fma_peak(1, rounds=1, seconds=0.02))
+    assert 1e8 < rate < 1e13  # flop/s of one core: from an old laptop to far beyond any CPU today

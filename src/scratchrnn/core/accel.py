@@ -7,27 +7,32 @@ and their backward), where issuing one PyTorch op per step from Python costs mor
 arithmetic for small batches. Both paths pass the same parity tests.
 
 The C file is compiled on first use with the system's C compiler into a per-user cache
-(``$XDG_CACHE_HOME/scratchrnn``, or ``~/.cache/scratchrnn``) and loaded with ctypes. It calls
-BLAS (``sgemm_``/``dgemm_``) from the library PyTorch already loaded (``libtorch_cpu``), whose
-addresses we hand it, so it links nothing; its tanh is its own vectorisable one (a few ulp in
-double, so float32 results are within one ulp of the exact value).
+(``$XDG_CACHE_HOME/scratchrnn``, or ``~/.cache/scratchrnn``) and loaded with ctypes; the file's
+name is a hash of everything the binary depends on (source, compiler and its version, flags, the
+CPU's identity and feature flags, the Python tag), and a cached file is used only if it passes a
+tiny self-test (else rebuilt once). It calls BLAS (``sgemm_``/``dgemm_``) from the library
+PyTorch already loaded (``libtorch_cpu``), whose addresses we hand it, so it links nothing; its
+tanh is its own vectorisable one (a few ulp in double, so float32 results are within one ulp of
+the exact value).
 If any of that is missing — no compiler, a PyTorch build without MKL — :func:`available` is False
 and everything runs in PyTorch. ``SCRATCHRNN_ACCEL=0`` turns the accelerators off.
 
 The GEMMs done once per layer (the input projection, dW_ih, dW_hh, dx) are large; for float32 on
 the CPU, :func:`matmul` sends them to oneDNN, which PyTorch carries too, when they have at least
-``_ONEDNN_MIN_MACS`` multiply-adds. On this project's AMD EPYC test machine MKL's sgemm reached
-about 100 GFLOP/s and oneDNN ran the same products 1.3–2.5× faster (benchmarks/RESULTS.md). The
-choice depends only on shapes and dtype, never on a timing, so a run computes the same bits every
-time. Results agree with MKL's to float32 rounding (about 1e-6 relative).
+``_ONEDNN_MIN_MACS`` multiply-adds, where oneDNN was faster than MKL on the machines we measured
+(benchmarks/RESULTS.md has the figures). The choice depends only on shapes and dtype, never on a
+timing, so a run computes the same bits every time. Results agree with MKL's to float32 rounding
+(about 1e-6 relative).
 """
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -51,19 +56,52 @@ def _cache_dir() -> Path:
     return Path(base) / "scratchrnn"
 
 
-def _compile(source: Path, target: Path) -> None:
-    """Compile ``source`` into the shared library ``target``, atomically (temp file + rename)."""
-    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    cc = cc.split()[0]
-    if shutil.which(cc) is None:
+_CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared")
+
+
+@cache
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ('model name', 'flags', ...); {} where absent."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            first_cpu = f.read().split("\n\n")[0].splitlines()
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first_cpu if ":" in line)}
+
+
+def _compiler() -> tuple[str, str]:
+    """The C compiler's resolved path and its ``--version`` banner."""
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    path = shutil.which(cc)
+    if path is None:
         raise OSError(f"no C compiler found (tried {cc!r})")
+    banner = subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout
+    return os.path.realpath(path), banner.strip()
+
+
+def _build_key(cc: tuple[str, str]) -> str:
+    """What the binary depends on: the source, the compiler, its flags and the CPU.
+
+    -march=native bakes this CPU's instruction set into the library, so the key holds the CPU's
+    identity and feature flags: a node with another CPU (a cluster with a shared home) builds its
+    own instead of loading one that dies with SIGILL, which no Python code could catch.
+    """
+    cpu = cpu_info()
+    cpu_id = [cpu.get(k, "") for k in ("vendor_id", "cpu family", "model", "model name", "flags")]
+    parts = [*cc, *_CFLAGS, platform.machine(), platform.processor(), *cpu_id, sys.implementation.cache_tag]
+    digest = hashlib.sha256(_SOURCE.read_bytes())
+    digest.update("\0".join(parts).encode())
+    return digest.hexdigest()[:16]
+
+
+def _compile(cc: str, target: Path) -> None:
+    """Compile the loops into the shared library ``target``, atomically (temp file + rename)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        cmd = [cc, "-O3", "-march=native", "-fPIC", "-shared",
-               str(source), "-o", tmp]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        subprocess.run([cc, *_CFLAGS, str(_SOURCE), "-o", tmp], check=True, capture_output=True, text=True)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -79,24 +117,77 @@ def _torch_cpu_library() -> ctypes.CDLL:
     return ctypes.CDLL(str(lib_dir / name))  # already loaded by torch: this only finds it
 
 
+def _optional_symbol(lib: ctypes.CDLL, name: str) -> ctypes.c_void_p:
+    """The address of ``name`` in ``lib``, or NULL (the C side then does without)."""
+    return ctypes.cast(getattr(lib, name), ctypes.c_void_p) if hasattr(lib, name) else ctypes.c_void_p()
+
+
+def _passes_self_test(lib: ctypes.CDLL) -> bool:
+    """A two-step forward through the library, float32 and float64, against the same in torch."""
+    g = torch.Generator().manual_seed(0)
+    T, N, H = 2, 2, 3
+    for dtype in (torch.float32, torch.float64):
+        a, h0, W_hh = (torch.randn(size, generator=g, dtype=dtype) for size in ((T * N, H), (N, H), (H, H)))
+        expected, h = a.clone(), h0
+        for t in range(T):
+            h = expected[t * N : (t + 1) * N].addmm_(h, W_hh.t()).tanh_()
+        sizes = torch.full((T,), N, dtype=torch.int64)
+        offsets = torch.arange(T, dtype=torch.int64) * N
+        h_n = torch.empty(N, H, dtype=dtype)
+        forward = getattr(lib, f"scratchrnn_forward_{_suffix(a)}")
+        W_hh_T = W_hh.t().contiguous()
+        forward(T, _ptr(sizes), _ptr(offsets), H, _ptr(a), H, _ptr(h0), _ptr(W_hh), _ptr(W_hh_T), _ptr(h_n),
+                0, 0)
+        if not (torch.allclose(a, expected, rtol=1e-5, atol=1e-6) and torch.equal(h_n, a[-N:])):
+            return False
+    return True
+
+
+def _load(target: Path, blas: Sequence[ctypes.c_void_p]) -> ctypes.CDLL | None:
+    """The library at ``target`` if it loads, links and passes the self-test; else None (unloaded)."""
+    try:
+        lib = ctypes.CDLL(str(target))
+        lib.scratchrnn_init(*blas)
+    except (OSError, AttributeError) as err:
+        log.debug("cached accelerator %s does not load: %s", target, err)
+        return None
+    if _passes_self_test(lib):
+        return lib
+    log.debug("cached accelerator %s fails its self-test", target)
+    _ctypes.dlclose(lib._handle)  # so that loading the rebuilt file maps it, not this one again
+    return None
+
+
 @cache
 def _library() -> ctypes.CDLL | None:
-    """The compiled loops, or None when they cannot be built or loaded here."""
+    """The compiled loops, or None when they cannot be built or loaded here.
+
+    A cached library is used only if it loads and computes a tiny forward as torch does; a
+    corrupt or foreign one is rebuilt once. A compiler that exists but fails gets one warning.
+    """
     if not _enabled:
         return None
     try:
         torch_lib = _torch_cpu_library()
-        symbols = [ctypes.cast(getattr(torch_lib, s), ctypes.c_void_p)
-                   for s in ("sgemm_", "dgemm_")]
-        digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:16]
-        target = _cache_dir() / f"steps-{digest}-{sys.implementation.cache_tag}.so"
-        if not target.exists():
-            _compile(_SOURCE, target)
-        lib = ctypes.CDLL(str(target))
-        lib.scratchrnn_init(*symbols)
-    except (OSError, AttributeError, subprocess.CalledProcessError) as err:
+        blas = [ctypes.cast(getattr(torch_lib, s), ctypes.c_void_p) for s in ("sgemm_", "dgemm_")]
+        blas += [_optional_symbol(torch_lib, s)
+                 for s in ("cblas_sgemm_pack_get_size", "cblas_sgemm_pack", "cblas_sgemm_compute")]
+        cc = _compiler()
+        target = _cache_dir() / f"steps-{_build_key(cc)}.so"
+        lib = _load(target, blas) if target.exists() else None
+        if lib is None:
+            _compile(cc[0], target)
+            lib = _load(target, blas)
+    except subprocess.CalledProcessError as err:
+        first_line = (err.stderr or "").strip().splitlines()[:1]
+        log.warning("scratchrnn: building the C loops with %s failed (exit %d%s); using the PyTorch loops",
+                    err.cmd[0], err.returncode, f": {first_line[0]}" if first_line else "")
+        return None
+    except (OSError, AttributeError) as err:
         log.debug("scratchrnn accelerator unavailable, using the PyTorch loops: %s", err)
         return None
+    if lib is None:
+        log.warning("scratchrnn: the freshly built C loops fail their self-test; using the PyTorch loops")
     return lib
 
 
@@ -168,10 +259,13 @@ def forward_steps(out: Tensor, h0: Tensor, W_hh: Tensor, batch_sizes: Sequence[i
     H = W_hh.shape[0]
     assert out.stride(1) == 1 and h0.is_contiguous() and h_n.is_contiguous()
     W_hh = W_hh.contiguous()
+    # the small kernel (steps of a few rows) reads W_hhᵀ row-major: packed once per call here
+    small_max_h = _library().scratchrnn_small_max_h()
+    W_hh_T = W_hh.t().contiguous() if W_hh.shape[0] <= small_max_h else W_hh
     sizes, offsets = _steps(batch_sizes)
     fn = getattr(_library(), f"scratchrnn_forward_{_suffix(out)}")
     fn(len(batch_sizes), _ptr(sizes), _ptr(offsets), H, _ptr(out), out.stride(0), _ptr(h0),
-       _ptr(W_hh), _ptr(h_n), int(reverse), int(relu))
+       _ptr(W_hh), _ptr(W_hh_T), _ptr(h_n), int(reverse), int(relu))
 
 
 def backward_steps(dh: Tensor, out: Tensor, W_hh: Tensor, batch_sizes: Sequence[int],

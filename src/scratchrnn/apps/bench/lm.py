@@ -24,39 +24,25 @@ import argparse
 import dataclasses
 import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from scratchrnn.apps.bench.harness import cpu_name, interleaved_samples, load_average
+from scratchrnn.apps.bench.peers import fma_peak
 from scratchrnn.lm.train import TrainConfig, Trainer
 
 TWIN = "torch.nn.RNN + autograd + torch.optim"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def load() -> str:
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def throughput(config: TrainConfig, rounds: int, steps: int, warmup: int = 3) -> dict:
-    """chars/s of ours and of the torch-built twin, in alternating blocks of ``steps`` steps."""
+def throughput(config: TrainConfig, rounds: int, steps: int) -> dict:
+    """chars/s of ours and of the torch-built twin, in alternating blocks of ``steps`` steps (after
+    two untimed warm-up blocks each, as the harness does)."""
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {
             backend: Trainer(dataclasses.replace(config, backend=backend, out=f"{tmp}/{backend}"))
@@ -65,23 +51,18 @@ def throughput(config: TrainConfig, rounds: int, steps: int, warmup: int = 3) ->
         states = {backend: {"k": 0, "h": None} for backend in trainers}
         chars = config.batch_size * config.seq_len
 
-        def block(backend: str, n: int) -> float:
+        def block(backend: str) -> None:
             trainer, state = trainers[backend], states[backend]
-            t0 = time.perf_counter()
-            for _ in range(n):
+            for _ in range(steps):
                 x, y = trainer.batches[state["k"]]
                 loss, state["h"] = trainer.train_step(x, y, config.lr, state["h"])
                 loss.item()  # as the loop does, for the progress bar and the NaN check
                 state["k"] = (state["k"] + 1) % len(trainer.batches)
-            return n * chars / (time.perf_counter() - t0)
 
-        for backend in trainers:
-            block(backend, warmup)
-        samples: dict[str, list[float]] = {"scratch": [], "torch": []}
-        for r in range(rounds):
-            order = ("scratch", "torch") if r % 2 == 0 else ("torch", "scratch")
-            for backend in order:
-                samples[backend].append(block(backend, steps))
+        # two backends in one cell: the harness alternates which goes first (ABBA)
+        seconds = interleaved_samples([{b: partial(block, b) for b in trainers}], rounds)
+    samples = {backend: [steps * chars / s for s in seconds[backend]] for backend in trainers}
+    model = trainers["scratch"].model.config
     ratios = [a / b for a, b in zip(samples["scratch"], samples["torch"], strict=True)]
     return {
         "ours_median": statistics.median(samples["scratch"]),
@@ -93,7 +74,17 @@ def throughput(config: TrainConfig, rounds: int, steps: int, warmup: int = 3) ->
         "speedup_max": max(ratios),
         "rounds": rounds,
         "steps": steps,
+        "step_flops": step_flops(model.vocab_size, model.input_size, config),
+        "fma_peak": fma_peak(torch.get_num_threads()),
     }
+
+
+def step_flops(V: int, E: int, c: TrainConfig) -> int:
+    """The GEMM flops of one training step: 3× each forward GEMM (the backward does two more of
+    each shape), over the RNN's layers and the output layer (H → V)."""
+    rows, H = c.batch_size * c.seq_len, c.hidden_size
+    forward = sum(2 * rows * H * ((E if layer == 0 else H) + H) for layer in range(c.num_layers))
+    return 3 * (forward + 2 * rows * H * V)
 
 
 def quality(config: TrainConfig, seconds: float) -> dict:
@@ -115,6 +106,7 @@ def quality(config: TrainConfig, seconds: float) -> dict:
 
 def report(config: TrainConfig, speed: dict, qual: dict | None, command: str) -> str:
     c = config
+    chars = c.batch_size * c.seq_len
     lines = [
         "# Language model: ours vs the same model on torch.nn.RNN + autograd + torch.optim",
         "",
@@ -139,6 +131,8 @@ def report(config: TrainConfig, speed: dict, qual: dict | None, command: str) ->
         "",
         f"Speed-up, median of per-round ratios: **{speed['speedup_median']:.2f}×** "
         f"(range {speed['speedup_min']:.2f}–{speed['speedup_max']:.2f}).",
+        "",
+        _peak_line(speed, chars),
     ]
     if qual:
         lines += [
@@ -155,6 +149,15 @@ def report(config: TrainConfig, speed: dict, qual: dict | None, command: str) ->
                 f"{q['chars_per_s']:,.0f} | {q['wall_seconds']:.0f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _peak_line(speed: dict, chars: int) -> str:
+    """Ours as GFLOP/s and as a share of the FMA peak measured with the same threads."""
+    rate = speed["ours_median"] / chars * speed["step_flops"]
+    gflop = speed["step_flops"] / 1e9
+    return (f"Ours at the median: {rate / 1e9:.0f} GFLOP/s of GEMM work ({gflop:.1f} GFLOP per step), "
+            f"**{rate / speed['fma_peak']:.0%}** of the FMA peak measured now with the same "
+            f"threads ({speed['fma_peak'] / 1e9:.0f} GFLOP/s, `scratchrnn.apps.bench.peers.fma_peak`).")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,12 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides[name] = type(getattr(TrainConfig(), name) or 0)(value)
     config = dataclasses.replace(TrainConfig(), **overrides)
     command = "python benchmarks/lm_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    before = load()
+    before = load_average()
     speed = throughput(config, args.rounds, args.steps)
     qual = quality(config, args.quality) if args.quality else None
     if qual:
         config = dataclasses.replace(config, time_budget=args.quality)
-    speed.update(load_before=before, load_after=load())
+    speed.update(load_before=before, load_after=load_average())
     text = report(config, speed, qual, command.strip())
     print(text)
     args.out.write_text(text)

@@ -37,7 +37,6 @@ import gc
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from scratchrnn.apps.bench import peers as peer_bench
+from scratchrnn.apps.bench.harness import (
+    interleaved_samples,
+    machine_info,
+    md_table,
+    num_threads,
+    spread,
+)
 from scratchrnn.core.functional import rnn_forward
 from scratchrnn.core.modules import RNN
 from scratchrnn.core.reference import time_major_rnn
@@ -138,6 +145,50 @@ def _per_cell(flat: Sequence[Tensor], per: int) -> list[list[Tensor]]:
     return [list(flat[i : i + per]) for i in range(0, len(flat), per)]
 
 
+@dataclasses.dataclass
+class FloorCell:
+    """One layer and direction of :class:`GemmFloor`: its weights, buffers and per-step views."""
+
+    layer: int
+    first_back: bool  # the first of the layer's directions that the backward runs (it writes dx)
+    W_ih: Tensor  # (H, D_l)
+    W_hh: Tensor  # (H, H)
+    b: Tensor  # (H,) b_ih + b_hh
+    layer_in: Tensor  # (rows, D_l)
+    out: Tensor  # (rows, H), a column slice of the layer's output
+    fwd_steps: list[tuple[Tensor, Tensor]]  # (a_t, h_{t-1}) in processing order
+    bwd_steps: list[tuple[Tensor, Tensor, Tensor]]  # (dout_{t-1}, da_t, da_{t-1}), BPTT order
+    da: Tensor  # (rows, H)
+    da_last: Tensor  # da of the last step processed, which has no successor
+    dout_last: Tensor
+    da_first: Tensor  # da of the first step processed: its dh_next is ∂L/∂h_0
+    dh0: Tensor  # (N, H)
+    dW_ih: Tensor
+    dW_hh: Tensor
+    da_h0: Tensor  # the rows of da whose h_{t-1} is h0
+    da_rest: Tensor  # the other rows
+    out_prev: Tensor  # their h_{t-1}: out shifted by one step
+
+
+@dataclasses.dataclass
+class BatchedCell:
+    """One layer and direction of :class:`BatchedGemms`."""
+
+    layer: int
+    first_back: bool
+    W_ih: Tensor  # (H, D_l)
+    W_hh_steps: Tensor  # (T, H, H): W_hh expanded over the steps (a view), for bmm
+    b: Tensor
+    layer_in: Tensor  # (rows, D_l)
+    out: Tensor  # (rows, H)
+    h_prev: Tensor  # (T, N, H): h_{t-1} of every step
+    h_prev_rows: Tensor  # (rows, H): the same, flattened
+    da: Tensor  # (rows, H)
+    dh_next: Tensor  # (T, N, H)
+    dW_ih: Tensor
+    dW_hh: Tensor
+
+
 class GemmFloor:
     """The GEMMs of scratchrnn.RNN's forward and backward and nothing else.
 
@@ -181,47 +232,46 @@ class GemmFloor:
             )
             prev = slice(0, rows - N) if d == 0 else slice(N, rows)
             self.cells.append(
-                {
-                    "layer": layer, "first_back": d == dirs - 1, "W_ih": W_ih, "W_ih_T": W_ih.t(),
-                    "W_hh": W_hh, "W_hh_T": W_hh.t(), "b": b_ih + b_hh, "layer_in": layer_in, "out": out,
-                    "fwd_steps": [(a_steps[t], h) for t, h in zip(order, h_prevs, strict=True)],
-                    "bwd_steps": [
+                FloorCell(
+                    layer=layer, first_back=d == dirs - 1, W_ih=W_ih, W_hh=W_hh, b=b_ih + b_hh,
+                    layer_in=layer_in, out=out,
+                    fwd_steps=[(a_steps[t], h) for t, h in zip(order, h_prevs, strict=True)],
+                    bwd_steps=[
                         (dout_steps[order[k - 1]], da_steps[order[k]], da_steps[order[k - 1]])
                         for k in range(T - 1, 0, -1)
                     ],
-                    "da": da, "da_last": da_steps[order[-1]], "dout_last": dout_steps[order[-1]],
-                    "da_first": da_steps[order[0]], "dh0": x.new_empty(N, H),
-                    "dW_ih": torch.empty_like(W_ih), "dW_hh": torch.empty_like(W_hh),
-                    "da_h0": da[first], "da_rest": da[rest], "out_prev": out[prev],
-                }
+                    da=da, da_last=da_steps[order[-1]], dout_last=dout_steps[order[-1]],
+                    da_first=da_steps[order[0]], dh0=x.new_empty(N, H),
+                    dW_ih=torch.empty_like(W_ih), dW_hh=torch.empty_like(W_hh),
+                    da_h0=da[first], da_rest=da[rest], out_prev=out[prev],
+                )
             )
 
     def forward(self) -> Tensor:
         """The linear RNN's output (rows, dirs * H), written into the preallocated buffers."""
         for c in self.cells:
-            torch.addmm(c["b"], c["layer_in"], c["W_ih_T"], out=c["out"])  # the input projection
-            W_hh_T = c["W_hh_T"]
-            for a_t, h_prev in c["fwd_steps"]:
+            torch.addmm(c.b, c.layer_in, c.W_ih.t(), out=c.out)  # the input projection
+            W_hh_T = c.W_hh.t()
+            for a_t, h_prev in c.fwd_steps:
                 a_t.addmm_(h_prev, W_hh_T)  # a_t += h_{t-1} W_hhᵀ
         return self.outs[-1]
 
     def backward(self) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
         """BPTT of output.sum(): dx (rows, D) and, per layer and direction, (dW_ih, dW_hh, dh0)."""
         for c in reversed(self.cells):
-            W_hh = c["W_hh"]
-            c["da_last"].copy_(c["dout_last"])  # the one non-GEMM call: the step with no successor
-            for dout_prev, da_t, da_prev in c["bwd_steps"]:
-                torch.addmm(dout_prev, da_t, W_hh, out=da_prev)  # da_{t-1} = dout_{t-1} + da_t W_hh
-            torch.mm(c["da_first"], W_hh, out=c["dh0"])  # ∂L/∂h_0
-            torch.mm(c["da_h0"].t(), self.h0, out=c["dW_hh"])  # dW_hh = Σ_t da_tᵀ h_{t-1}
-            c["dW_hh"].addmm_(c["da_rest"].t(), c["out_prev"])
-            torch.mm(c["da"].t(), c["layer_in"], out=c["dW_ih"])  # dW_ih = Σ_t da_tᵀ x_t
-            dx = self.dxs[c["layer"]]
-            if c["first_back"]:  # the backward runs the directions last to first
-                torch.mm(c["da"], c["W_ih"], out=dx)  # dx_t = da_t W_ih
+            c.da_last.copy_(c.dout_last)  # the one non-GEMM call: the step with no successor
+            for dout_prev, da_t, da_prev in c.bwd_steps:
+                torch.addmm(dout_prev, da_t, c.W_hh, out=da_prev)  # da_{t-1} = dout_{t-1} + da_t W_hh
+            torch.mm(c.da_first, c.W_hh, out=c.dh0)  # ∂L/∂h_0
+            torch.mm(c.da_h0.t(), self.h0, out=c.dW_hh)  # dW_hh = Σ_t da_tᵀ h_{t-1}
+            c.dW_hh.addmm_(c.da_rest.t(), c.out_prev)
+            torch.mm(c.da.t(), c.layer_in, out=c.dW_ih)  # dW_ih = Σ_t da_tᵀ x_t
+            dx = self.dxs[c.layer]
+            if c.first_back:  # the backward runs the directions last to first
+                torch.mm(c.da, c.W_ih, out=dx)  # dx_t = da_t W_ih
             else:
-                dx.addmm_(c["da"], c["W_ih"])  # both directions read the same input
-        return self.dxs[0], [(c["dW_ih"], c["dW_hh"], c["dh0"]) for c in self.cells]
+                dx.addmm_(c.da, c.W_ih)  # both directions read the same input
+        return self.dxs[0], [(c.dW_ih, c.dW_hh, c.dh0) for c in self.cells]
 
 
 class BatchedGemms:
@@ -270,38 +320,34 @@ class BatchedGemms:
             # h_{t-1} of every step: h0, then the states shifted by one step (the other way in reverse)
             h_prev = torch.cat([h0, h[:-1]]) if d == 0 else torch.cat([h[1:], h0])  # (T, N, H)
             self.cells.append(
-                {
-                    "layer": layer, "first_back": d == dirs - 1, "W_ih": W_ih, "W_ih_T": W_ih.t(),
-                    "W_hh_3": W_hh.expand(T, H, H), "W_hh_T_3": W_hh.t().expand(T, H, H),
-                    "b": b_ih + b_hh, "layer_in": x_flat if layer == 0 else layer_outputs[layer - 1].detach(),
-                    "out": self.outs[layer][:, cols], "h_prev": h_prev,
-                    "h_prev_rows": h_prev.reshape(rows, H),
-                    "da": x.new_ones(rows, H) if da is None else da[idx].contiguous(),
-                    "dh_next": x.new_empty(T, N, H), "dW_ih": torch.empty_like(W_ih),
-                    "dW_hh": torch.empty_like(W_hh),
-                }
+                BatchedCell(
+                    layer=layer, first_back=d == dirs - 1, W_ih=W_ih, W_hh_steps=W_hh.expand(T, H, H),
+                    b=b_ih + b_hh, layer_in=x_flat if layer == 0 else layer_outputs[layer - 1].detach(),
+                    out=self.outs[layer][:, cols], h_prev=h_prev, h_prev_rows=h_prev.reshape(rows, H),
+                    da=x.new_ones(rows, H) if da is None else da[idx].contiguous(),
+                    dh_next=x.new_empty(T, N, H), dW_ih=torch.empty_like(W_ih), dW_hh=torch.empty_like(W_hh),
+                )
             )
 
     def forward(self) -> list[Tensor]:
         """Every layer's pre-activations a_t, (T·N, dirs·H), into preallocated buffers."""
         for c in self.cells:
-            torch.addmm(c["b"], c["layer_in"], c["W_ih_T"], out=c["out"])  # the input projection
-            c["out"].unflatten(0, c["h_prev"].shape[:2]).baddbmm_(c["h_prev"], c["W_hh_T_3"])
+            torch.addmm(c.b, c.layer_in, c.W_ih.t(), out=c.out)  # the input projection
+            c.out.unflatten(0, c.h_prev.shape[:2]).baddbmm_(c.h_prev, c.W_hh_steps.transpose(1, 2))
         return self.outs
 
     def backward(self) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
         """dx (T·N, D) and, per layer and direction, (dW_ih, dW_hh, da_t W_hh of every step)."""
         for c in reversed(self.cells):
-            da = c["da"]
-            torch.bmm(da.view_as(c["dh_next"]), c["W_hh_3"], out=c["dh_next"])  # da_t W_hh, all t
-            torch.mm(da.t(), c["h_prev_rows"], out=c["dW_hh"])  # dW_hh = Σ_t da_tᵀ h_{t-1}
-            torch.mm(da.t(), c["layer_in"], out=c["dW_ih"])  # dW_ih = Σ_t da_tᵀ x_t
-            dx = self.dxs[c["layer"]]
-            if c["first_back"]:
-                torch.mm(da, c["W_ih"], out=dx)  # dx_t = da_t W_ih
+            torch.bmm(c.da.view_as(c.dh_next), c.W_hh_steps, out=c.dh_next)  # da_t W_hh, all t
+            torch.mm(c.da.t(), c.h_prev_rows, out=c.dW_hh)  # dW_hh = Σ_t da_tᵀ h_{t-1}
+            torch.mm(c.da.t(), c.layer_in, out=c.dW_ih)  # dW_ih = Σ_t da_tᵀ x_t
+            dx = self.dxs[c.layer]
+            if c.first_back:
+                torch.mm(c.da, c.W_ih, out=dx)  # dx_t = da_t W_ih
             else:
-                dx.addmm_(da, c["W_ih"])
-        return self.dxs[0], [(c["dW_ih"], c["dW_hh"], c["dh_next"]) for c in self.cells]
+                dx.addmm_(c.da, c.W_ih)
+        return self.dxs[0], [(c.dW_ih, c.dW_hh, c.dh_next) for c in self.cells]
 
 
 class Case:
@@ -396,17 +442,6 @@ class Case:
 # --------------------------------------------------------------------------------------------
 
 
-def _timed(case: Case, fn: Callable[[], object], reps: int) -> float:
-    """Mean seconds per call over ``reps`` calls, each after an untimed zero_grad."""
-    total = 0.0
-    for _ in range(reps):
-        case.zero_grad()
-        start = time.perf_counter()
-        fn()
-        total += time.perf_counter() - start
-    return total / reps
-
-
 def run_timings(
     shapes: Sequence[Shape],
     threads: Sequence[int],
@@ -418,37 +453,19 @@ def run_timings(
 ) -> dict[tuple[int, Shape, str, str], list[float]]:
     """Samples (seconds per call), one per round, for every (threads, shape, mode, variant)."""
     cases = [Case(shape) for shape in shapes]
-    cells = [(case, mode) for case in cases for mode in MODES]
     samples: dict[tuple[int, Shape, str, str], list[float]] = {}
-    saved_threads = torch.get_num_threads()
-    gc_was_enabled = gc.isenabled()
-    try:
-        for n_threads in threads:
-            torch.set_num_threads(n_threads)
-            reps = {}
-            for case, mode in cells:  # warm-up, and how many calls make one sample
-                for variant in VARIANTS:
-                    fn = case.runner(variant, mode)
-                    _timed(case, fn, 1)
-                    t = _timed(case, fn, 1)
-                    reps[case.shape, mode, variant] = max(1, min(max_reps, math.ceil(min_sample_s / t)))
-            gc.collect()
-            gc.disable()  # a collection inside a timed call would land on one variant only
-            for r in range(rounds):
-                if progress:
-                    progress(f"bench: threads={n_threads} round {r + 1}/{rounds}")
-                for case, mode in cells:
-                    k = r % len(VARIANTS)
-                    for variant in VARIANTS[k:] + VARIANTS[:k]:
-                        key = (n_threads, case.shape, mode, variant)
-                        n = reps[case.shape, mode, variant]
-                        samples.setdefault(key, []).append(_timed(case, case.runner(variant, mode), n))
-                gc.collect()
-            gc.enable()
-    finally:
-        torch.set_num_threads(saved_threads)
-        if gc_was_enabled:
-            gc.enable()
+    for n_threads in threads:
+        with num_threads(n_threads):
+            cells = [
+                {(n_threads, case.shape, mode, v): case.runner(v, mode) for v in VARIANTS}
+                for case in cases for mode in MODES
+            ]
+            setup = {(n_threads, case.shape, mode, v): case.zero_grad
+                     for case in cases for mode in MODES for v in VARIANTS}
+            samples |= interleaved_samples(
+                cells, rounds, setup=setup, min_sample_s=min_sample_s, max_reps=max_reps,
+                progress=progress and (lambda text, n=n_threads: progress(f"bench: threads={n} {text}")),
+            )
     return samples
 
 
@@ -545,28 +562,6 @@ def measure_memory(shape: Shape, variants: Sequence[str] = MEMORY_VARIANTS) -> d
 # --------------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, str]:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            first_cpu = f.read().split("\n\n")[0].splitlines()
-        info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first_cpu if ":" in line)}
-        if "model name" in info:  # family and model too: under a hypervisor the name can be generic
-            vendor, family, number = (info.get(k, "?") for k in ("vendor_id", "cpu family", "model"))
-            model = f"{info['model name']} ({vendor}, family {family}, model {number})"
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    blas = "MKL" if torch.backends.mkl.is_available() else "no MKL"
-    return {
-        "CPU": model,
-        "logical CPUs": f"{os.cpu_count()} ({usable} usable by this process)",
-        "torch": f"{torch.__version__} ({blas}, CPU capability {torch.backends.cpu.get_cpu_capability()})",
-        "Python": platform.python_version(),
-        "OS": platform.platform(),
-    }
-
-
 def _geomean(values: Sequence[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
@@ -574,20 +569,6 @@ def _geomean(values: Sequence[float]) -> float:
 def _ms(seconds: float) -> str:
     ms = seconds * 1e3
     return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.1f}"
-
-
-def _spread(values: Sequence[float]) -> float:
-    """The interquartile range over the median: how noisy a cell's rounds were."""
-    if len(values) < 2:
-        return 0.0
-    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return (q3 - q1) / statistics.median(values)
-
-
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 Samples = dict[tuple[int, Shape, str, str], list[float]]
@@ -604,14 +585,14 @@ def speed_table(samples: Samples, shapes: Sequence[Shape], threads: Sequence[int
         for mode in MODES:
             for shape in shapes:
                 m = {v: statistics.median(samples[n_threads, shape, mode, v]) for v in VARIANTS}
-                spread = max(_spread(samples[n_threads, shape, mode, v]) for v in VARIANTS)
+                noise = max(spread(samples[n_threads, shape, mode, v]) for v in VARIANTS)
                 rows.append(
                     [str(n_threads), str(shape), mode, *(_ms(m[v]) for v in VARIANTS),
                      f"{m['nn.RNN'] / m['scratchrnn']:.2f}×", f"{m['naive'] / m['scratchrnn']:.2f}×",
                      f"{m['scratchrnn'] / m['floor']:.2f}×", f"{m['scratchrnn'] / m['batched']:.2f}×",
-                     f"{spread:.0%}"]
+                     f"{noise:.0%}"]
                 )
-    return _table(head, rows)
+    return md_table(head, rows)
 
 
 def _ratios(samples: Samples, shapes: Sequence[Shape], n_threads: int, mode: str, num: str, den: str):
@@ -632,7 +613,7 @@ def geomean_table(samples: Samples, shapes: Sequence[Shape], threads: Sequence[i
                     ("scratchrnn", "batched")]
             g = [_geomean(list(_ratios(samples, shapes, n_threads, mode, a, b).values())) for a, b in cols]
             rows.append([str(n_threads), mode, *(f"{x:.2f}×" for x in g)])
-    return _table(head, rows)
+    return md_table(head, rows)
 
 
 def target_checks(
@@ -679,7 +660,7 @@ def memory_table(memory: dict, shape: Shape) -> str:
         [v, f"{memory[v]['bytes'] / 2**20:.1f}", f"{memory[v]['bytes'] / base:.2f}×" if base > 0 else "n/a"]
         for v in memory
     ]
-    return _table(head, rows)
+    return md_table(head, rows)
 
 
 _METHOD = """\
@@ -697,12 +678,9 @@ _METHOD = """\
   the real run's pre-activations and gradients).
 - **Modes.** `fwd`: the forward under `torch.no_grad()`. `fwd+bwd`: forward, `output.sum()`,
   `backward()`, with the input requiring grad; gradients are set to None (untimed) before each call.
-- **Timing.** One process. Per thread count (`torch.set_num_threads`): a warm-up call of every
-  (shape, mode, variant), which also sets how many calls make one sample (enough for about 20 ms,
-  at most 20); then {rounds} rounds, each timing every variant of every cell back to back in a
-  rotated order. A sample is the mean time per call; the table shows the median over the rounds.
-  `spread` is the largest interquartile range over the median among a row's variants: the
-  noise of that row. Python's garbage collector is off while timing.
+- **Timing.** Per thread count (`torch.set_num_threads`), every (shape, mode) a cell of the five
+  variants, {rounds} rounds, samples of at least 20 ms (at most 20 calls); gradients set to None
+  untimed before each call. `spread` is the largest among a row's variants.
 - **Ratios.** `nn.RNN / ours` > 1 means scratchrnn is faster; `ours / floor` and `ours / batched`
   are how far it is from the time of its GEMMs alone (issued one per step from Python, or batched).
 - **Memory.** One training step (`fwd+bwd` above) at {memory_shape}, each variant in a fresh
@@ -715,6 +693,12 @@ _METHOD = """\
   inside the step, so its figure is the size of those buffers."""
 
 
+def _peer_shapes(shapes: Sequence[Shape]) -> list[tuple[int, int, int, int]]:
+    if tuple(shapes) == SHAPES:
+        return list(peer_bench.PEER_SHAPES)
+    return [(s.T, s.N, s.D, s.H) for s in shapes if s.layers == 1 and not s.bidirectional]
+
+
 def run_benchmark(
     shapes: Sequence[Shape] = SHAPES,
     threads: Sequence[int] = (1, 2),
@@ -722,8 +706,14 @@ def run_benchmark(
     memory_shape: Shape | None = MEMORY_SHAPE,
     command: str = "scratchrnn bench",
     progress: Callable[[str], None] | None = None,
+    peers: Sequence[str] | None = None,
 ) -> str:
-    """Times every variant, measures memory, and returns the report as markdown."""
+    """Times every variant, measures memory, times the peers, and returns the report as markdown.
+
+    ``peers``: which of :data:`peers.PEERS` to time (None: all, but torch.compile only outside the
+    quick smoke test, for its minutes of compiling); their shapes are issue 11's for the default
+    grid, else the one-layer unidirectional ones among ``shapes``.
+    """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     if not threads or min(threads) < 1:
@@ -739,6 +729,13 @@ def run_benchmark(
         if progress:
             progress(f"bench: peak memory at {memory_shape}, one subprocess per variant")
         memory = measure_memory(memory_shape)
+    if peers is None:
+        quick = tuple(shapes) == QUICK_SHAPES
+        peers = [p for p in peer_bench.PEERS if not (quick and p == "torch.compile")]
+    peer_shapes = _peer_shapes(shapes)
+    peer_results = (
+        peer_bench.measure(threads, peer_shapes, peers, rounds, progress) if peers and peer_shapes else []
+    )
     elapsed = time.perf_counter() - t0
     load_after = os.getloadavg()[0]
     n_threads = TARGET_THREADS if TARGET_THREADS in threads else max(threads)
@@ -757,7 +754,7 @@ def run_benchmark(
         "",
         "## Machine",
         "",
-        _table(["", ""], [[k, v] for k, v in info.items()]),
+        md_table(["", ""], [[k, v] for k, v in info.items()]),
         "",
         "## Method",
         "",
@@ -765,11 +762,12 @@ def run_benchmark(
         "",
         f"## Targets (threads = {n_threads})",
         "",
-        _table(
+        md_table(
             ["target", "measured", "met"],
             [
                 [t, m, {True: "yes", False: "**no**", None: "n/a"}[ok]]
-                for t, m, ok in target_checks(samples, shapes, n_threads, memory)
+                for t, m, ok in [*target_checks(samples, shapes, n_threads, memory),
+                                 *peer_bench.peer_checks(peer_results)]
             ],
         ),
         "",
@@ -782,6 +780,21 @@ def run_benchmark(
         speed_table(samples, shapes, threads),
         "",
     ]
+    if peer_results:
+        parts += [
+            "## Peers: scratchrnn against JAX, torch.compile, oneDNN's fused RNN and the machine's limits",
+            "",
+            peer_bench.PEER_METHOD,
+            "",
+            peer_bench.limits_table(peer_results),
+            "",
+            f"Median ms per call over {rounds} rounds:",
+            "",
+            peer_bench.peer_table(peer_results, peers),
+            "",
+            peer_bench.compile_and_missing(peer_results),
+            "",
+        ]
     if memory is not None:
         parts += [
             f"## Peak memory of one training step at {memory_shape}",

@@ -15,8 +15,8 @@ import base64
 import numpy as np
 import torch
 
+from scratchrnn.apps.bench.harness import num_threads
 from scratchrnn.apps.inspect.features import find_units
-from scratchrnn.apps.lab._common import num_threads
 from scratchrnn.core.modules import RNN
 from scratchrnn.lm.data import Vocab
 from scratchrnn.lm.model import CharRNN

@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from scratchrnn.apps.bench.harness import num_threads
 from scratchrnn.apps.lab import prose
-from scratchrnn.apps.lab._common import LabResult, num_threads
+from scratchrnn.apps.lab._common import LabResult
 
 __all__ = ["EXPERIMENTS", "LabResult", "is_long", "run", "run_all"]
 

@@ -1,4 +1,7 @@
-"""What every experiment shares: its result, the files it writes, plotting and timing helpers.
+"""What every experiment shares: its result, the files it writes, plotting.
+
+Timing, tables and the machine's description come from :mod:`scratchrnn.apps.bench.harness`,
+shared with the benchmarks.
 
 Plots use matplotlib's object-oriented API (``Figure`` + ``savefig``) rather than pyplot, so no
 backend is selected globally and nothing opens a window.
@@ -7,16 +10,10 @@ backend is selected globally and nothing opens a window.
 from __future__ import annotations
 
 import json
-import math
-import statistics
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import torch
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is made, not when the CLI starts
     from matplotlib.figure import Figure
@@ -83,65 +80,3 @@ def new_figure(ncols: int = 1, width: float = 6.4, height: float = 4.4) -> tuple
 def save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     return path
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A markdown table; floats are written with 3 significant digits."""
-
-    def cell(v: object) -> str:
-        text = fmt(v) if isinstance(v, float) else str(v)
-        return text.replace("|", "\\|")  # a bare | would end the cell
-
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def fmt(v: float) -> str:
-    """3 significant digits, scientific notation outside [1e-3, 1e4)."""
-    if v == 0 or not math.isfinite(v):
-        return str(v)
-    if 1e-3 <= abs(v) < 1e4:
-        return f"{v:.3g}"
-    return f"{v:.2e}"
-
-
-def interleaved_times(
-    fns: dict[str, Callable[[], object]],
-    rounds: int,
-    setup: dict[str, Callable[[], object]] | None = None,
-) -> dict[str, dict[str, float]]:
-    """Wall time of each ``fn()`` in seconds: the best and the median over ``rounds`` rounds.
-
-    Every round calls every function once, in turn, so a burst of other work on a shared machine
-    slows all of them alike rather than one; the best time is the least disturbed estimate of the
-    intrinsic cost. One untimed round first warms up caches and lazy initialisation. ``setup[name]``,
-    if given, runs untimed before each call of ``fns[name]``.
-    """
-    setup = setup or {}
-    for name, fn in fns.items():
-        setup.get(name, _nothing)()
-        fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            setup.get(name, _nothing)()
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
-    return {name: {"best_s": min(v), "median_s": statistics.median(v)} for name, v in samples.items()}
-
-
-def _nothing() -> None:
-    pass
-
-
-@contextmanager
-def num_threads(n: int) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(n)``, then restore the previous setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from scratchrnn.apps.lab._common import CASES, LabResult, finish, fmt, md_table, new_figure, prepare_out, save
+from scratchrnn.apps.bench.harness import fmt, md_table
+from scratchrnn.apps.lab._common import CASES, LabResult, finish, new_figure, prepare_out, save
 from scratchrnn.core.init import init_rnn_
 from scratchrnn.core.modules import RNN
 from scratchrnn.core.optim import SGD, Adam, clip_grad_norm_

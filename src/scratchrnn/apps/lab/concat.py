@@ -25,17 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scratchrnn.apps.lab._common import (
-    LabResult,
-    finish,
-    fmt,
-    interleaved_times,
-    md_table,
-    new_figure,
-    num_threads,
-    prepare_out,
-    save,
-)
+from scratchrnn.apps.bench.harness import fmt, interleaved_times, md_table, num_threads
+from scratchrnn.apps.lab._common import LabResult, finish, new_figure, prepare_out, save
 from scratchrnn.core.modules import RNN
 from scratchrnn.core.reference import time_major_rnn, tutorial_weights
 

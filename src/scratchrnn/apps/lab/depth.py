@@ -18,7 +18,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from scratchrnn.apps.lab._common import LabResult, finish, fmt, md_table, new_figure, prepare_out, save
+from scratchrnn.apps.bench.harness import fmt, md_table
+from scratchrnn.apps.lab._common import LabResult, finish, new_figure, prepare_out, save
 from scratchrnn.lm.data import read_text
 from scratchrnn.lm.train import NATS_TO_BITS, TrainConfig, Trainer
 

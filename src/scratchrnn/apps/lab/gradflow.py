@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scratchrnn.apps.lab._common import CASES, LabResult, finish, fmt, md_table, new_figure, prepare_out, save
+from scratchrnn.apps.bench.harness import fmt, md_table
+from scratchrnn.apps.lab._common import CASES, LabResult, finish, new_figure, prepare_out, save
 from scratchrnn.core.init import init_rnn_
 from scratchrnn.core.modules import RNN
 from scratchrnn.core.reference import time_major_rnn, tutorial_weights

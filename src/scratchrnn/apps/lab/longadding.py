@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from scratchrnn.apps.lab._common import CASES, LabResult, finish, fmt, md_table, new_figure, prepare_out, save
+from scratchrnn.apps.bench.harness import fmt, md_table
+from scratchrnn.apps.lab._common import CASES, LabResult, finish, new_figure, prepare_out, save
 from scratchrnn.apps.lab.adding import BASELINE_MSE, SOLVED_MSE, train
 
 LONG = True  # lab all runs it only when asked (--long) or at --quick sizes

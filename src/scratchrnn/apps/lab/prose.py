@@ -23,7 +23,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-from scratchrnn.apps.lab._common import fmt
+from scratchrnn.apps.bench.harness import fmt
 
 __all__ = ["check", "marked_numbers", "marked_tables", "refresh", "refresh_files"]
 
