@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import scratchrnn
 from scratchrnn import RNN, RNNCell
 from scratchrnn.core import accel
-from scratchrnn.core.autograd import _RNNFunction
+from scratchrnn.core.ops import _RNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -531,7 +531,7 @@ def test_gradcheck(num_layers, bidirectional, nonlinearity, lengths, loops):
               *(p.detach().clone().requires_grad_() for p in model.parameters()))
     f = functional(model, lengths)
     # The gradient really is ours: the Function's node produced it.
-    assert type(f(*inputs)[1].grad_fn).__name__ == f"{_RNNFunction.__name__}Backward"
+    assert type(f(*inputs)[1].grad_fn).__name__ == f"{_RNN.__name__}Backward"
     assert gradcheck(f, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
@@ -610,7 +610,7 @@ def graph_nodes(tensor: Tensor) -> list:
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_one_call_is_one_autograd_node(batch_first):
     ours, _ = make_pair(num_layers=3, bidirectional=True, batch_first=batch_first)
-    node_name = f"{_RNNFunction.__name__}Backward"
+    node_name = f"{_RNN.__name__}Backward"
     counts = []
     for T in (2, 20):
         x = torch.randn(T, 4, D, dtype=F64, requires_grad=True)
@@ -633,7 +633,7 @@ def test_packed_call_is_one_autograd_node():
     ours, _ = make_pair(num_layers=2, bidirectional=True)
     x = torch.randn(7, 6, D, dtype=F64, requires_grad=True)
     output, h_n = ours(pack_padded_sequence(x, UNSORTED_LENGTHS, enforce_sorted=False))
-    node_name = f"{_RNNFunction.__name__}Backward"
+    node_name = f"{_RNN.__name__}Backward"
     assert type(output.data.grad_fn).__name__ == node_name
     assert [type(n).__name__ for n in graph_nodes(h_n)].count(node_name) == 1
 
@@ -990,7 +990,7 @@ def test_cell_is_one_autograd_node_and_gradchecks():
     x = torch.randn(2, 3, dtype=F64, requires_grad=True)
     hx = torch.randn(2, 4, dtype=F64, requires_grad=True)
     h = cell(x, hx)
-    assert f"{_RNNFunction.__name__}Backward" in {type(n).__name__ for n in graph_nodes(h)}
+    assert f"{_RNN.__name__}Backward" in {type(n).__name__ for n in graph_nodes(h)}
     names = [n for n, _ in cell.named_parameters()]
 
     def f(x, hx, *weights):

@@ -1,5 +1,5 @@
 """The modules: torch.nn.RNN's and torch.nn.RNNCell's interface over the math of
-:mod:`scratchrnn.core.functional` (through :mod:`scratchrnn.core.autograd`)."""
+:mod:`scratchrnn.core.functional` (through the operators of :mod:`scratchrnn.core.ops`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from scratchrnn.core.autograd import run_rnn
+from scratchrnn.core.functional import dropout_masks
+from scratchrnn.core.ops import RNNConfig, rnn
 
 __all__ = ["RNN", "RNNCell"]
 
@@ -214,8 +215,7 @@ class RNN(nn.Module):
         packed = isinstance(input, PackedSequence)
         if packed:
             x, batch_sizes_t, sorted_indices, unsorted_indices = input
-            batch_sizes = batch_sizes_t.tolist()
-            N = batch_sizes[0]
+            T, N = len(batch_sizes_t), int(batch_sizes_t[0]) if len(batch_sizes_t) else 0
             if hx is not None and sorted_indices is not None:
                 hx = hx.index_select(1, sorted_indices)  # hx follows the caller's batch order
             expected_dim = 2
@@ -236,29 +236,22 @@ class RNN(nn.Module):
             if hx is not None and not batched:
                 hx = hx.unsqueeze(1)
             T, N = x.shape[0], x.shape[1]
-            batch_sizes = [N] * T
             expected_dim = 3
         if hx is None:
             hx = x.new_zeros(self.num_layers * dirs, N, self.hidden_size)
         self._check_input(x, hx, expected_dim, N)
-        if not batch_sizes:
+        if T == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN, got 0")
 
-        x_flat = x if packed else x.reshape(-1, x.shape[-1])  # (rows, D), time-major
-        config = {
-            "num_layers": self.num_layers,
-            "bidirectional": self.bidirectional,
-            "bias": self.bias,
-            "nonlinearity": self.nonlinearity,
-            "dropout": self.dropout if self.training else 0.0,
-        }
-        output, h_n = run_rnn(x_flat, hx, self._flat_weights, batch_sizes, config)
+        dropout = self.dropout if self.training else 0.0
+        masks = dropout_masks(x, dirs * self.hidden_size, self.num_layers, dropout)
+        config = RNNConfig(self.num_layers, self.bidirectional, self.bias, self.nonlinearity)
+        output, h_n = rnn(x, hx, self._flat_weights, masks, batch_sizes_t if packed else None, config)
 
         if packed:
             if unsorted_indices is not None:
                 h_n = h_n.index_select(1, unsorted_indices)
             return PackedSequence(output, batch_sizes_t, sorted_indices, unsorted_indices), h_n
-        output = output.view(T, N, dirs * self.hidden_size)
         if not batched:
             return output.squeeze(1), h_n.squeeze(1)
         if self.batch_first:
@@ -359,13 +352,6 @@ class RNNCell(nn.Module):
             )
         params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         weights = [p for p in params if p is not None]
-        config = {
-            "num_layers": 1,
-            "bidirectional": False,
-            "bias": self.bias,
-            "nonlinearity": self.nonlinearity,
-            "dropout": 0.0,
-        }
-        h, _ = run_rnn(x, hx.unsqueeze(0), weights, [N], config)
-        return h if batched else h.squeeze(0)
-
+        config = RNNConfig(1, False, self.bias, self.nonlinearity)
+        h, _ = rnn(x.unsqueeze(0), hx.unsqueeze(0), weights, [], None, config)  # T = 1
+        return h[0] if batched else h[0, 0]
