@@ -44,18 +44,6 @@ UNSORTED_LENGTHS = [2, 7, 1, 5, 1, 5]  # the same multiset, in the caller's orde
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["C", "torch"], ids=["C-loops", "torch-loops"])
-def loops(request):
-    """Run a test through each implementation of the per-step loops: the C one (the default on
-    CPU when it compiles) and the PyTorch one (the reference, and the path on GPUs)."""
-    if request.param == "C" and not accel.available():
-        pytest.skip("the C loops are not available here")
-    previous = accel.available()
-    accel.set_enabled(request.param == "C")
-    yield request.param
-    accel.set_enabled(previous)
-
-
 def make_pair(
     input_size: int = D,
     hidden_size: int = H,
@@ -486,7 +474,7 @@ def test_module_moves_and_casts_like_any_module(diffs):
 
 
 # --------------------------------------------------------------------------------------------
-# The autograd Function: gradcheck, one node, no double backward, what is saved
+# The autograd Function: gradcheck, one node, double backward, what is saved
 # --------------------------------------------------------------------------------------------
 
 
@@ -576,24 +564,31 @@ def test_dropout_matches_nn_under_the_same_seed(num_layers, bidirectional, diffs
 @pytest.mark.parametrize("other_path", [False, True], ids=["rnn-only", "plus-another-path"])
 @pytest.mark.parametrize("upstream", ["square", "linear"])
 @pytest.mark.parametrize("wrt", ["input", "weight", "backward()"])
-def test_double_backward_raises_instead_of_leaving_the_rnn_out(other_path, upstream, wrt):
-    # The backward runs without building a graph, so a second derivative cannot be right: it
-    # must raise, also when the loss reaches x another way too (there, a guard tied only to the
-    # gradients, like once_differentiable's, is skipped and the RNN's part silently drops out).
-    ours, _ = make_pair()
-    x = torch.randn(3, 2, D, dtype=F64, requires_grad=True)
-    out = ours(x)[0]
-    loss = out.pow(2).sum() if upstream == "square" else out.sum()
-    if other_path:
-        loss = loss + x.pow(3).sum()
-    (dx,) = torch.autograd.grad(loss, x, create_graph=True)
-    with pytest.raises(RuntimeError, match=r"not differentiable.*double backward"):
+def test_double_backward_equals_nn(other_path, upstream, wrt, loops, diffs):
+    # This test used to assert that double backward raises. Now the second derivative is autograd
+    # applied to our hand-written BPTT (its PyTorch loop, run in differentiable torch ops when a
+    # graph of the backward is wanted); it must equal nn.RNN's, also when the loss reaches x
+    # another way too, and with respect to the input, a weight, or every leaf (backward()).
+    results = []
+    for model in make_pair(num_layers=2):
+        torch.manual_seed(3)
+        x = torch.randn(3, 2, D, dtype=F64, requires_grad=True)
+        out = model(x)[0]
+        loss = out.pow(2).sum() if upstream == "square" else out.sum()
+        if other_path:
+            loss = loss + x.pow(3).sum()
+        (dx,) = torch.autograd.grad(loss, x, create_graph=True)
+        penalty = dx.pow(2).sum()
         if wrt == "input":
-            torch.autograd.grad(dx.sum(), x)
+            results.append(torch.autograd.grad(penalty, x))
         elif wrt == "weight":
-            torch.autograd.grad(dx.sum(), ours.weight_hh_l0)
+            results.append(torch.autograd.grad(penalty, model.weight_hh_l0))
         else:
-            dx.sum().backward()
+            penalty.backward()
+            results.append([x.grad, *(p.grad for p in model.parameters())])
+    got, want = results
+    compare(got, want, [str(i) for i in range(len(got))], max_abs, ABS_TOL_F64, diffs,
+            "float64 max abs vs nn.RNN (second order)")
 
 
 def graph_nodes(tensor: Tensor) -> list:

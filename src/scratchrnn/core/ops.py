@@ -273,7 +273,8 @@ class _RNN(torch.autograd.Function):
         if batch_sizes is not None or any(d is not None for d in weight_dims):
             args = (x, hx, batch_sizes, config, num_weights, *weights_and_masks)
             results = [
-                _RNN.apply(*(a if d is None else a.select(d, b) for a, d in zip(args, in_dims, strict=True)))
+                _RNN.apply(*(a.select(d, b) if isinstance(a, Tensor) and d is not None else a
+                             for a, d in zip(args, in_dims, strict=True)))
                 for b in range(B)
             ]
             return tuple(torch.stack(outs) for outs in zip(*results, strict=True)), 0
