@@ -62,10 +62,14 @@ class _Embedding(torch.autograd.Function):
     """x = W_emb[ids];  dW_emb = scatter-add of dx into the rows of ids."""
 
     @staticmethod
-    def forward(ctx, ids: Tensor, W_emb: Tensor) -> Tensor:
+    def forward(ids: Tensor, W_emb: Tensor) -> Tensor:
+        return W_emb[ids]  # (..., E)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ids, W_emb = inputs
         ctx.save_for_backward(ids)
         ctx.V = W_emb.shape[0]
-        return W_emb[ids]  # (..., E)
 
     @staticmethod
     def backward(ctx, dx: Tensor):
@@ -83,9 +87,13 @@ class _Linear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h: Tensor, W_hy: Tensor, b_y: Tensor) -> Tensor:
-        ctx.save_for_backward(h, W_hy)
+    def forward(h: Tensor, W_hy: Tensor, b_y: Tensor) -> Tensor:
         return _matmul(h, W_hy.t()).add_(b_y)  # (R, V)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        h, W_hy, _ = inputs
+        ctx.save_for_backward(h, W_hy)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
@@ -102,10 +110,13 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
     """L = −mean_r log softmax(y_r)[c_r];  dlogits = (softmax(y) − onehot(c)) / R."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
+    def forward(logits: Tensor, targets: Tensor) -> Tensor:
         logp = torch.log_softmax(logits, 1)  # (R, V) y − log Σ_v exp(y_v), without overflow
-        ctx.save_for_backward(logits, targets)
         return -logp.gather(1, targets.unsqueeze(1)).mean()  # ()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)  # the logits, not log p: a second derivative needs them
 
     @staticmethod
     def backward(ctx, dloss: Tensor):
@@ -121,9 +132,12 @@ class _Dropout(torch.autograd.Function):
     """h̃ = h ⊙ m;  dh = dh̃ ⊙ m (m is 0 or 1 / (1 − p))."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, m: Tensor) -> Tensor:
-        ctx.save_for_backward(m)
+    def forward(h: Tensor, m: Tensor) -> Tensor:
         return h * m
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[1])
 
     @staticmethod
     def backward(ctx, dh_tilde: Tensor):
