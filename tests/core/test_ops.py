@@ -74,9 +74,9 @@ def test_opcheck_backward(packed, need_dx, loops):
     output, h_n, inner = torch.ops.scratchrnn.rnn(*args)
     x, hx, weights, masks, batch_sizes, *config = args
     torch.manual_seed(2)
-    upstream = (torch.randn_like(output), torch.randn_like(h_n), [torch.randn_like(inner[0])])
+    upstream = (torch.randn_like(output), torch.randn_like(h_n), torch.randn_like(inner))
     backward_args = (*upstream, x.detach(), hx.detach(), [w.detach() for w in weights], masks,
-                     [h.detach() for h in (*inner, output)], batch_sizes, *config, need_dx)
+                     inner.detach(), output.detach(), batch_sizes, *config, need_dx)
     # The backward operator is not differentiated (a second derivative runs its PyTorch loop).
     torch.library.opcheck(torch.ops.scratchrnn.rnn_backward.default, backward_args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))

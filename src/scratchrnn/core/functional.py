@@ -281,7 +281,12 @@ class RNNForward(NamedTuple):
 
     output: Tensor  # (rows, dirs * H): the last layer's h_t, [forward | reverse]
     h_n: Tensor  # (num_layers * dirs, N, H)
-    layer_outputs: list[Tensor]  # every layer's output (rows, dirs * H), the last one is ``output``
+    inner: Tensor  # (num_layers − 1, rows, dirs * H): the outputs of every layer but the last
+
+    @property
+    def layer_outputs(self) -> list[Tensor]:
+        """Every layer's output (rows, dirs * H), the last one being ``output``."""
+        return [*self.inner.unbind(0), self.output]
 
 
 def layer_inputs(x: Tensor, layer_outputs: Sequence[Tensor], masks: Sequence[Tensor]) -> list[Tensor]:
@@ -320,18 +325,20 @@ def rnn_forward(
             (no dropout); see :func:`dropout_masks`.
 
     Returns:
-        :class:`RNNForward`: output (rows, dirs * H), h_n (num_layers * dirs, N, H) and every
-        layer's output (before dropout), which the backward needs.
+        :class:`RNNForward`: output (rows, dirs * H), h_n (num_layers * dirs, N, H) and the inner
+        layers' outputs (before dropout), which the backward needs.
     """
     dirs = 2 if bidirectional else 1
     H = hx.shape[-1]
     h_n = hx.new_empty(hx.shape)  # contiguous whatever the layout of hx
-    layer_outputs: list[Tensor] = []
+    # Each layer's output, [forward | reverse]: the inner layers' in one tensor, the last apart.
+    inner = x.new_empty(num_layers - 1, x.shape[0], dirs * H)  # (L − 1, rows, dirs * H)
+    output = x.new_empty(x.shape[0], dirs * H)  # (rows, dirs * H)
     layer_in = x
     for layer in range(num_layers):
         if layer > 0 and masks:
             layer_in = layer_in * masks[layer - 1]
-        out = x.new_empty(x.shape[0], dirs * H)  # (rows, dirs * H): [forward | reverse]
+        out = inner[layer] if layer < num_layers - 1 else output
         for d in range(dirs):
             idx = layer * dirs + d
             W_ih, W_hh, b_ih, b_hh = _layer_weights(weights, idx, bias)
@@ -339,9 +346,8 @@ def rnn_forward(
                 layer_in, hx[idx], W_ih, W_hh, b_ih, b_hh, batch_sizes,
                 out[:, d * H : (d + 1) * H], h_n[idx], nonlinearity, reverse=d == 1,
             )
-        layer_outputs.append(out)
         layer_in = out
-    return RNNForward(layer_in, h_n, layer_outputs)
+    return RNNForward(output, h_n, inner)
 
 
 def rnn_backward(

@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import PackedSequence
 from scratchrnn.core.functional import dropout_masks
 from scratchrnn.core.ops import RNNConfig, rnn
 
-__all__ = ["RNN", "RNNCell"]
+__all__ = ["RNN", "RNNCell", "convert"]
 
 _ACTIVATIONS = ("tanh", "relu")
 
@@ -175,6 +175,18 @@ class RNN(nn.Module):
     def flatten_parameters(self) -> None:
         """A no-op, kept for nn.RNN compatibility (only cuDNN needs flat weights)."""
 
+    _ARGUMENTS = ("input_size", "hidden_size", "num_layers", "nonlinearity", "bias", "batch_first",
+                  "dropout", "bidirectional")
+
+    @classmethod
+    def from_torch(cls, rnn: nn.RNN) -> RNN:
+        """Ours, with the same arguments, weights (copied), device, dtype and training mode."""
+        return _swapped(cls, rnn, cls._ARGUMENTS)
+
+    def to_torch(self) -> nn.RNN:
+        """The equivalent :class:`torch.nn.RNN` (weights copied): for TorchScript, or cuDNN."""
+        return _swapped(nn.RNN, self, self._ARGUMENTS)
+
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
         if self.num_layers != 1:
@@ -316,6 +328,17 @@ class RNNCell(nn.Module):
         for weight in self.parameters():
             nn.init.uniform_(weight, -stdv, stdv)
 
+    _ARGUMENTS = ("input_size", "hidden_size", "bias", "nonlinearity")
+
+    @classmethod
+    def from_torch(cls, cell: nn.RNNCell) -> RNNCell:
+        """Ours, with the same arguments, weights (copied), device, dtype and training mode."""
+        return _swapped(cls, cell, cls._ARGUMENTS)
+
+    def to_torch(self) -> nn.RNNCell:
+        """The equivalent :class:`torch.nn.RNNCell` (weights copied)."""
+        return _swapped(nn.RNNCell, self, self._ARGUMENTS)
+
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
         if self.bias is not True:
@@ -355,3 +378,37 @@ class RNNCell(nn.Module):
         config = RNNConfig(1, False, self.bias, self.nonlinearity)
         h, _ = rnn(x.unsqueeze(0), hx.unsqueeze(0), weights, [], None, config)  # T = 1
         return h[0] if batched else h[0, 0]
+
+
+def _swapped(cls: type[nn.Module], module: nn.Module, arguments: tuple[str, ...]) -> nn.Module:
+    """A ``cls`` built with ``module``'s constructor arguments, holding a copy of its weights."""
+    weight = next(module.parameters())
+    new = cls(**{name: getattr(module, name) for name in arguments},
+              device=weight.device, dtype=weight.dtype)
+    new.load_state_dict(module.state_dict())
+    for p_new, p in zip(new.parameters(), module.parameters(), strict=True):  # same order
+        p_new.requires_grad_(p.requires_grad)
+    return new.train(module.training)
+
+
+_OURS = {nn.RNN: RNN, nn.RNNCell: RNNCell}
+
+
+def convert(module: nn.Module, to: str = "scratchrnn") -> nn.Module:
+    """Swap every :class:`torch.nn.RNN` / :class:`torch.nn.RNNCell` inside ``module`` for ours
+    (``to="scratchrnn"``), or every one of ours for torch's (``to="torch"``), weights kept.
+
+    The swap is in place; the module is returned (the replacement, when ``module`` itself is one).
+
+    Example:
+        >>> model = convert(nn.Sequential(nn.RNN(10, 20)))  # model[0] is a scratchrnn.RNN
+    """
+    if to not in ("scratchrnn", "torch"):
+        raise ValueError(f"to must be 'scratchrnn' or 'torch', got {to!r}")
+    if to == "scratchrnn" and type(module) in _OURS:
+        return _OURS[type(module)].from_torch(module)
+    if to == "torch" and isinstance(module, (RNN, RNNCell)):
+        return module.to_torch()
+    for name, child in module.named_children():
+        setattr(module, name, convert(child, to))
+    return module

@@ -16,8 +16,8 @@ The math lives in :mod:`scratchrnn.core.functional`; this module makes it a citi
   under torch.compile :func:`rnn` calls the operator instead.)
 
 What the forward saves (:class:`_Saved`): x, hx, the weights, the dropout masks and every layer's
-output; nothing per step. The forward returns the inner layers' outputs as outputs too (the caller
-drops them): a second derivative must see how they depend on the inputs.
+output; nothing per step. The forward returns the inner layers' outputs (stacked in one tensor) as
+an output too, which the caller drops: a second derivative must see how they depend on the inputs.
 
 Double backward. When a graph of the backward is being built (``create_graph=True``, or inside
 ``torch.func.grad`` / ``jacrev`` / ``hessian``), the backward runs our BPTT's PyTorch loop, written
@@ -57,6 +57,13 @@ def _rows(t: Tensor) -> Tensor:
     return t.reshape(-1, t.shape[-1])
 
 
+def _layer_rows(inner: Tensor | None, output: Tensor | None = None) -> list:
+    """The stacked inner layers' outputs (and the output) as the functions' list of (rows, F)."""
+    if inner is None:
+        return []
+    return [_rows(h) for h in inner.unbind(0)] + ([_rows(output)] if output is not None else [])
+
+
 # --------------------------------------------------------------------------------------------
 # The operators.
 # --------------------------------------------------------------------------------------------
@@ -82,19 +89,20 @@ def _rnn_kernel(
     bidirectional: bool,
     bias: bool,
     nonlinearity: str,
-) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """The RNN's forward: (output, h_n, the inner layers' outputs).
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The RNN's forward: (output, h_n, the inner layers' outputs stacked).
 
     x: (T, N, D) padded (``batch_sizes`` None) or (rows, D) packed, with a PackedSequence's
     ``batch_sizes``; hx: (num_layers * dirs, N, H); masks: dropout masks shaped like the output,
-    one per layer but the last, or none. Outputs are shaped like x with dirs * H features.
+    one per layer but the last, or none. output is shaped like x with dirs * H features, the
+    inner outputs (num_layers − 1, *output.shape).
     """
     result = functional.rnn_forward(
         _rows(x), hx, weights, _batch_sizes(x, batch_sizes), [_rows(m) for m in masks],
         num_layers=num_layers, bidirectional=bidirectional, bias=bias, nonlinearity=nonlinearity,
     )
-    outputs = [h.view(*x.shape[:-1], h.shape[-1]) for h in result.layer_outputs]
-    return outputs[-1], result.h_n, outputs[:-1]
+    shape = (*x.shape[:-1], result.output.shape[-1])
+    return result.output.view(shape), result.h_n, result.inner.view(num_layers - 1, *shape)
 
 
 _rnn_op = torch.library.custom_op("scratchrnn::rnn", _rnn_kernel, mutates_args=())
@@ -103,18 +111,19 @@ _rnn_op = torch.library.custom_op("scratchrnn::rnn", _rnn_kernel, mutates_args=(
 @_rnn_op.register_fake
 def _(x, hx, weights, masks, batch_sizes, num_layers, bidirectional, bias, nonlinearity):
     shape = (*x.shape[:-1], (2 if bidirectional else 1) * hx.shape[-1])
-    return x.new_empty(shape), hx.new_empty(hx.shape), [x.new_empty(shape) for _ in range(num_layers - 1)]
+    return x.new_empty(shape), hx.new_empty(hx.shape), x.new_empty(num_layers - 1, *shape)
 
 
 def _rnn_backward_kernel(
     doutput: Tensor,
     dh_n: Tensor,
-    dlayer_outputs: list[Tensor | None],
+    dinner: Tensor | None,
     x: Tensor,
     hx: Tensor,
     weights: list[Tensor],
     masks: list[Tensor],
-    layer_outputs: list[Tensor],
+    inner: Tensor,
+    output: Tensor,
     batch_sizes: Tensor | None,
     num_layers: int,
     bidirectional: bool,
@@ -124,13 +133,12 @@ def _rnn_backward_kernel(
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Our BPTT: (dx, dhx, one gradient per weight); dx has no elements unless ``need_dx``.
 
-    Takes the upstream gradients (``dlayer_outputs``: those reaching the inner layers' outputs
-    directly, None where none do), the forward's inputs and every layer's output.
+    Takes the upstream gradients (``dinner``: those reaching the inner layers' outputs directly,
+    or None), the forward's inputs and its outputs.
     """
     dx, dhx, dweights = functional.rnn_backward(
         _rows(doutput), dh_n, _rows(x), hx, weights, _batch_sizes(x, batch_sizes),
-        [_rows(h) for h in layer_outputs], [_rows(m) for m in masks],
-        [None if d is None else _rows(d) for d in dlayer_outputs],
+        _layer_rows(inner, output), [_rows(m) for m in masks], _layer_rows(dinner),
         num_layers=num_layers, bidirectional=bidirectional, bias=bias, nonlinearity=nonlinearity,
         need_dx=need_dx,
     )
@@ -141,7 +149,7 @@ _rnn_backward_op = torch.library.custom_op("scratchrnn::rnn_backward", _rnn_back
 
 
 @_rnn_backward_op.register_fake
-def _(doutput, dh_n, dlayer_outputs, x, hx, weights, masks, layer_outputs, batch_sizes,
+def _(doutput, dh_n, dinner, x, hx, weights, masks, inner, output, batch_sizes,
       num_layers, bidirectional, bias, nonlinearity, need_dx):
     dx = x.new_empty(x.shape) if need_dx else x.new_empty(0)
     return dx, hx.new_empty(hx.shape), [w.new_empty(w.shape) for w in weights]
@@ -159,16 +167,17 @@ class _Saved(NamedTuple):
     hx: Tensor
     weights: list[Tensor]
     masks: list[Tensor]
-    layer_outputs: list[Tensor]  # every layer's, the last being the output
+    inner: Tensor  # (num_layers − 1, *output.shape): the inner layers' outputs
+    output: Tensor
 
     def flat(self) -> list[Tensor]:
-        return [self.x, self.hx, *self.weights, *self.masks, *self.layer_outputs]
+        return [self.x, self.hx, *self.weights, *self.masks, self.inner, self.output]
 
     @classmethod
     def unflat(cls, tensors, num_weights: int, num_masks: int) -> _Saved:
         x, hx, *rest = tensors
         w, m = num_weights, num_weights + num_masks
-        return cls(x, hx, rest[:w], rest[w:m], rest[m:])
+        return cls(x, hx, rest[:w], rest[w:m], *rest[m:])
 
 
 def _save(ctx, saved: _Saved, batch_sizes: Tensor | None, config: RNNConfig) -> None:
@@ -178,23 +187,22 @@ def _save(ctx, saved: _Saved, batch_sizes: Tensor | None, config: RNNConfig) -> 
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None: nothing to add
 
 
-def _backward(ctx, doutput, dh_n, dlayer_outputs, need_dx: bool) -> tuple:
+def _backward(ctx, doutput, dh_n, dinner, need_dx: bool) -> tuple:
     """(dx, dhx, dweights) from the upstream gradients; None for dx unless ``need_dx``."""
     saved = _Saved.unflat(ctx.saved_tensors, *ctx.counts)
-    x, hx, output = saved.x, saved.hx, saved.layer_outputs[-1]
+    x, hx, output = saved.x, saved.hx, saved.output
     doutput = torch.zeros_like(output) if doutput is None else doutput
     dh_n = torch.zeros_like(hx) if dh_n is None else dh_n
     if torch.is_grad_enabled():  # a graph of this backward is wanted: differentiable torch ops
         dx, dhx, dweights = functional.rnn_backward(
             _rows(doutput), dh_n, _rows(x), hx, saved.weights, _batch_sizes(x, ctx.batch_sizes),
-            [_rows(h) for h in saved.layer_outputs], [_rows(m) for m in saved.masks],
-            [None if d is None else _rows(d) for d in dlayer_outputs],
+            _layer_rows(saved.inner, output), [_rows(m) for m in saved.masks], _layer_rows(dinner),
             **ctx.config._asdict(), need_dx=need_dx, differentiable=True,
         )
         return (dx.view(x.shape) if dx is not None else None), dhx, dweights
     kernel = _rnn_backward_kernel if _direct(doutput, x) else _rnn_backward_op
     dx, dhx, dweights = kernel(
-        doutput, dh_n, list(dlayer_outputs), x, hx, saved.weights, saved.masks, saved.layer_outputs,
+        doutput, dh_n, dinner, x, hx, saved.weights, saved.masks, saved.inner, output,
         ctx.batch_sizes, *ctx.config, need_dx,
     )
     return (dx if need_dx else None), dhx, dweights
@@ -203,7 +211,7 @@ def _backward(ctx, doutput, dh_n, dlayer_outputs, need_dx: bool) -> tuple:
 def _op_setup_context(ctx, inputs, output) -> None:
     x, hx, weights, masks, batch_sizes, *config = inputs
     out, _, inner = output
-    _save(ctx, _Saved(x, hx, weights, masks, [*inner, out]), batch_sizes, RNNConfig(*config))
+    _save(ctx, _Saved(x, hx, weights, masks, inner, out), batch_sizes, RNNConfig(*config))
 
 
 def _op_backward(ctx, doutput, dh_n, dinner):
@@ -224,26 +232,25 @@ class _RNN(torch.autograd.Function):
     the tangent recurrence of :func:`~scratchrnn.core.functional.rnn_jvp`, vmap by folding.
 
     ``apply(x, hx, batch_sizes, config, num_weights, *weights, *masks)`` →
-    ``(output, h_n, *inner_layer_outputs)``.
+    ``(output, h_n, inner)``, as the operator.
     """
 
     @staticmethod
     def forward(x, hx, batch_sizes, config, num_weights, *weights_and_masks):
         weights, masks = weights_and_masks[:num_weights], weights_and_masks[num_weights:]
         kernel = _rnn_kernel if _direct(x, hx) else _rnn_op
-        output, h_n, inner = kernel(x, hx, list(weights), list(masks), batch_sizes, *config)
-        return output, h_n, *inner
+        return kernel(x, hx, list(weights), list(masks), batch_sizes, *config)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, hx, batch_sizes, config, num_weights, *weights_and_masks = inputs
         saved = _Saved(x, hx, weights_and_masks[:num_weights], weights_and_masks[num_weights:],
-                       [*output[2:], output[0]])
+                       output[2], output[0])
         _save(ctx, saved, batch_sizes, config)
         ctx.save_for_forward(*saved.flat())
 
     @staticmethod
-    def backward(ctx, doutput, dh_n, *dinner):
+    def backward(ctx, doutput, dh_n, dinner):
         dx, dhx, dweights = _backward(ctx, doutput, dh_n, dinner, ctx.needs_input_grad[0])
         return dx, dhx, None, None, None, *dweights, *(None for _ in range(ctx.counts[1]))
 
@@ -253,12 +260,13 @@ class _RNN(torch.autograd.Function):
         x = saved.x
         output_dot, h_n_dot, layer_outputs_dot = functional.rnn_jvp(
             _rows(x), saved.hx, saved.weights, _batch_sizes(x, ctx.batch_sizes),
-            [_rows(h) for h in saved.layer_outputs], [_rows(m) for m in saved.masks],
+            _layer_rows(saved.inner, saved.output), [_rows(m) for m in saved.masks],
             None if x_dot is None else _rows(x_dot), hx_dot, weights_dot[: ctx.counts[0]],
             **ctx.config._asdict(),
         )
-        shape = saved.layer_outputs[-1].shape
-        return output_dot.view(shape), h_n_dot, *(h.view(shape) for h in layer_outputs_dot[:-1])
+        inner_dot = saved.inner.new_empty(saved.inner.shape) if len(saved.inner) == 0 else \
+            torch.stack(layer_outputs_dot[:-1]).view(saved.inner.shape)
+        return output_dot.view(saved.output.shape), h_n_dot, inner_dot
 
     @staticmethod
     def vmap(info, in_dims, x, hx, batch_sizes, config, num_weights, *weights_and_masks):
@@ -284,9 +292,11 @@ class _RNN(torch.autograd.Function):
             return t.reshape(t.shape[0], -1, t.shape[-1])
 
         masks = [fold(m, d) for m, d in zip(weights_and_masks[num_weights:], mask_dims, strict=True)]
-        outs = _RNN.apply(fold(x, x_dim), fold(hx, hx_dim), None, config, num_weights,
-                          *weights_and_masks[:num_weights], *masks)
-        return tuple(o.view(o.shape[0], B, -1, o.shape[-1]) for o in outs), 1
+        output, h_n, inner = _RNN.apply(fold(x, x_dim), fold(hx, hx_dim), None, config, num_weights,
+                                        *weights_and_masks[:num_weights], *masks)
+        N = output.shape[1] // B
+        unfold = lambda t: t.view(*t.shape[:-2], B, N, t.shape[-1])  # noqa: E731  (…, B·N, ·) → (…, B, N, ·)
+        return (unfold(output), unfold(h_n), unfold(inner)), (1, 1, 2)
 
 
 def _needs_autograd(*tensors: Tensor) -> bool:
@@ -309,11 +319,12 @@ def rnn(
 ) -> tuple[Tensor, Tensor]:
     """The RNN, (output, h_n), with our hand-written backward and forward mode (see the module
     docstring); arguments as for ``torch.ops.scratchrnn.rnn``."""
-    if torch.compiler.is_compiling():  # Dynamo cannot trace an autograd.Function with a jvp
+    # Dynamo cannot trace an autograd.Function with a jvp; torch.jit.trace records operators.
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         output, h_n, _ = _rnn_op(x, hx, weights, masks, batch_sizes, *config)
         return output, h_n
     if not _needs_autograd(x, hx, *weights) and _direct(x, hx):  # no derivative of any kind wanted
         output, h_n, _ = _rnn_kernel(x, hx, weights, masks, batch_sizes, *config)
         return output, h_n
-    output, h_n, *_ = _RNN.apply(x, hx, batch_sizes, config, len(weights), *weights, *masks)
+    output, h_n, _ = _RNN.apply(x, hx, batch_sizes, config, len(weights), *weights, *masks)
     return output, h_n
