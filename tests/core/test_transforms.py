@@ -205,6 +205,15 @@ def test_cell_jvp_and_grad_equal_nn(diffs):
 # --------------------------------------------------------------------------------------------
 
 
+def test_nn_rnn_packed_input_fails_under_torch_func():
+    # Why the packed cases above use torch.autograd.functional for nn.RNN: its kernel reads the
+    # batch sizes' data pointer, which torch.func's wrapped tensors do not have.
+    _, theirs = pair()
+    params, x, hx = inputs(theirs, packed=True)
+    with pytest.raises(RuntimeError, match="data pointer"):
+        jvp(as_function(theirs, packed=True), (params, x, hx), tangents_like(params, x, hx))
+
+
 def test_nn_rnn_has_no_batching_rule():
     _, theirs = pair()
     with pytest.raises(RuntimeError, match="Batching rule not implemented"):
