@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
+from scratchrnn.core import accel
 from scratchrnn.lm.data import read_text
 
 _LARGEST: dict[str, float] = {}
@@ -53,3 +54,15 @@ def pytest_terminal_summary(terminalreporter) -> None:
     terminalreporter.section("largest differences seen")
     for category, value in sorted(_LARGEST.items()):
         terminalreporter.write_line(f"{category:<48} {value:.3e}")
+
+
+@pytest.fixture(params=["C", "torch"], ids=["C-loops", "torch-loops"])
+def loops(request):
+    """Run a test through each implementation of the per-step loops: the C one (the default on
+    CPU when it compiles) and the PyTorch one (the reference, and the path on GPUs)."""
+    if request.param == "C" and not accel.available():
+        pytest.skip("the C loops are not available here")
+    previous = accel.available()
+    accel.set_enabled(request.param == "C")
+    yield request.param
+    accel.set_enabled(previous)

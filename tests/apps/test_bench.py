@@ -106,10 +106,10 @@ def test_batched_gemms_are_the_rnn_gemms(shape, diffs):
     da = [torch.stack([a.grad for a in cell]).reshape(-1, shape.H) for cell in pre]
     dirs = 2 if shape.bidirectional else 1
     with torch.no_grad():
-        _, _, _, layer_outputs, _ = rnn_forward(
+        layer_outputs = rnn_forward(
             case.x.reshape(-1, shape.D), case.h0, weights, [shape.N] * shape.T,
             num_layers=shape.layers, bidirectional=shape.bidirectional, bias=True,
-        )
+        ).layer_outputs
     gemms = bench.BatchedGemms(weights, case.x, shape, layer_outputs, da)
 
     outs = gemms.forward()

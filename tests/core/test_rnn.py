@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import scratchrnn
 from scratchrnn import RNN, RNNCell
 from scratchrnn.core import accel
-from scratchrnn.core.autograd import _RNNFunction
+from scratchrnn.core.ops import _RNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,18 +42,6 @@ UNSORTED_LENGTHS = [2, 7, 1, 5, 1, 5]  # the same multiset, in the caller's orde
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["C", "torch"], ids=["C-loops", "torch-loops"])
-def loops(request):
-    """Run a test through each implementation of the per-step loops: the C one (the default on
-    CPU when it compiles) and the PyTorch one (the reference, and the path on GPUs)."""
-    if request.param == "C" and not accel.available():
-        pytest.skip("the C loops are not available here")
-    previous = accel.available()
-    accel.set_enabled(request.param == "C")
-    yield request.param
-    accel.set_enabled(previous)
 
 
 def make_pair(
@@ -486,7 +474,7 @@ def test_module_moves_and_casts_like_any_module(diffs):
 
 
 # --------------------------------------------------------------------------------------------
-# The autograd Function: gradcheck, one node, no double backward, what is saved
+# The autograd Function: gradcheck, one node, double backward, what is saved
 # --------------------------------------------------------------------------------------------
 
 
@@ -531,7 +519,7 @@ def test_gradcheck(num_layers, bidirectional, nonlinearity, lengths, loops):
               *(p.detach().clone().requires_grad_() for p in model.parameters()))
     f = functional(model, lengths)
     # The gradient really is ours: the Function's node produced it.
-    assert type(f(*inputs)[1].grad_fn).__name__ == f"{_RNNFunction.__name__}Backward"
+    assert type(f(*inputs)[1].grad_fn).__name__ == f"{_RNN.__name__}Backward"
     assert gradcheck(f, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
@@ -576,24 +564,31 @@ def test_dropout_matches_nn_under_the_same_seed(num_layers, bidirectional, diffs
 @pytest.mark.parametrize("other_path", [False, True], ids=["rnn-only", "plus-another-path"])
 @pytest.mark.parametrize("upstream", ["square", "linear"])
 @pytest.mark.parametrize("wrt", ["input", "weight", "backward()"])
-def test_double_backward_raises_instead_of_leaving_the_rnn_out(other_path, upstream, wrt):
-    # The backward runs without building a graph, so a second derivative cannot be right: it
-    # must raise, also when the loss reaches x another way too (there, a guard tied only to the
-    # gradients, like once_differentiable's, is skipped and the RNN's part silently drops out).
-    ours, _ = make_pair()
-    x = torch.randn(3, 2, D, dtype=F64, requires_grad=True)
-    out = ours(x)[0]
-    loss = out.pow(2).sum() if upstream == "square" else out.sum()
-    if other_path:
-        loss = loss + x.pow(3).sum()
-    (dx,) = torch.autograd.grad(loss, x, create_graph=True)
-    with pytest.raises(RuntimeError, match=r"not differentiable.*double backward"):
+def test_double_backward_equals_nn(other_path, upstream, wrt, loops, diffs):
+    # This test used to assert that double backward raises. Now the second derivative is autograd
+    # applied to our hand-written BPTT (its PyTorch loop, run in differentiable torch ops when a
+    # graph of the backward is wanted); it must equal nn.RNN's, also when the loss reaches x
+    # another way too, and with respect to the input, a weight, or every leaf (backward()).
+    results = []
+    for model in make_pair(num_layers=2):
+        torch.manual_seed(3)
+        x = torch.randn(3, 2, D, dtype=F64, requires_grad=True)
+        out = model(x)[0]
+        loss = out.pow(2).sum() if upstream == "square" else out.sum()
+        if other_path:
+            loss = loss + x.pow(3).sum()
+        (dx,) = torch.autograd.grad(loss, x, create_graph=True)
+        penalty = dx.pow(2).sum()
         if wrt == "input":
-            torch.autograd.grad(dx.sum(), x)
+            results.append(torch.autograd.grad(penalty, x))
         elif wrt == "weight":
-            torch.autograd.grad(dx.sum(), ours.weight_hh_l0)
+            results.append(torch.autograd.grad(penalty, model.weight_hh_l0))
         else:
-            dx.sum().backward()
+            penalty.backward()
+            results.append([x.grad, *(p.grad for p in model.parameters())])
+    got, want = results
+    compare(got, want, [str(i) for i in range(len(got))], max_abs, ABS_TOL_F64, diffs,
+            "float64 max abs vs nn.RNN (second order)")
 
 
 def graph_nodes(tensor: Tensor) -> list:
@@ -610,7 +605,7 @@ def graph_nodes(tensor: Tensor) -> list:
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_one_call_is_one_autograd_node(batch_first):
     ours, _ = make_pair(num_layers=3, bidirectional=True, batch_first=batch_first)
-    node_name = f"{_RNNFunction.__name__}Backward"
+    node_name = f"{_RNN.__name__}Backward"
     counts = []
     for T in (2, 20):
         x = torch.randn(T, 4, D, dtype=F64, requires_grad=True)
@@ -633,7 +628,7 @@ def test_packed_call_is_one_autograd_node():
     ours, _ = make_pair(num_layers=2, bidirectional=True)
     x = torch.randn(7, 6, D, dtype=F64, requires_grad=True)
     output, h_n = ours(pack_padded_sequence(x, UNSORTED_LENGTHS, enforce_sorted=False))
-    node_name = f"{_RNNFunction.__name__}Backward"
+    node_name = f"{_RNN.__name__}Backward"
     assert type(output.data.grad_fn).__name__ == node_name
     assert [type(n).__name__ for n in graph_nodes(h_n)].count(node_name) == 1
 
@@ -990,7 +985,7 @@ def test_cell_is_one_autograd_node_and_gradchecks():
     x = torch.randn(2, 3, dtype=F64, requires_grad=True)
     hx = torch.randn(2, 4, dtype=F64, requires_grad=True)
     h = cell(x, hx)
-    assert f"{_RNNFunction.__name__}Backward" in {type(n).__name__ for n in graph_nodes(h)}
+    assert f"{_RNN.__name__}Backward" in {type(n).__name__ for n in graph_nodes(h)}
     names = [n for n, _ in cell.named_parameters()]
 
     def f(x, hx, *weights):

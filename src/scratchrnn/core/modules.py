@@ -1,5 +1,5 @@
 """The modules: torch.nn.RNN's and torch.nn.RNNCell's interface over the math of
-:mod:`scratchrnn.core.functional` (through :mod:`scratchrnn.core.autograd`)."""
+:mod:`scratchrnn.core.functional` (through the operators of :mod:`scratchrnn.core.ops`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from scratchrnn.core.autograd import run_rnn
+from scratchrnn.core.functional import dropout_masks
+from scratchrnn.core.ops import RNNConfig, rnn
 
-__all__ = ["RNN", "RNNCell"]
+__all__ = ["RNN", "RNNCell", "convert"]
 
 _ACTIVATIONS = ("tanh", "relu")
 
@@ -174,6 +175,18 @@ class RNN(nn.Module):
     def flatten_parameters(self) -> None:
         """A no-op, kept for nn.RNN compatibility (only cuDNN needs flat weights)."""
 
+    _ARGUMENTS = ("input_size", "hidden_size", "num_layers", "nonlinearity", "bias", "batch_first",
+                  "dropout", "bidirectional")
+
+    @classmethod
+    def from_torch(cls, rnn: nn.RNN) -> RNN:
+        """Ours, with the same arguments, weights (copied), device, dtype and training mode."""
+        return _swapped(cls, rnn, cls._ARGUMENTS)
+
+    def to_torch(self) -> nn.RNN:
+        """The equivalent :class:`torch.nn.RNN` (weights copied): for TorchScript, or cuDNN."""
+        return _swapped(nn.RNN, self, self._ARGUMENTS)
+
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
         if self.num_layers != 1:
@@ -214,8 +227,7 @@ class RNN(nn.Module):
         packed = isinstance(input, PackedSequence)
         if packed:
             x, batch_sizes_t, sorted_indices, unsorted_indices = input
-            batch_sizes = batch_sizes_t.tolist()
-            N = batch_sizes[0]
+            T, N = len(batch_sizes_t), int(batch_sizes_t[0]) if len(batch_sizes_t) else 0
             if hx is not None and sorted_indices is not None:
                 hx = hx.index_select(1, sorted_indices)  # hx follows the caller's batch order
             expected_dim = 2
@@ -236,29 +248,22 @@ class RNN(nn.Module):
             if hx is not None and not batched:
                 hx = hx.unsqueeze(1)
             T, N = x.shape[0], x.shape[1]
-            batch_sizes = [N] * T
             expected_dim = 3
         if hx is None:
             hx = x.new_zeros(self.num_layers * dirs, N, self.hidden_size)
         self._check_input(x, hx, expected_dim, N)
-        if not batch_sizes:
+        if T == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN, got 0")
 
-        x_flat = x if packed else x.reshape(-1, x.shape[-1])  # (rows, D), time-major
-        config = {
-            "num_layers": self.num_layers,
-            "bidirectional": self.bidirectional,
-            "bias": self.bias,
-            "nonlinearity": self.nonlinearity,
-            "dropout": self.dropout if self.training else 0.0,
-        }
-        output, h_n = run_rnn(x_flat, hx, self._flat_weights, batch_sizes, config)
+        dropout = self.dropout if self.training else 0.0
+        masks = dropout_masks(x, dirs * self.hidden_size, self.num_layers, dropout)
+        config = RNNConfig(self.num_layers, self.bidirectional, self.bias, self.nonlinearity)
+        output, h_n = rnn(x, hx, self._flat_weights, masks, batch_sizes_t if packed else None, config)
 
         if packed:
             if unsorted_indices is not None:
                 h_n = h_n.index_select(1, unsorted_indices)
             return PackedSequence(output, batch_sizes_t, sorted_indices, unsorted_indices), h_n
-        output = output.view(T, N, dirs * self.hidden_size)
         if not batched:
             return output.squeeze(1), h_n.squeeze(1)
         if self.batch_first:
@@ -323,6 +328,17 @@ class RNNCell(nn.Module):
         for weight in self.parameters():
             nn.init.uniform_(weight, -stdv, stdv)
 
+    _ARGUMENTS = ("input_size", "hidden_size", "bias", "nonlinearity")
+
+    @classmethod
+    def from_torch(cls, cell: nn.RNNCell) -> RNNCell:
+        """Ours, with the same arguments, weights (copied), device, dtype and training mode."""
+        return _swapped(cls, cell, cls._ARGUMENTS)
+
+    def to_torch(self) -> nn.RNNCell:
+        """The equivalent :class:`torch.nn.RNNCell` (weights copied)."""
+        return _swapped(nn.RNNCell, self, self._ARGUMENTS)
+
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
         if self.bias is not True:
@@ -359,13 +375,40 @@ class RNNCell(nn.Module):
             )
         params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         weights = [p for p in params if p is not None]
-        config = {
-            "num_layers": 1,
-            "bidirectional": False,
-            "bias": self.bias,
-            "nonlinearity": self.nonlinearity,
-            "dropout": 0.0,
-        }
-        h, _ = run_rnn(x, hx.unsqueeze(0), weights, [N], config)
-        return h if batched else h.squeeze(0)
+        config = RNNConfig(1, False, self.bias, self.nonlinearity)
+        h, _ = rnn(x.unsqueeze(0), hx.unsqueeze(0), weights, [], None, config)  # T = 1
+        return h[0] if batched else h[0, 0]
 
+
+def _swapped(cls: type[nn.Module], module: nn.Module, arguments: tuple[str, ...]) -> nn.Module:
+    """A ``cls`` built with ``module``'s constructor arguments, holding a copy of its weights."""
+    weight = next(module.parameters())
+    new = cls(**{name: getattr(module, name) for name in arguments},
+              device=weight.device, dtype=weight.dtype)
+    new.load_state_dict(module.state_dict())
+    for p_new, p in zip(new.parameters(), module.parameters(), strict=True):  # same order
+        p_new.requires_grad_(p.requires_grad)
+    return new.train(module.training)
+
+
+_OURS = {nn.RNN: RNN, nn.RNNCell: RNNCell}
+
+
+def convert(module: nn.Module, to: str = "scratchrnn") -> nn.Module:
+    """Swap every :class:`torch.nn.RNN` / :class:`torch.nn.RNNCell` inside ``module`` for ours
+    (``to="scratchrnn"``), or every one of ours for torch's (``to="torch"``), weights kept.
+
+    The swap is in place; the module is returned (the replacement, when ``module`` itself is one).
+
+    Example:
+        >>> model = convert(nn.Sequential(nn.RNN(10, 20)))  # model[0] is a scratchrnn.RNN
+    """
+    if to not in ("scratchrnn", "torch"):
+        raise ValueError(f"to must be 'scratchrnn' or 'torch', got {to!r}")
+    if to == "scratchrnn" and type(module) in _OURS:
+        return _OURS[type(module)].from_torch(module)
+    if to == "torch" and isinstance(module, (RNN, RNNCell)):
+        return module.to_torch()
+    for name, child in module.named_children():
+        setattr(module, name, convert(child, to))
+    return module

@@ -23,7 +23,11 @@ Dropout (inverted, probability p, in training only) acts on the output of every 
 layers inside :class:`scratchrnn.RNN`, and on the last layer's output here: h̃ = h ⊙ m, dh = dh̃ ⊙ m.
 
 Each rule is an ``autograd.Function`` whose backward is the line above, so ``loss.backward()`` runs
-our code and leaves the gradients in the parameters' ``.grad``, as for any torch module.
+our code and leaves the gradients in the parameters' ``.grad``, as for any torch module. The
+backwards are written in differentiable torch operations: when a graph of the backward is wanted
+(``create_graph=True``), autograd records them, and the second derivative is autograd applied to
+these hand-written rules (the softmax's from p = softmax(y), recomputed from the saved logits).
+The Functions have no custom ``jvp``, so torch.compile and torch.export trace them whole.
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scratchrnn.core import accel
-from scratchrnn.core.autograd import guard_double_backward
 from scratchrnn.core.modules import RNN
 
 __all__ = ["CharRNN", "CharRNNConfig", "TorchCharRNN", "cross_entropy", "generate"]
@@ -47,22 +50,33 @@ __all__ = ["CharRNN", "CharRNNConfig", "TorchCharRNN", "cross_entropy", "generat
 # --------------------------------------------------------------------------------------------
 
 
+def _matmul(A: Tensor, B: Tensor) -> Tensor:
+    """A @ B: ``accel.matmul`` (oneDNN for large float32) in eager mode without a graph; torch's
+    own product when autograd must record it or a compiler traces it (oneDNN's has no derivative)."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return A @ B
+    return accel.matmul(A, B)
+
+
 class _Embedding(torch.autograd.Function):
     """x = W_emb[ids];  dW_emb = scatter-add of dx into the rows of ids."""
 
     @staticmethod
-    def forward(ctx, ids: Tensor, W_emb: Tensor) -> Tensor:
+    def forward(ids: Tensor, W_emb: Tensor) -> Tensor:
+        return W_emb[ids]  # (..., E)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ids, W_emb = inputs
         ctx.save_for_backward(ids)
         ctx.V = W_emb.shape[0]
-        return W_emb[ids]  # (..., E)
 
     @staticmethod
     def backward(ctx, dx: Tensor):
         (ids,) = ctx.saved_tensors
         E = dx.shape[-1]
-        with torch.no_grad():
-            dW_emb = dx.new_zeros(ctx.V, E).index_add_(0, ids.reshape(-1), dx.reshape(-1, E))  # (V, E)
-        return guard_double_backward((None, dW_emb), dx)
+        dW_emb = dx.new_zeros(ctx.V, E).index_add(0, ids.reshape(-1), dx.reshape(-1, E))  # (V, E)
+        return None, dW_emb
 
 
 class _Linear(torch.autograd.Function):
@@ -73,56 +87,62 @@ class _Linear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h: Tensor, W_hy: Tensor, b_y: Tensor) -> Tensor:
+    def forward(h: Tensor, W_hy: Tensor, b_y: Tensor) -> Tensor:
+        return _matmul(h, W_hy.t()).add_(b_y)  # (R, V)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        h, W_hy, _ = inputs
         ctx.save_for_backward(h, W_hy)
-        return accel.matmul(h, W_hy.t()).add_(b_y)  # (R, V)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         h, W_hy = ctx.saved_tensors
         need_h, need_W, need_b = ctx.needs_input_grad
-        with torch.no_grad():
-            dh = accel.matmul(dy, W_hy) if need_h else None  # (R, H)
-            # dyᵀ made row-major first (a small copy): oneDNN takes only dense operands
-            dW_hy = accel.matmul(dy.t().contiguous(), h) if need_W else None  # (V, H)
-            db_y = dy.sum(0) if need_b else None  # (V,)
-        return guard_double_backward((dh, dW_hy, db_y), dy, h, W_hy)
+        dh = _matmul(dy, W_hy) if need_h else None  # (R, H)
+        # dyᵀ made row-major first (a small copy): oneDNN takes only dense operands
+        dW_hy = _matmul(dy.t().contiguous(), h) if need_W else None  # (V, H)
+        db_y = dy.sum(0) if need_b else None  # (V,)
+        return dh, dW_hy, db_y
 
 
 class _SoftmaxCrossEntropy(torch.autograd.Function):
     """L = −mean_r log softmax(y_r)[c_r];  dlogits = (softmax(y) − onehot(c)) / R."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
+    def forward(logits: Tensor, targets: Tensor) -> Tensor:
         logp = torch.log_softmax(logits, 1)  # (R, V) y − log Σ_v exp(y_v), without overflow
-        ctx.save_for_backward(logp, targets)
         return -logp.gather(1, targets.unsqueeze(1)).mean()  # ()
 
     @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)  # the logits, not log p: a second derivative needs them
+
+    @staticmethod
     def backward(ctx, dloss: Tensor):
-        logp, targets = ctx.saved_tensors
-        R = logp.shape[0]
-        with torch.no_grad():
-            p = logp.exp()  # (R, V) softmax(y)
-            p[torch.arange(R), targets] -= 1  # p − onehot(c)
-            dlogits = p.mul_(dloss / R)  # (R, V)
-        return guard_double_backward((dlogits, None), dloss, logp)
+        logits, targets = ctx.saved_tensors
+        R = logits.shape[0]
+        p = torch.softmax(logits, 1)  # (R, V) softmax(y)
+        onehot = torch.zeros_like(p).scatter_(1, targets.unsqueeze(1), 1)  # (R, V)
+        dlogits = (p - onehot) * (dloss / R)  # (R, V)
+        return dlogits, None
 
 
 class _Dropout(torch.autograd.Function):
     """h̃ = h ⊙ m;  dh = dh̃ ⊙ m (m is 0 or 1 / (1 − p))."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, m: Tensor) -> Tensor:
-        ctx.save_for_backward(m)
+    def forward(h: Tensor, m: Tensor) -> Tensor:
         return h * m
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[1])
 
     @staticmethod
     def backward(ctx, dh_tilde: Tensor):
         (m,) = ctx.saved_tensors
-        with torch.no_grad():
-            dh = dh_tilde * m
-        return guard_double_backward((dh, None), dh_tilde)
+        return dh_tilde * m, None
 
 
 def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
@@ -178,7 +198,47 @@ class CharRNNConfig:
         return asdict(self)
 
 
-class CharRNN(nn.Module):
+class _CharModel(nn.Module):
+    """What :class:`CharRNN` and :class:`TorchCharRNN` share: the constructor's arguments, the
+    configuration and its properties; each builds its own parts in ``_build``."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int = 64,
+        hidden_size: int = 640,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.config = CharRNNConfig(vocab_size, embedding_dim, hidden_size, num_layers, dropout)
+        self._build(self.config)
+
+    def _build(self, config: CharRNNConfig) -> None:
+        raise NotImplementedError
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    def init_state(self, N: int) -> Tensor:
+        """Zeros, (L, N, H)."""
+        return self.head.weight.new_zeros(self.num_layers, N, self.hidden_size)
+
+    def _rnn_dropout(self) -> float:
+        """The RNN's own dropout is between layers; the last layer's output is dropped by the model."""
+        return self.config.dropout if self.config.num_layers > 1 else 0.0
+
+
+class CharRNN(_CharModel):
     r"""A character-level language model: embedding → :class:`scratchrnn.RNN` → output layer.
 
     Every gradient is hand-written: the embedding's, the output layer's and the softmax
@@ -205,44 +265,18 @@ class CharRNN(nn.Module):
         >>> logits, h = model(torch.randint(65, (10, 4)))  # (10, 4, 65), (1, 4, 32)
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        embedding_dim: int = 64,
-        hidden_size: int = 640,
-        num_layers: int = 1,
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.config = CharRNNConfig(vocab_size, embedding_dim, hidden_size, num_layers, dropout)
-        V, E, H = vocab_size, embedding_dim, hidden_size
+    def _build(self, config: CharRNNConfig) -> None:
+        V, E, H = config.vocab_size, config.embedding_dim, config.hidden_size
         # Modules as plain parameter holders (same names and init draws as TorchCharRNN's
         # nn.Embedding / nn.RNN / nn.Linear); the arithmetic is in the Functions above.
         self.embedding = nn.Module()
         if E:
             self.embedding.weight = nn.Parameter(torch.randn(V, E))  # nn.Embedding's N(0, 1)
-        # The RNN's own dropout is between layers; the last layer's output is dropped here.
-        self.rnn = RNN(self.config.input_size, H, num_layers, dropout=dropout if num_layers > 1 else 0.0)
+        self.rnn = RNN(config.input_size, H, config.num_layers, dropout=self._rnn_dropout())
         self.head = nn.Module()
         bound = 1 / math.sqrt(H)  # nn.Linear's U(−1/√H, 1/√H), weight first, then bias
         self.head.weight = nn.Parameter(torch.empty(V, H).uniform_(-bound, bound))
         self.head.bias = nn.Parameter(torch.empty(V).uniform_(-bound, bound))
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
-
-    @property
-    def num_layers(self) -> int:
-        return self.config.num_layers
-
-    def init_state(self, N: int) -> Tensor:
-        """Zeros, (L, N, H)."""
-        return self.head.weight.new_zeros(self.num_layers, N, self.hidden_size)
 
     def embed(self, ids: Tensor) -> Tensor:
         """(T, N) ids → (T, N, D) RNN input: W_emb[ids], or one-hot rows when E = 0."""
@@ -263,7 +297,7 @@ class CharRNN(nn.Module):
         return logits.view(T, N, -1), h_n
 
 
-class TorchCharRNN(nn.Module):
+class TorchCharRNN(_CharModel):
     """The same model built from torch's parts (nn.Embedding, nn.RNN, nn.Linear, autograd): the
     baseline that the benchmarks and tests compare :class:`CharRNN` with.
 
@@ -271,27 +305,13 @@ class TorchCharRNN(nn.Module):
     :class:`CharRNN`; pair it with ``F.cross_entropy`` and a ``torch.optim`` optimizer.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        embedding_dim: int = 64,
-        hidden_size: int = 640,
-        num_layers: int = 1,
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.config = CharRNNConfig(vocab_size, embedding_dim, hidden_size, num_layers, dropout)
-        V, E, H = vocab_size, embedding_dim, hidden_size
+    def _build(self, config: CharRNNConfig) -> None:
+        V, E, H = config.vocab_size, config.embedding_dim, config.hidden_size
         if E:
             self.embedding = nn.Embedding(V, E)
-        self.rnn = nn.RNN(self.config.input_size, H, num_layers, dropout=dropout if num_layers > 1 else 0.0)
-        self.drop = nn.Dropout(dropout)
+        self.rnn = nn.RNN(config.input_size, H, config.num_layers, dropout=self._rnn_dropout())
+        self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(H, V)
-
-    vocab_size = CharRNN.vocab_size
-    hidden_size = CharRNN.hidden_size
-    num_layers = CharRNN.num_layers
-    init_state = CharRNN.init_state
 
     def forward(self, ids: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.config.embedding_dim:

@@ -380,10 +380,10 @@ class Case:
         if self._batched is None:
             shape, dirs = self.shape, 2 if self.shape.bidirectional else 1
             with torch.no_grad():
-                _, _, _, layer_outputs, _ = rnn_forward(
+                layer_outputs = rnn_forward(
                     self.x.reshape(-1, shape.D), self.h0, self.ours_weights, [shape.N] * shape.T,
                     num_layers=shape.layers, bidirectional=shape.bidirectional, bias=True,
-                )
+                ).layer_outputs
             assert len(layer_outputs) == shape.layers and layer_outputs[0].shape[1] == dirs * shape.H
             self._batched = BatchedGemms(self.ours_weights, self.x, shape, layer_outputs)
         return self._batched
