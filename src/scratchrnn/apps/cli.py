@@ -142,6 +142,7 @@ def _add_lab(sub) -> None:
     )
     p.add_argument("name", choices=[*EXPERIMENTS, "all"], help="the experiment, or all of them")
     p.add_argument("--quick", action="store_true", help="tiny sizes: seconds, for smoke tests")
+    p.add_argument("--long", action="store_true", help="all: also the long experiments (longadding)")
     p.add_argument(
         "--out", type=Path, default=argparse.SUPPRESS,
         help="run folder (default: runs/lab/NAME; for all: docs/img, one folder per experiment)",
@@ -153,7 +154,7 @@ def _cmd_lab(args) -> None:
 
     if args.name == "all":
         out = getattr(args, "out", Path("docs/img"))
-        results = lab.run_all(out, quick=args.quick, progress=log.info)
+        results = lab.run_all(out, quick=args.quick, progress=log.info, long=args.long)
         for result, seconds in results:
             print(result.summary, f"\n({result.name}: {seconds:.1f} s, files in {result.out})\n")
         print(f"lab all: {sum(s for _, s in results):.1f} s; index in {out / 'lab_all.md'}")
