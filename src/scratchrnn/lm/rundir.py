@@ -49,7 +49,7 @@ from scratchrnn.lm.data import resolve_data, same_data
 from scratchrnn.lm.files import append_text, atomic_write, disk_full_said, os_error
 
 __all__ = ["LOCK_NAME", "REPLACED", "RUN_FILES", "RunDir", "RunInUseError", "changes_refused", "read_log",
-           "resume_config"]
+           "refuse", "resume_config"]
 
 log = logging.getLogger(__name__)
 
