@@ -204,7 +204,8 @@ def test_a_checkpoint_written_before_the_package_was_split_still_loads():
     assert ckpt["step"] == expected["step"]
     with torch.no_grad():
         logits, _ = model(vocab.encode(expected["text"]).unsqueeze(1))
-    assert logits[-1, 0].tolist() == expected["last_logits"]
+    # float32 rounding only: the step loop's GEMM may sum in another order than when it was saved
+    torch.testing.assert_close(logits[-1, 0], torch.tensor(expected["last_logits"]), rtol=1e-6, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------
