@@ -69,14 +69,14 @@ def _layer_rows(inner: Tensor | None, output: Tensor | None = None) -> list:
 # --------------------------------------------------------------------------------------------
 
 
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
 def _direct(*tensors: Tensor) -> bool:
     """Whether a kernel may be called as a plain function, skipping the dispatcher (its cost is
     most of a small call's time): real tensors (no FakeTensor, no subclass) and no dispatch mode
     (tracing, fake mode) active. Anything else goes through the operator."""
     return torch._C._len_torch_dispatch_stack() == 0 and all(type(t) in _PLAIN for t in tensors)
-
-
-_PLAIN = (Tensor, torch.nn.Parameter)
 
 
 def _rnn_kernel(
