@@ -195,20 +195,11 @@ def _poisoned_run(model, where: str, value: float, dtype: torch.dtype, packed: b
     return _run(model, inputs, [x], hx)
 
 
-_PYTHON_RELU_BACKWARD = pytest.mark.xfail(
-    reason="the PyTorch loop's relu backward is f'(a) * dh with f' = [h > 0], so 0 * NaN = NaN and a NaN "
-    "h gives 0, where nn.RNN's threshold_backward gives 0 where h <= 0 and dh elsewhere "
-    "(core/functional.py, owned elsewhere; the C loop does as nn.RNN)",
-    strict=False,
-)
-
-
 @needs_accel
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize(
     "nonlinearity, loop",
-    [("tanh", "C"), ("tanh", "python"), ("relu", "C"),
-     pytest.param("relu", "python", marks=_PYTHON_RELU_BACKWARD)],
+    [("tanh", "C"), ("tanh", "python"), ("relu", "C"), ("relu", "python")],
 )
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("packed", [False, True])

@@ -85,10 +85,17 @@ def _activate_(a: Tensor, nonlinearity: str) -> Tensor:
 
 
 def _activation_derivative(h: Tensor, nonlinearity: str) -> Tensor:
-    """f'(a) from the output h = f(a), as a new tensor: 1 − h² for tanh, [h > 0] for relu."""
+    """f'(a) from the output h = f(a), as a new tensor: 1 − h² for tanh; for relu, where the unit
+    passes its gradient on (h > 0, and a NaN h), as a bool mask for :func:`_times_fprime`."""
     if nonlinearity == "tanh":
         return torch.mul(h, h).neg_().add_(1)
-    return (h > 0).to(h.dtype)
+    return h.le(0).logical_not_()
+
+
+def _times_fprime(d: Tensor, fprime: Tensor) -> Tensor:
+    """d ⊙ f'(a). For relu a selection, not a product: 0 where the unit is off even if d is NaN,
+    d where it is on or h is NaN (nn.RNN's threshold rule, which 0 · NaN = NaN would break)."""
+    return d * fprime if fprime.is_floating_point() else torch.where(fprime, d, 0)
 
 
 def _processing_order(batch_sizes: Sequence[int], reverse: bool) -> list[int]:
@@ -254,7 +261,7 @@ def _bptt_steps(
             dh_next = torch.cat([carried, dh_n[carried.shape[0] : b]])
         else:
             dh_next = carried
-        da_t = (dh_steps[t] + dh_next) * fprime_steps[t]  # da_t = (dh_t + dh_next) ⊙ f'(a_t)
+        da_t = _times_fprime(dh_steps[t] + dh_next, fprime_steps[t])  # da_t = (dh_t + dh_next) ⊙ f'(a_t)
         da_steps[t] = da_t
         m_prev = min(b, sizes[order[k - 1]]) if k > 0 else 0  # rows carried on from step t − 1
         carried = da_t[:m_prev] @ W_hh if m_prev else None  # dh_next = da_t W_hh, into dh_{t-1}
@@ -461,7 +468,7 @@ def layer_jvp(
         elif b > b_prev:  # reverse direction, packed: rows b_prev..b start here, from ḣ_0
             h_dot_prev = torch.cat([h_dot_prev, h0_dot[b_prev:b]])
         a_dot_t = a_dot_steps[t] + h_dot_prev @ W_hh_T  # ȧ_t = … + ḣ_{t-1} W_hhᵀ
-        h_dot_prev = h_dot_steps[t] = fprime_steps[t] * a_dot_t  # ḣ_t = f'(a_t) ⊙ ȧ_t
+        h_dot_prev = h_dot_steps[t] = _times_fprime(a_dot_t, fprime_steps[t])  # ḣ_t = f'(a_t) ⊙ ȧ_t
     h_n_dot_pieces.append((0, h_dot_prev))
     h_n_dot = torch.cat([piece for _, piece in sorted(h_n_dot_pieces, key=lambda p: p[0])])
     return torch.cat(h_dot_steps), h_n_dot
