@@ -3,7 +3,11 @@ conftest.py). Fixtures shared by several modules live in conftest.py."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
+
+F64 = torch.float64
+ABS_TOL_F64 = 1e-10  # float64 agreement asked of the transforms (jvp, hessian, vmap, compile, export)
 
 
 def max_abs(a: Tensor, b: Tensor) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from functorch.compile import make_boxed_func
-from helpers import max_abs
+from helpers import ABS_TOL_F64, F64, max_abs
 from torch import nn
 from torch._functorch.aot_autograd import aot_module_simplified
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -17,14 +17,8 @@ from scratchrnn import RNN, RNNCell
 from scratchrnn.core import ops
 from scratchrnn.core.functional import dropout_masks
 
-pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
-    # torch's own compiler stack still calls the deprecated torch.jit.script / script_method
-    pytest.mark.filterwarnings("ignore:`torch.jit.script.*` is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-F64 = torch.float64
-ABS_TOL_F64 = 1e-10
 D, H = 3, 4
 CONFIGS = {
     "L1": {},

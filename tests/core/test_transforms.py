@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
-from helpers import max_abs
+from helpers import ABS_TOL_F64, F64, max_abs
 from torch import Tensor, nn
 from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vjp, vmap
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
@@ -19,14 +19,8 @@ from torch.utils._pytree import tree_leaves
 
 from scratchrnn import RNN, RNNCell
 
-pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
-    # torch.func.jvp's first use builds torch's own decompositions with the deprecated torch.jit.script
-    pytest.mark.filterwarnings("ignore:`torch.jit.script.*` is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-F64 = torch.float64
-ABS_TOL_F64 = 1e-10
 D, H = 3, 4
 LENGTHS = [4, 3, 3, 1]
 

@@ -12,9 +12,7 @@ from scratchrnn.lm.model import CharRNN, TorchCharRNN, cross_entropy
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
-    # torch's own compiler stack still calls the deprecated torch.jit.script / script_method
-    pytest.mark.filterwarnings("ignore:`torch.jit.script.*` is deprecated:DeprecationWarning"),
-    # and Dynamo, tracing any autograd.Function (the heads'), instantiates it, which torch deprecates
+    # Dynamo, tracing any autograd.Function (the heads'), instantiates it, which torch deprecates
     pytest.mark.filterwarnings("ignore:.*autograd.function.Function'> should not be instantiated"),
 ]
 
