@@ -699,6 +699,20 @@ def _peer_shapes(shapes: Sequence[Shape]) -> list[tuple[int, int, int, int]]:
     return [(s.T, s.N, s.D, s.H) for s in shapes if s.layers == 1 and not s.bidirectional]
 
 
+@dataclasses.dataclass
+class Measured:
+    """What one benchmark run measured, before it is written up."""
+
+    samples: Samples
+    memory: dict | None
+    peers: Sequence[str]
+    peer_results: list
+    started: datetime.datetime
+    load_before: float
+    load_after: float
+    elapsed: float  # seconds
+
+
 def run_benchmark(
     shapes: Sequence[Shape] = SHAPES,
     threads: Sequence[int] = (1, 2),
@@ -720,6 +734,13 @@ def run_benchmark(
         raise ValueError(f"thread counts must be at least 1, got {list(threads)}")
     if not shapes:
         raise ValueError("no shapes to benchmark")
+    measured = measure_all(shapes, threads, rounds, memory_shape, progress, peers)
+    return report(measured, shapes, threads, rounds, memory_shape, command)
+
+
+def measure_all(shapes: Sequence[Shape], threads: Sequence[int], rounds: int, memory_shape: Shape | None,
+                progress: Callable[[str], None] | None, peers: Sequence[str] | None) -> Measured:
+    """The timings, the memory subprocesses and the peers' processes, with the clock and the load."""
     started = datetime.datetime.now(datetime.timezone.utc)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -736,15 +757,20 @@ def run_benchmark(
     peer_results = (
         peer_bench.measure(threads, peer_shapes, peers, rounds, progress) if peers and peer_shapes else []
     )
-    elapsed = time.perf_counter() - t0
-    load_after = os.getloadavg()[0]
-    n_threads = TARGET_THREADS if TARGET_THREADS in threads else max(threads)
+    return Measured(samples, memory, peers, peer_results, started, load_before, os.getloadavg()[0],
+                    time.perf_counter() - t0)
 
+
+def report(m: Measured, shapes: Sequence[Shape], threads: Sequence[int], rounds: int,
+           memory_shape: Shape | None, command: str) -> str:
+    """The markdown report of a run: machine, method, targets, geometric means, speeds, peers, memory."""
+    n_threads = TARGET_THREADS if TARGET_THREADS in threads else max(threads)
     info = machine_info()
     info["torch threads used"] = ", ".join(map(str, threads))
-    info["load average (1 min) before / after"] = f"{load_before:.2f} / {load_after:.2f}"
-    info["date"] = started.strftime("%Y-%m-%d %H:%M UTC")
-    info["wall time of the run"] = f"{elapsed:.0f} s"
+    info["load average (1 min) before / after"] = f"{m.load_before:.2f} / {m.load_after:.2f}"
+    info["date"] = m.started.strftime("%Y-%m-%d %H:%M UTC")
+    info["wall time of the run"] = f"{m.elapsed:.0f} s"
+    checks = [*target_checks(m.samples, shapes, n_threads, m.memory), *peer_bench.peer_checks(m.peer_results)]
     parts = [
         "# Benchmark results: scratchrnn.RNN vs torch.nn.RNN, the naive loop and the GEMM floor",
         "",
@@ -762,46 +788,40 @@ def run_benchmark(
         "",
         f"## Targets (threads = {n_threads})",
         "",
-        md_table(
-            ["target", "measured", "met"],
-            [
-                [t, m, {True: "yes", False: "**no**", None: "n/a"}[ok]]
-                for t, m, ok in [*target_checks(samples, shapes, n_threads, memory),
-                                 *peer_bench.peer_checks(peer_results)]
-            ],
-        ),
+        md_table(["target", "measured", "met"],
+                 [[t, v, {True: "yes", False: "**no**", None: "n/a"}[ok]] for t, v, ok in checks]),
         "",
         "## Geometric means over the shapes",
         "",
-        geomean_table(samples, shapes, threads),
+        geomean_table(m.samples, shapes, threads),
         "",
         f"## Speed: median ms per call over {rounds} rounds",
         "",
-        speed_table(samples, shapes, threads),
+        speed_table(m.samples, shapes, threads),
         "",
     ]
-    if peer_results:
+    if m.peer_results:
         parts += [
             "## Peers: scratchrnn against JAX, torch.compile, oneDNN's fused RNN and the machine's limits",
             "",
             peer_bench.PEER_METHOD,
             "",
-            peer_bench.limits_table(peer_results),
+            peer_bench.limits_table(m.peer_results),
             "",
             f"Median ms per call over {rounds} rounds:",
             "",
-            peer_bench.peer_table(peer_results, peers),
+            peer_bench.peer_table(m.peer_results, m.peers),
             "",
-            peer_bench.compile_and_missing(peer_results),
+            peer_bench.compile_and_missing(m.peer_results),
             "",
         ]
-    if memory is not None:
+    if m.memory is not None:
         parts += [
             f"## Peak memory of one training step at {memory_shape}",
             "",
-            memory_table(memory, memory_shape),
+            memory_table(m.memory, memory_shape),
             "",
-            f"Method: {memory['nn.RNN']['method']}.",
+            f"Method: {m.memory['nn.RNN']['method']}.",
             "",
         ]
     return "\n".join(parts)
