@@ -340,3 +340,19 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(capsys, corpus, tmp_path, mo
     fails(capsys, ["train", "--data", corpus, "--out", str(tmp_path / "out"), *TINY],
           "no space left on the device to write")
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_after_a_killed_force_continues_the_earlier_run(capsys, run, tmp_path):
+    """A --force killed before the new run's first checkpoint left the old run in .replaced/:
+    --resume puts it back and carries on from its checkpoint (resume_config once read only the
+    top-level checkpoint.pt and said there was no run)."""
+    out = tmp_path / "r"
+    shutil.copytree(run, out)
+    aside = out / ".replaced"
+    aside.mkdir()
+    for name in ("checkpoint.pt", "best.pt", "config.json", "log.jsonl", "loss.png", "samples.txt"):
+        os.replace(out / name, aside / name)
+    (out / "config.json").write_text("the killed new run's")
+    assert cli.main(["train", "--out", str(out), "--resume", "--max-steps", "14"]) == 0
+    assert "step 14," in capsys.readouterr().out
+    assert not aside.exists() and torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 14

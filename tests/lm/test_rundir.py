@@ -11,7 +11,15 @@ import pytest
 
 from scratchrnn.lm.checkpoint import save_checkpoint
 from scratchrnn.lm.config import TrainConfig
-from scratchrnn.lm.rundir import LOCK_NAME, REPLACED, RunDir, RunInUseError, read_log, resume_config
+from scratchrnn.lm.rundir import (
+    LOCK_NAME,
+    REPLACED,
+    REPLACING,
+    RunDir,
+    RunInUseError,
+    read_log,
+    resume_config,
+)
 
 
 def old_run(path) -> dict[str, bytes]:
@@ -149,3 +157,17 @@ def test_resume_accepts_the_same_settings_and_names_a_change(tmp_path, monkeypat
     (tmp_path / "other.txt").write_text("text")
     with pytest.raises(ValueError, match="data cannot change"):
         resume_config(out, data="other.txt")
+
+
+def test_a_force_killed_while_moving_the_old_run_aside_loses_none_of_it(tmp_path):
+    """Killed after some of the old run's files were moved aside and before the rest: the next
+    open puts them back beside the others (once, the half-moved run was taken for a finished move
+    and the files not yet moved were deleted)."""
+    before = old_run(tmp_path)
+    moving = tmp_path / REPLACING
+    moving.mkdir()
+    os.replace(tmp_path / "checkpoint.pt", moving / "checkpoint.pt")  # the kill came after this one
+    run = RunDir(tmp_path)
+    run.open("resume")
+    run.close()
+    assert contents(tmp_path) == before and not moving.exists()

@@ -389,7 +389,6 @@ def rnn_backward(
     dh0s: list[Tensor] = [hx] * (num_layers * dirs)
     dweights: list[Tensor] = []
     dout = doutput
-    dx = None
     for layer in reversed(range(num_layers)):
         dx = None
         layer_dw: list[Tensor] = []

@@ -48,14 +48,15 @@ from scratchrnn.lm.config import RESUME_CHANGEABLE, TrainConfig
 from scratchrnn.lm.data import resolve_data, same_data
 from scratchrnn.lm.files import append_text, atomic_write, disk_full_said, os_error
 
-__all__ = ["LOCK_NAME", "REPLACED", "RUN_FILES", "RunDir", "RunInUseError", "changes_refused", "read_log",
-           "refuse", "resume_config"]
+__all__ = ["LOCK_NAME", "REPLACED", "REPLACING", "RUN_FILES", "RunDir", "RunInUseError", "changes_refused",
+           "read_log", "refuse", "resume_config"]
 
 log = logging.getLogger(__name__)
 
 RUN_FILES = ("checkpoint.pt", "config.json", "log.jsonl", "best.pt", "loss.png", "samples.txt")
 LOCK_NAME = ".lock"
 REPLACED = ".replaced"
+REPLACING = ".replaced.tmp"  # the earlier run while it is being moved aside (renamed to REPLACED once whole)
 MODES = ("new", "force", "resume")
 
 
@@ -168,7 +169,7 @@ class RunDir:
         assert mode in MODES and not self._opened, mode
         self.check_target()
         if mode == "resume":
-            if not (self.checkpoint.is_file() or (self.path / REPLACED).is_dir()):
+            if not any(p.exists() for p in (self.checkpoint, self.path / REPLACED, self.path / REPLACING)):
                 raise FileNotFoundError(f"no run to resume in {self.path} (no checkpoint.pt)")
         else:
             with disk_full_said(self.path):
@@ -249,19 +250,20 @@ class RunDir:
 
     def _foreign(self) -> list[str]:
         """The entries that are neither run files, nor the lock, nor the replaced run."""
-        own = {*RUN_FILES, LOCK_NAME, REPLACED}
+        own = {*RUN_FILES, LOCK_NAME, REPLACED, REPLACING}
         return sorted(name for name in os.listdir(self.path) if name not in own)
 
     def _put_aside(self) -> None:
         present = [name for name in RUN_FILES if (self.path / name).exists()]
         if not present:
             return
-        aside = self.path / REPLACED
-        aside.mkdir()
-        # checkpoint.pt first: a directory without one is a run that had not started cleanly,
-        # which is how _recover tells, after a kill, whether .replaced/ must be put back.
+        # Into REPLACING one file at a time, then renamed to REPLACED at once: a kill in between
+        # leaves REPLACING, whose files _recover moves back beside the ones not moved yet.
+        moving = self.path / REPLACING
+        moving.mkdir()
         for name in present:
-            os.replace(self.path / name, aside / name)
+            os.replace(self.path / name, moving / name)
+        os.replace(moving, self.path / REPLACED)
 
     def _restore(self) -> None:
         for name in RUN_FILES:
@@ -279,6 +281,13 @@ class RunDir:
         for name in os.listdir(self.path):
             if name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in RUN_FILES):
                 (self.path / name).unlink()
+        moving = self.path / REPLACING
+        if moving.is_dir():  # killed while moving the earlier run aside: all of it is the earlier run
+            for name in os.listdir(moving):
+                os.replace(moving / name, self.path / name)
+            moving.rmdir()
+            log.warning("%s: put back the earlier run that an interrupted --force was moving aside",
+                        self.path)
         if not (self.path / REPLACED).is_dir():
             return
         if self.checkpoint.exists():
@@ -369,14 +378,17 @@ def resume_config(out: str | os.PathLike, **given) -> TrainConfig:
     """
     run = RunDir(out)
     run.check_target()
-    if not run.checkpoint.is_file():
+    # After a --force killed before its first checkpoint, the run to resume is the one moved
+    # aside (RunDir.open("resume") puts it back).
+    checkpoint = run.checkpoint if run.checkpoint.is_file() else run.path / REPLACED / run.checkpoint.name
+    if not checkpoint.is_file():
         raise FileNotFoundError(f"no run to resume in {run.path} (no checkpoint.pt)")
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(given) - known)
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}; "
                          f"TrainConfig has {', '.join(sorted(known))}")
-    saved = {k: v for k, v in load_checkpoint(run.checkpoint)["train_config"].items() if k in known}
+    saved = {k: v for k, v in load_checkpoint(checkpoint)["train_config"].items() if k in known}
     refuse(changes_refused(saved, given), run.path)
     changes = {k: v for k, v in given.items() if k in RESUME_CHANGEABLE and k != "out"}
     return dataclasses.replace(TrainConfig(**saved), **changes, out=os.path.abspath(out),

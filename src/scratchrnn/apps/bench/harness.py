@@ -170,3 +170,9 @@ def fmt(v: float) -> str:
     if 1e-3 <= abs(v) < 1e4:
         return f"{v:.3g}"
     return f"{v:.2e}"
+
+
+def fmt_ms(seconds: float) -> str:
+    """A time in milliseconds for the reports' tables: 3 decimals below 1 ms, 2 below 100, else 1."""
+    ms = seconds * 1e3
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.1f}"

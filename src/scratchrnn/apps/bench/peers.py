@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from scratchrnn.apps.bench.harness import interleaved_samples, md_table, spread
+from scratchrnn.apps.bench.harness import fmt_ms, interleaved_samples, md_table, spread
 from scratchrnn.core import accel
 from scratchrnn.core.modules import RNN
 
@@ -446,11 +446,6 @@ def measure(threads: Sequence[int], shapes: Sequence[tuple[int, int, int, int]],
 # --------------------------------------------------------------------------------------------
 
 
-def _ms(seconds: float) -> str:
-    ms = seconds * 1e3
-    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.1f}"
-
-
 def _medians(cell: dict, mode: str) -> dict[str, float]:
     return {key.split("|")[0]: statistics.median(v) for key, v in cell["samples"].items()
             if key.endswith("|" + mode)}
@@ -472,7 +467,7 @@ def peer_table(results: Sequence[dict], peers: Sequence[str]) -> str:
                 worst_spread = max(spread(v) for k, v in cell["samples"].items() if k.endswith("|" + mode))
                 rows.append([
                     str(result["threads"]), str(tuple(cell["shape"])), mode,
-                    *(_ms(m[p]) if p in m else "–" for p in peers),
+                    *(fmt_ms(m[p]) if p in m else "–" for p in peers),
                     f"{others[best] / ours:.2f}× ({best})" if best and ours else "–",
                     f"{rate / 1e9:.0f}" if rate else "–",
                     f"{rate / result['fma_peak']:.0%}" if rate else "–",

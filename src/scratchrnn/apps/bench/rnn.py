@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from scratchrnn.apps.bench import peers as peer_bench
 from scratchrnn.apps.bench.harness import (
+    fmt_ms,
     interleaved_samples,
     machine_info,
     md_table,
@@ -566,11 +567,6 @@ def _geomean(values: Sequence[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
-def _ms(seconds: float) -> str:
-    ms = seconds * 1e3
-    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.1f}"
-
-
 Samples = dict[tuple[int, Shape, str, str], list[float]]
 
 
@@ -587,7 +583,7 @@ def speed_table(samples: Samples, shapes: Sequence[Shape], threads: Sequence[int
                 m = {v: statistics.median(samples[n_threads, shape, mode, v]) for v in VARIANTS}
                 noise = max(spread(samples[n_threads, shape, mode, v]) for v in VARIANTS)
                 rows.append(
-                    [str(n_threads), str(shape), mode, *(_ms(m[v]) for v in VARIANTS),
+                    [str(n_threads), str(shape), mode, *(fmt_ms(m[v]) for v in VARIANTS),
                      f"{m['nn.RNN'] / m['scratchrnn']:.2f}×", f"{m['naive'] / m['scratchrnn']:.2f}×",
                      f"{m['scratchrnn'] / m['floor']:.2f}×", f"{m['scratchrnn'] / m['batched']:.2f}×",
                      f"{noise:.0%}"]
@@ -653,7 +649,7 @@ def target_checks(
     return checks
 
 
-def memory_table(memory: dict, shape: Shape) -> str:
+def memory_table(memory: dict) -> str:
     head = ["variant", "peak above baseline (MiB)", "/ nn.RNN"]
     base = memory["nn.RNN"]["bytes"]
     rows = [
@@ -819,7 +815,7 @@ def report(m: Measured, shapes: Sequence[Shape], threads: Sequence[int], rounds:
         parts += [
             f"## Peak memory of one training step at {memory_shape}",
             "",
-            memory_table(m.memory, memory_shape),
+            memory_table(m.memory),
             "",
             f"Method: {m.memory['nn.RNN']['method']}.",
             "",
