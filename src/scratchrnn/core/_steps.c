@@ -5,8 +5,8 @@
  * Why: each step's work is small (an (N, H) x (H, H) GEMM and an elementwise pass), so in Python
  * the cost of issuing ops dominates for small N and H. Here a step costs a BLAS call and a loop.
  * BLAS (sgemm_/dgemm_) is the one PyTorch's own CPU library carries; Python hands us its addresses
- * (see accel.py), so we link nothing. tanh is our own (tanh_d below): a loop the compiler turns
- * into SIMD code, several times faster here than the scalar libm/VML tanh PyTorch calls.
+ * (see accel.py), so we link nothing. tanh is our own (tanh_f, tanh_d below): loops the compiler
+ * turns into SIMD code, several times faster here than the scalar libm/VML tanh PyTorch calls.
  *
  * Layout (as in rnn.py): time-major rows, step t holding sizes[t] rows; row-major matrices, so a
  * BLAS (column-major) call sees every matrix transposed. `ld_out` is the row stride of the output
@@ -48,9 +48,6 @@ static pack_size_f sgemm_pack_size;
 static pack_f sgemm_pack;
 static compute_f sgemm_compute;
 
-/* Up to which H the forward wants W_hh^T too (for the small kernel; the caller packs it). */
-int scratchrnn_small_max_h(void) { return SMALL_MAX_H; }
-
 void scratchrnn_init(void *s_gemm, void *d_gemm, void *pack_size, void *pack, void *compute) {
     sgemm = (gemm_f32)s_gemm;
     dgemm = (gemm_f64)d_gemm;
@@ -84,16 +81,34 @@ static void packed_gemm_f64(int rows, int H, const double *A, int lda, const dou
     (void)rows, (void)H, (void)A, (void)lda, (void)packed, (void)beta, (void)C, (void)ldc; /* never packed */
 }
 
-/* tanh in double precision, branch-free so that loops over it vectorise:
+/* tanh, branch-free so that loops over it vectorise (SIMD selects, no jumps). NaN in, NaN out
+ * (it fails every comparison and propagates through every operation, as in nn.RNN); ±inf gives
+ * ±1; the sign is copied from x last, so tanh(±0) = ±0. */
+static inline double copy_sign_d(double magnitude, double x) {
+    uint64_t m, s;
+    memcpy(&m, &magnitude, sizeof m);
+    memcpy(&s, &x, sizeof s);
+    m |= s & 0x8000000000000000u;
+    memcpy(&magnitude, &m, sizeof m);
+    return magnitude;
+}
+
+static inline float copy_sign_f(float magnitude, float x) {
+    uint32_t m, s;
+    memcpy(&m, &magnitude, sizeof m);
+    memcpy(&s, &x, sizeof s);
+    m |= s & 0x80000000u;
+    memcpy(&magnitude, &m, sizeof m);
+    return magnitude;
+}
+
+/* Double precision:
  *   tanh|x| = −m / (2 + m),  m = expm1(−2|x|)  (no cancellation near 0, no overflow),
  *   expm1(y) = 2^k (expm1(r) + 1) − 1  with  y = k ln2 + r, |r| ≤ ln2 / 2,
- * expm1(r) by its Taylor series to r^13 (truncation < 1e-17 relative). Max error: a few ulp in
- * double, so float results are correctly rounded or within one ulp. NaN in, NaN out. */
+ * expm1(r) by its Taylor series to r^13 (truncation < 1e-17 relative). Max error: a few ulp. */
 static inline double tanh_d(double x) {
     double ax = x < 0 ? -x : x;
-    /* tanh(20) rounds to 1 in double; written so that a NaN fails the test and stays NaN
-     * (it then propagates through every operation below, as in nn.RNN), and ±inf gives ±1 */
-    ax = ax > 20.0 ? 20.0 : ax;
+    ax = ax > 20.0 ? 20.0 : ax; /* tanh(20) rounds to 1 in double */
     double y = -2.0 * ax;
     double t = y * 1.4426950408889634 + 0x1.8p52; /* round(y / ln2) lands in t's low bits */
     double k = t - 0x1.8p52;
@@ -108,12 +123,42 @@ static inline double tanh_d(double x) {
     double scale;
     memcpy(&scale, &bits, sizeof scale);
     double m = scale * p + (scale - 1.0);
-    double th = -m / (2.0 + m);
-    return x < 0 ? -th : th;
+    return copy_sign_d(0.0 - m / (2.0 + m), x); /* 0 − m: +0, not −0, where m = 0 */
+}
+
+/* Single precision, in float arithmetic (16 lanes, twice the double version's throughput here):
+ *   |x| < 0.9:  tanh|x| = |x| + |x| s q(s),  s = x², q a degree-6 least-squares fit of
+ *               (tanh(x)/x − 1)/s on [0, 0.9] (relative error 1.1e-9);
+ *   |x| ≥ 0.9:  tanh|x| = 1 − 2e / (1 + e),  e = exp(−2|x|) = 2^k (expm1(r) + 1) as above, expm1(r)
+ *               to r^8 (truncation < 2e-8 relative);
+ * both computed, one selected. Checked on every third float in [0, 12]: at most 1 ulp from the
+ * correctly rounded tanh, 99.8 % of them correctly rounded (torch's float tanh: 1 ulp, 99.9 %). */
+static inline float tanh_f(float x) {
+    float ax = x < 0 ? -x : x;
+    ax = ax > 10.0f ? 10.0f : ax; /* tanh(10) rounds to 1 in float */
+    float s = ax * ax;
+    float q = -0.33333322405815125f + s * (0.13332994282245636f + s * (-0.053930383175611496f
+            + s * (0.02166707254946232f + s * (-0.008270500227808952f + s * (0.0025876935105770826f
+            + s * -0.00045713846338912845f)))));
+    float near_0 = ax + ax * s * q;
+    float y = -2.0f * ax;
+    float t = y * 1.44269504f + 0x1.8p23f; /* round(y / ln2) lands in t's low bits */
+    float k = t - 0x1.8p23f;
+    float r = (y - k * 0.693145751953125f) - k * 1.428606765330187e-06f; /* ln2 in two parts */
+    float p = r * (1.0f + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120
+            + r * (1.0f / 720 + r * (1.0f / 5040 + r * (1.0f / 40320))))))));
+    uint32_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (bits + 127) << 23; /* 2^k */
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    float e = scale * p + scale;
+    float far_from_0 = 1.0f - 2.0f * e / (1.0f + e);
+    return copy_sign_f(ax < 0.9f ? near_0 : far_from_0, x);
 }
 
 void scratchrnn_tanh_f32(int64_t n, float *a) {
-    for (int64_t i = 0; i < n; i++) a[i] = (float)tanh_d(a[i]);
+    for (int64_t i = 0; i < n; i++) a[i] = tanh_f(a[i]);
 }
 
 void scratchrnn_tanh_f64(int64_t n, double *a) {
@@ -121,26 +166,27 @@ void scratchrnn_tanh_f64(int64_t n, double *a) {
 }
 
 /* The small GEMM, C (rows x H, row stride ldc) = beta C + A (rows x H, row stride lda) @ B, with
- * B row-major (H x H) and beta 0 or 1 (0: C is not read), without BLAS: for a few rows the call
- * into BLAS costs more than the arithmetic. One block of RB rows x CB columns of C stays in
+ * beta 0 or 1 (0: C is not read), without BLAS: for a few rows the call into BLAS costs more than
+ * the arithmetic. B is the copy made by small_pack (row-major H x ldb, its rows padded with zeros
+ * to ldb, a multiple of SMALL_CB columns). One block of RB rows x CB columns of C stays in
  * registers over the whole sum (k in order, as in BLAS's own microkernel); RB and CB are
- * constants, so the j loop vectorises and the accumulators are registers: 4 x 32 (8 AVX-512
- * vectors of floats) for groups of four rows, 1 x 128 (8 vectors) for a lone row, enough
- * independent chains to hide the FMA latency. Edges (H not a multiple of CB) take the same loop
- * with run-time bounds. */
+ * constants and the padding makes every block full width, so the j loop vectorises and the
+ * accumulators are registers: 4 x 32 (8 AVX-512 vectors of floats) for groups of four rows,
+ * 1 x 128 (8 vectors) for a lone row, enough independent chains to hide the FMA latency. Only
+ * the store is cut to the nj columns that exist. (Without the padding the last, narrower block
+ * took a loop with run-time bounds that did not vectorise: at H = 100 the product was 6x slower
+ * than at H = 96.) */
+#define SMALL_CB 32
+
+static int small_ldb(int H) { return (H + SMALL_CB - 1) / SMALL_CB * SMALL_CB; }
+
 #define SMALL_BLOCK(SUFFIX, REAL, RB, CB)                                                          \
-static void block_##RB##x##CB##_##SUFFIX(int H, const REAL *A, int lda, const REAL *B, REAL beta, \
-                                         REAL *C, int ldc, int nj) {                               \
+static void block_##RB##x##CB##_##SUFFIX(int H, const REAL *A, int lda, const REAL *B, int ldb,   \
+                                         REAL beta, REAL *C, int ldc, int nj) {                    \
     REAL acc[RB][CB] = {{0}};                                                                      \
-    if (nj == CB) {                                                                                \
-        for (int k = 0; k < H; k++)                                                                \
-            for (int r = 0; r < RB; r++)                                                           \
-                for (int j = 0; j < CB; j++) acc[r][j] += A[(int64_t)r * lda + k] * B[(int64_t)k * H + j]; \
-    } else {                                                                                       \
-        for (int k = 0; k < H; k++)                                                                \
-            for (int r = 0; r < RB; r++)                                                           \
-                for (int j = 0; j < nj; j++) acc[r][j] += A[(int64_t)r * lda + k] * B[(int64_t)k * H + j]; \
-    }                                                                                              \
+    for (int k = 0; k < H; k++)                                                                    \
+        for (int r = 0; r < RB; r++)                                                               \
+            for (int j = 0; j < CB; j++) acc[r][j] += A[(int64_t)r * lda + k] * B[(int64_t)k * ldb + j]; \
     for (int r = 0; r < RB; r++)                                                                   \
         for (int j = 0; j < nj; j++)                                                               \
             C[(int64_t)r * ldc + j] = beta == 0 ? acc[r][j] : C[(int64_t)r * ldc + j] + acc[r][j]; \
@@ -149,17 +195,41 @@ static void block_##RB##x##CB##_##SUFFIX(int H, const REAL *A, int lda, const RE
 #define DEFINE_SMALL_GEMM(SUFFIX, REAL)                                                            \
 SMALL_BLOCK(SUFFIX, REAL, 4, 32)                                                                   \
 SMALL_BLOCK(SUFFIX, REAL, 1, 128)                                                                  \
+SMALL_BLOCK(SUFFIX, REAL, 1, 32)                                                                   \
+                                                                                                   \
+/* W (H x H, row-major), or W^T when `trans`, as the small kernel's B; NULL where no step of     \
+ * `min_rows` rows (the narrowest) takes the small kernel, or out of memory (BLAS then takes     \
+ * every step). Freed by free(). */                                                                \
+static REAL *small_pack_##SUFFIX(int min_rows, int H, const REAL *W, int trans) {                 \
+    if (!USE_SMALL(min_rows, H)) return NULL;                                                      \
+    int ldb = small_ldb(H);                                                                        \
+    /* 64-byte aligned, as torch's tensors: vector loads that straddle cache lines cost twice */   \
+    size_t bytes = (size_t)H * ldb * sizeof(REAL); /* a multiple of 64: ldb is of SMALL_CB */      \
+    REAL *B = aligned_alloc(64, bytes);                                                            \
+    if (!B) return NULL;                                                                           \
+    for (int k = 0; k < H; k++)                                                                    \
+        for (int j = 0; j < ldb; j++)                                                              \
+            B[(int64_t)k * ldb + j] = j >= H ? 0 : trans ? W[(int64_t)j * H + k] : W[(int64_t)k * H + j]; \
+    return B;                                                                                      \
+}                                                                                                  \
+                                                                                                   \
 static void small_gemm_##SUFFIX(int rows, int H, const REAL *A, int lda, const REAL *B, REAL beta, \
                                 REAL *C, int ldc) {                                                \
+    int ldb = small_ldb(H);                                                                        \
     int r0 = 0;                                                                                    \
     for (; r0 + 4 <= rows; r0 += 4)                                                                \
         for (int j0 = 0; j0 < H; j0 += 32)                                                         \
-            block_4x32_##SUFFIX(H, A + (int64_t)r0 * lda, lda, B + j0, beta,                       \
+            block_4x32_##SUFFIX(H, A + (int64_t)r0 * lda, lda, B + j0, ldb, beta,                  \
                                 C + (int64_t)r0 * ldc + j0, ldc, H - j0 < 32 ? H - j0 : 32);       \
-    for (; r0 < rows; r0++)                                                                        \
-        for (int j0 = 0; j0 < H; j0 += 128)                                                        \
-            block_1x128_##SUFFIX(H, A + (int64_t)r0 * lda, lda, B + j0, beta,                      \
-                                 C + (int64_t)r0 * ldc + j0, ldc, H - j0 < 128 ? H - j0 : 128);    \
+    for (; r0 < rows; r0++) {                                                                      \
+        const REAL *a = A + (int64_t)r0 * lda;                                                     \
+        REAL *c = C + (int64_t)r0 * ldc;                                                           \
+        int j0 = 0;                                                                                \
+        for (; j0 + 128 <= ldb; j0 += 128)                                                         \
+            block_1x128_##SUFFIX(H, a, lda, B + j0, ldb, beta, c + j0, ldc, H - j0 < 128 ? H - j0 : 128); \
+        for (; j0 < H; j0 += 32)                                                                   \
+            block_1x32_##SUFFIX(H, a, lda, B + j0, ldb, beta, c + j0, ldc, H - j0 < 32 ? H - j0 : 32); \
+    }                                                                                              \
 }
 
 DEFINE_SMALL_GEMM(f32, float)
@@ -168,11 +238,12 @@ DEFINE_SMALL_GEMM(f64, double)
 /* The two templates below are instantiated for float (f32) and double (f64). */
 #define DEFINE_STEPS(SUFFIX, REAL, GEMM, TANH)                                                     \
                                                                                                    \
-/* W_hh in the forms the step products read: as is (BLAS), W_hh^T row-major (the small kernel),   \
- * packed for `packed_rows`-row products (MKL's packed API; NULL without). */                    \
+/* W_hh in the forms the step products read: as is (BLAS), padded for the small kernel (W_hh^T  \
+ * in the forward, W_hh in the backward; NULL when unused), packed for `packed_rows`-row products \
+ * (MKL's packed API; NULL without). */                                                            \
 typedef struct {                                                                                   \
-    const REAL *W, *W_T;                                                                           \
-    REAL *packed;                                                                                  \
+    const REAL *W;                                                                                 \
+    REAL *small, *packed;                                                                          \
     int packed_rows;                                                                               \
 } weights_##SUFFIX;                                                                                \
                                                                                                    \
@@ -182,8 +253,8 @@ static void a_plus_h_WT_##SUFFIX(int rows, int H, const REAL *A, int lda, const 
                                  REAL *C, int ldc) {                                               \
     const REAL one = 1;                                                                            \
     if (rows <= 0) return;                                                                         \
-    if (USE_SMALL(rows, H))                                                                        \
-        small_gemm_##SUFFIX(rows, H, A, lda, w->W_T, one, C, ldc);                                 \
+    if (w->small && USE_SMALL(rows, H))                                                            \
+        small_gemm_##SUFFIX(rows, H, A, lda, w->small, one, C, ldc);                               \
     else if (w->packed && rows == w->packed_rows)                                                  \
         packed_gemm_##SUFFIX(rows, H, A, lda, w->packed, one, C, ldc);                             \
     else                                                                                           \
@@ -191,13 +262,13 @@ static void a_plus_h_WT_##SUFFIX(int rows, int H, const REAL *A, int lda, const 
 }                                                                                                  \
                                                                                                    \
 /* C (rows x H, row stride ldc) = beta C + A (rows x H, contiguous) @ W (row-major H x H);        \
- * here w->packed holds W itself. */                                                               \
+ * here w->small and w->packed hold W itself. */                                                               \
 static void da_W_##SUFFIX(int rows, int H, const REAL *A, const weights_##SUFFIX *w, REAL beta,   \
                           REAL *C, int ldc) {                                                      \
     const REAL one = 1;                                                                            \
     if (rows <= 0) return;                                                                         \
-    if (USE_SMALL(rows, H))                                                                        \
-        small_gemm_##SUFFIX(rows, H, A, H, w->W, beta, C, ldc);                                    \
+    if (w->small && USE_SMALL(rows, H))                                                            \
+        small_gemm_##SUFFIX(rows, H, A, H, w->small, beta, C, ldc);                                \
     else if (w->packed && rows == w->packed_rows)                                                  \
         packed_gemm_##SUFFIX(rows, H, A, H, w->packed, beta, C, ldc);                              \
     else                                                                                           \
@@ -224,12 +295,14 @@ static void activate_##SUFFIX(int rows, int H, REAL *a, int lda, int relu) {    
  * `offsets[t]` is the first row of step t. */                                                     \
 void scratchrnn_forward_##SUFFIX(int T, const int64_t *sizes, const int64_t *offsets, int H,      \
                                  REAL *out, int ld_out, const REAL *h0, const REAL *W_hh,          \
-                                 const REAL *W_hh_T, REAL *h_n, int reverse, int relu) {           \
+                                 REAL *h_n, int reverse, int relu) {                               \
     const REAL *h_prev = h0;                                                                       \
     int ld_prev = H;                                                                               \
     int b_prev = (int)sizes[reverse ? T - 1 : 0];                                                  \
     int N = (int)sizes[0]; /* the widest step: every step of a padded batch */                     \
-    weights_##SUFFIX w = {W_hh, W_hh_T, pack_##SUFFIX(N, H, W_hh, 1), N};                          \
+    int narrowest = (int)sizes[T - 1]; /* packed: the sizes never grow */                         \
+    weights_##SUFFIX w = {W_hh, small_pack_##SUFFIX(narrowest, H, W_hh, 1),                        \
+                          pack_##SUFFIX(N, H, W_hh, 1), N};                                        \
     for (int k = 0; k < T; k++) {                                                                  \
         int t = reverse ? T - 1 - k : k;                                                           \
         int b = (int)sizes[t];                                                                     \
@@ -248,6 +321,7 @@ void scratchrnn_forward_##SUFFIX(int T, const int64_t *sizes, const int64_t *off
     }                                                                                              \
     for (int r = 0; r < b_prev; r++)                                                               \
         for (int j = 0; j < H; j++) h_n[(int64_t)r * H + j] = h_prev[(int64_t)r * ld_prev + j];    \
+    free(w.small);                                                                                 \
     free(w.packed);                                                                                \
 }                                                                                                  \
                                                                                                    \
@@ -258,7 +332,9 @@ void scratchrnn_backward_##SUFFIX(int T, const int64_t *sizes, const int64_t *of
                                   REAL *dh, const REAL *out, int ld_out, const REAL *W_hh,         \
                                   REAL *dh0, int reverse, int relu) {                              \
     int N = (int)sizes[0];                                                                         \
-    weights_##SUFFIX w = {W_hh, W_hh, pack_##SUFFIX(N, H, W_hh, 0), N};                            \
+    int narrowest = (int)sizes[T - 1];                                                             \
+    weights_##SUFFIX w = {W_hh, small_pack_##SUFFIX(narrowest, H, W_hh, 0),                        \
+                          pack_##SUFFIX(N, H, W_hh, 0), N};                                        \
     for (int k = T - 1; k >= 0; k--) {                                                             \
         int t = reverse ? T - 1 - k : k;                                                           \
         int b = (int)sizes[t];                                                                     \
@@ -287,6 +363,7 @@ void scratchrnn_backward_##SUFFIX(int T, const int64_t *sizes, const int64_t *of
         da_W_##SUFFIX(b - carried, H, da_t + (int64_t)carried * H, &w, 0,                          \
                       dh0 + (int64_t)carried * H, H);                                              \
     }                                                                                              \
+    free(w.small);                                                                                 \
     free(w.packed);                                                                                \
 }
 

@@ -135,9 +135,7 @@ def _passes_self_test(lib: ctypes.CDLL) -> bool:
         offsets = torch.arange(T, dtype=torch.int64) * N
         h_n = torch.empty(N, H, dtype=dtype)
         forward = getattr(lib, f"scratchrnn_forward_{_suffix(a)}")
-        W_hh_T = W_hh.t().contiguous()
-        forward(T, _ptr(sizes), _ptr(offsets), H, _ptr(a), H, _ptr(h0), _ptr(W_hh), _ptr(W_hh_T), _ptr(h_n),
-                0, 0)
+        forward(T, _ptr(sizes), _ptr(offsets), H, _ptr(a), H, _ptr(h0), _ptr(W_hh), _ptr(h_n), 0, 0)
         if not (torch.allclose(a, expected, rtol=1e-5, atol=1e-6) and torch.equal(h_n, a[-N:])):
             return False
     return True
@@ -259,13 +257,10 @@ def forward_steps(out: Tensor, h0: Tensor, W_hh: Tensor, batch_sizes: Sequence[i
     H = W_hh.shape[0]
     assert out.stride(1) == 1 and h0.is_contiguous() and h_n.is_contiguous()
     W_hh = W_hh.contiguous()
-    # the small kernel (steps of a few rows) reads W_hhᵀ row-major: packed once per call here
-    small_max_h = _library().scratchrnn_small_max_h()
-    W_hh_T = W_hh.t().contiguous() if W_hh.shape[0] <= small_max_h else W_hh
     sizes, offsets = _steps(batch_sizes)
     fn = getattr(_library(), f"scratchrnn_forward_{_suffix(out)}")
     fn(len(batch_sizes), _ptr(sizes), _ptr(offsets), H, _ptr(out), out.stride(0), _ptr(h0),
-       _ptr(W_hh), _ptr(W_hh_T), _ptr(h_n), int(reverse), int(relu))
+       _ptr(W_hh), _ptr(h_n), int(reverse), int(relu))
 
 
 def backward_steps(dh: Tensor, out: Tensor, W_hh: Tensor, batch_sizes: Sequence[int],
