@@ -128,10 +128,13 @@ def layer_forward(
         reverse: run from the last step to the first (the backward direction of a bidirectional
             RNN); each sequence then starts from h0 at its own last step.
     """
-    # The input projection of all steps at once: one GEMM, into the output buffer.
-    out.copy_(accel.matmul(x, W_ih.t()))  # (rows, H): x_t W_ihᵀ
+    # The input projection of all steps at once: one GEMM that adds into the output buffer, which
+    # holds the biases first (a product and then a bias pass cost one more trip over the buffer).
     if b_ih is not None:
-        out.add_(b_ih + b_hh)  # + b_ih + b_hh
+        out.copy_((b_ih + b_hh).expand_as(out))  # (rows, H): b_ih + b_hh
+        out.addmm_(x, W_ih.t())  # + x_t W_ihᵀ
+    else:
+        out.addmm_(x, W_ih.t(), beta=0)  # x_t W_ihᵀ (beta = 0: the buffer's contents are not read)
     if accel.available_for(out, h0, W_hh):  # the same loop in C (see _steps.c)
         accel.forward_steps(out, h0.contiguous(), W_hh, batch_sizes, h_n, nonlinearity == "relu",
                              reverse)
