@@ -14,6 +14,7 @@ from chromium import find_chromium, load
 
 from scratchrnn.apps.cli import main
 from scratchrnn.apps.inspect import collect, decode_activations, render, write
+from scratchrnn.apps.inspect.data import layer_states
 from scratchrnn.apps.inspect.features import (
     FOUND_R2,
     feature_matrix,
@@ -129,6 +130,40 @@ def test_collect_shows_the_chosen_layer_of_a_stacked_model():
     with torch.no_grad():
         output, _ = model.rnn(model.embed(vocab.encode(PLAY).view(-1, 1)))
     np.testing.assert_allclose(decode_activations(last["activations"]), output[:, 0].numpy(), atol=0.5 / 127)
+
+
+def layer_by_layer(model: CharRNN, ids: torch.Tensor) -> list[np.ndarray]:
+    """Every layer's h_t, (T, H) each, by the recurrence written out step by step in float64:
+    h_t = tanh(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh), layer k reading layer k − 1's h_t."""
+    with torch.no_grad():
+        x = model.embed(ids.view(-1, 1))[:, 0].double()  # (T, D)
+    layers = []
+    for W_ih, W_hh, b_ih, b_hh in model.rnn.all_weights:
+        W_ih, W_hh, b_ih, b_hh = (w.detach().double() for w in (W_ih, W_hh, b_ih, b_hh))
+        h, out = torch.zeros(W_hh.shape[0], dtype=torch.float64), []
+        for x_t in x:
+            h = torch.tanh(x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh)
+            out.append(h)
+        x = torch.stack(out)  # (T, H): this layer's output, the next one's input
+        layers.append(x.numpy())
+    return layers
+
+
+def test_each_layer_of_a_stacked_model_is_the_layer_by_layer_computation():
+    vocab = Vocab.from_text(PLAY)
+    torch.manual_seed(2)
+    model = CharRNN(len(vocab), embedding_dim=4, hidden_size=6, num_layers=3).eval()
+    with torch.no_grad():  # weights large enough that the layers differ clearly
+        for W in model.rnn.parameters():
+            W.mul_(3)
+    want = layer_by_layer(model, vocab.encode(PLAY))
+    assert min(np.abs(a - b).max() for a in want for b in want if a is not b) > 0.5
+    for k in range(3):
+        assert layer_states(model, vocab.encode(PLAY), k).shape == (len(PLAY), 6)
+        np.testing.assert_allclose(layer_states(model, vocab.encode(PLAY), k), want[k], rtol=0, atol=1e-5)
+        shown = decode_activations(collect(model, vocab, PLAY, layer=k)["activations"])
+        np.testing.assert_allclose(shown, want[k], rtol=0, atol=0.5 / 127 + 1e-5)  # int8 on the page
+    np.testing.assert_allclose(layer_states(model, vocab.encode(PLAY), -1), want[2], rtol=0, atol=1e-5)
 
 
 def test_page_is_one_file_and_no_text_can_close_its_script():

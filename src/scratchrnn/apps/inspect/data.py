@@ -17,7 +17,7 @@ import torch
 
 from scratchrnn.apps.bench.harness import num_threads
 from scratchrnn.apps.inspect.features import find_units
-from scratchrnn.core.modules import RNN
+from scratchrnn.core.functional import rnn_forward
 from scratchrnn.lm.data import Vocab
 from scratchrnn.lm.model import CharRNN
 
@@ -42,17 +42,17 @@ def decode_activations(encoded: dict) -> np.ndarray:
 def layer_states(model: CharRNN, ids: torch.Tensor, layer: int) -> np.ndarray:
     """h_t of RNN layer ``layer`` after each character of ``ids`` (T,), from zero state: (T, H).
 
-    The stacked RNN returns its last layer's output only, so the layers up to ``layer`` run one
-    at a time, each as a one-layer scratchrnn.RNN holding that layer's weights.
+    The module returns its last layer's output only; the core's forward returns every layer's
+    (``RNNForward.layer_outputs``), so the stack runs once, with the module's own weights.
     """
-    x = model.embed(ids.view(-1, 1))  # (T, 1, D)
-    names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
-    for weights in model.rnn.all_weights[: layer + 1]:
-        H, D = weights[0].shape
-        one = RNN(D, H, bias=len(weights) == 4, nonlinearity=model.rnn.nonlinearity)
-        one.load_state_dict(dict(zip(names, weights, strict=False)))
-        x, _ = one(x)  # (T, 1, H): this layer's output, the next one's input
-    return x[:, 0].numpy()
+    rnn = model.rnn
+    x = model.embed(ids.view(-1, 1))[:, 0]  # (T, D): one stream, so the rows are the steps
+    result = rnn_forward(
+        x, model.init_state(1), [w for weights in rnn.all_weights for w in weights], [1] * len(ids),
+        num_layers=rnn.num_layers, bidirectional=rnn.bidirectional, bias=rnn.bias,
+        nonlinearity=rnn.nonlinearity,
+    )
+    return result.layer_outputs[layer].numpy()  # (T, H)
 
 
 @torch.no_grad()
