@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from chromium import find_chromium, load
+from chromium import find_chromium, load, record
 
 from scratchrnn.apps.cli import main
 from scratchrnn.apps.inspect import collect, decode_activations, render, write
@@ -198,8 +198,16 @@ def test_cli_writes_the_page_and_the_json(checkpoint, corpus, tmp_path, capsys):
     assert json.loads(inlined) == numbers  # the page holds the same data
     digest = json.loads((tmp_path / "found" / "results.json").read_text())
     assert digest["found"] == numbers["found"] and digest["units"] == 16
+    trained = torch.load(checkpoint, weights_only=False)
+    assert digest["model"] == numbers["model"] == {
+        "checkpoint": "checkpoint.pt", "hidden_size": 16, "num_layers": 2, "embedding_dim": 8,
+        "vocab_size": trained["model_config"]["vocab_size"], "step": 3,
+        "elapsed_s": trained["elapsed"], "val_loss": trained["val_loss"]}
+    assert digest["page_bytes"] == page.stat().st_size
     assert set(digest["best"]) | set(digest["not_found"]) == {f["feature"] for f in numbers["found"]}
-    assert (tmp_path / "found" / "summary.md").read_text().startswith("# inspect")
+    summary = (tmp_path / "found" / "summary.md").read_text()
+    assert summary.startswith("# inspect") and "The model: checkpoint.pt, 3 updates in " in summary
+    assert f"validation loss {trained['val_loss']:.4f} nats/char." in summary
 
 
 def test_cli_refuses_too_few_characters(checkpoint, tmp_path, capsys):
@@ -238,3 +246,19 @@ def test_page_in_headless_chromium_has_no_errors_no_requests_and_responds(tmp_pa
     assert values["scatter_points"] == 5
     pixels = matplotlib.image.imread(io.BytesIO(report.screenshot), format="png")
     assert pixels.shape[:2] == (900, 1400) and pixels[..., :3].std() > 0.05  # not blank
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="needs chromium (apt-get install chromium)")
+def test_recorded_load_timings_join_the_summary(tmp_path):
+    text = PLAY * 5
+    vocab = Vocab.from_text(text)
+    page = tmp_path / "page.html"
+    write(collect(bracket_latch_model(vocab), vocab, text), page, summary_dir=tmp_path / "found")
+    results = tmp_path / "found" / "results.json"
+    before = json.loads(results.read_text())
+    entry = record(page, results, loads=1)
+    after = json.loads(results.read_text())
+    assert after == {**before, "browser": entry}  # added, nothing else changed
+    assert entry["page_bytes"] == page.stat().st_size == before["page_bytes"]
+    assert 0 < entry["script_ms"] <= entry["load_ms"] and entry["loads"] == 1
+    assert entry["logical_cpus"] >= 1 and "Chrom" in entry["chromium"]  # Chromium or Chrome
