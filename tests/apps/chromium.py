@@ -23,11 +23,13 @@ import queue
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scratchrnn.apps.bench.harness import load_average
 from scratchrnn.core import accel
 
 TIMEOUT_S = 60.0
@@ -153,8 +155,10 @@ def load(page: str | Path, expressions: dict[str, str] | None = None, before: st
             pipe.send("Page.navigate", {"url": Path(page).resolve().as_uri()}, session=session)
             while not _note(pipe.events.get(timeout=TIMEOUT_S), report):
                 pass
-            if before:
-                pipe.send("Runtime.evaluate", {"expression": before}, session=session)
+            if before:  # a mistake in it is an error of the load, not silence
+                done = pipe.send("Runtime.evaluate", {"expression": before}, session=session)
+                if "exceptionDetails" in done:
+                    report.errors.append(done["result"].get("description", done["exceptionDetails"]["text"]))
             for name, expression in (expressions or {}).items():
                 result = pipe.send("Runtime.evaluate", {"expression": expression, "returnByValue": True},
                                    session=session)
@@ -199,6 +203,7 @@ def record(page: str | Path, results: str | Path, loads: int) -> dict:
         "cpu_family": int(cpu["cpu family"]) if cpu.get("cpu family", "").isdigit() else None,
         "cpu_model": int(cpu["model"]) if cpu.get("model", "").isdigit() else None,
         "logical_cpus": os.cpu_count(),
+        "load_average": load_average(),  # the 1, 5 and 15 min load as the timings were taken
     }
     path = Path(results)
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -216,7 +221,9 @@ if __name__ == "__main__":
     parser.add_argument("--loads", type=int, default=3, help="loads to take the median of (with --record)")
     args = parser.parse_args()
     result = load(args.page, TIMINGS, before=args.before)
-    Path(args.shot).write_bytes(result.screenshot)
     print(json.dumps({"errors": result.errors, "requests": result.requests, **result.values}, indent=1))
+    if result.errors:
+        sys.exit(f"{args.page}: the page logged errors, no screenshot written")
+    Path(args.shot).write_bytes(result.screenshot)
     if args.record:
         print(json.dumps(record(args.page, args.record, args.loads), indent=1))

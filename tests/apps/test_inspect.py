@@ -234,6 +234,7 @@ def test_page_in_headless_chromium_has_no_errors_no_requests_and_responds(tmp_pa
         " s.dispatchEvent(new MouseEvent('mousemove', {bubbles: true, clientX: 5, clientY: 5}));"
         " return document.getElementById('tip').textContent; })()",
         "scatter_points": "document.querySelectorAll('#scatter circle').length",
+        "after_show_feature": "showFeature('inside parentheses/brackets')",
     }
     report = load(page, checks)
     assert report.errors == []
@@ -243,7 +244,7 @@ def test_page_in_headless_chromium_has_no_errors_no_requests_and_responds(tmp_pa
     assert values["first_unit"] == 2  # the best found unit is shown first: the bracket latch
     assert values["after_right_arrow"] == 3 and values["after_click_on_found"] == 2
     assert "next character" in values["tip"] and "unit 2" in values["tip"]
-    assert values["scatter_points"] == 5
+    assert values["scatter_points"] == 5 and values["after_show_feature"] == 2
     pixels = matplotlib.image.imread(io.BytesIO(report.screenshot), format="png")
     assert pixels.shape[:2] == (900, 1400) and pixels[..., :3].std() > 0.05  # not blank
 
@@ -262,3 +263,5 @@ def test_recorded_load_timings_join_the_summary(tmp_path):
     assert entry["page_bytes"] == page.stat().st_size == before["page_bytes"]
     assert 0 < entry["script_ms"] <= entry["load_ms"] and entry["loads"] == 1
     assert entry["logical_cpus"] >= 1 and "Chrom" in entry["chromium"]  # Chromium or Chrome
+    # The screenshots' scripts pick a unit by feature; a name that is not there is an error.
+    assert "no unit scored for the feature" in " ".join(load(page, before="showFeature('rhyme')").errors)
