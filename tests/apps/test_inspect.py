@@ -261,7 +261,7 @@ def test_recorded_load_timings_join_the_summary(tmp_path):
     after = json.loads(results.read_text())
     assert after == {**before, "browser": entry}  # added, nothing else changed
     assert entry["page_bytes"] == page.stat().st_size == before["page_bytes"]
-    assert 0 < entry["script_ms"] <= entry["load_ms"] and entry["loads"] == 1
+    assert 0 < entry["script_ms"] <= entry["load_ms"] and entry["loads"] == 1 and entry["switch_ms"] > 0
     assert entry["logical_cpus"] >= 1 and "Chrom" in entry["chromium"]  # Chromium or Chrome
     # The screenshots' scripts pick a unit by feature; a name that is not there is an error.
     assert "no unit scored for the feature" in " ".join(load(page, before="showFeature('rhyme')").errors)
