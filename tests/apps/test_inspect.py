@@ -99,6 +99,7 @@ def test_collect_finds_the_hand_set_bracket_unit_of_a_real_model():
     assert h.shape == (len(text), 5) and np.abs(h).max() <= 1
     assert data["saturation"]["right"][2] > 0.05 and data["saturation"]["left"][2] > 0.5  # the latch
     assert sum(data["saturation"]["histogram"]["counts"]) == len(text) * 5
+    assert data["saturation"]["spectral_radius"] == pytest.approx(3.0)  # W_hh: 3 on unit 2, else 0
 
 
 def test_collect_predictions_and_surprise_match_the_model():
@@ -161,7 +162,10 @@ def test_each_layer_of_a_stacked_model_is_the_layer_by_layer_computation():
     for k in range(3):
         assert layer_states(model, vocab.encode(PLAY), k).shape == (len(PLAY), 6)
         np.testing.assert_allclose(layer_states(model, vocab.encode(PLAY), k), want[k], rtol=0, atol=1e-5)
-        shown = decode_activations(collect(model, vocab, PLAY, layer=k)["activations"])
+        data = collect(model, vocab, PLAY, layer=k)
+        shown = decode_activations(data["activations"])
+        rho = torch.linalg.eigvals(model.rnn.all_weights[k][1].detach().double()).abs().max().item()
+        assert data["saturation"]["spectral_radius"] == pytest.approx(rho)  # layer k's W_hh
         np.testing.assert_allclose(shown, want[k], rtol=0, atol=0.5 / 127 + 1e-5)  # int8 on the page
     np.testing.assert_allclose(layer_states(model, vocab.encode(PLAY), -1), want[2], rtol=0, atol=1e-5)
 

@@ -52,6 +52,7 @@ def digest(data: dict, page_bytes: int | None = None) -> dict:
         "saturation": {
             "threshold": threshold,
             "mean_slope": data["saturation"]["mean_slope"],
+            "spectral_radius": data["saturation"]["spectral_radius"],
             "mean_left": sum(left) / len(left),
             "mean_right": sum(right) / len(right),
             "units_saturated_half_the_time": sum(a + b > 0.5 for a, b in zip(left, right, strict=True)),
@@ -90,7 +91,8 @@ def summary_markdown(digest: dict) -> str:
         f"Saturation (|h| > {sat['threshold']}): on average a unit is left-saturated "
         f"{sat['mean_left']:.3f} and right-saturated {sat['mean_right']:.3f} of the time; "
         f"{sat['units_saturated_half_the_time']} units are saturated more than half the time, "
-        f"{sat['units_never_saturated']} never.",
+        f"{sat['units_never_saturated']} never. The mean of 1 − h² is {sat['mean_slope']:.3f}, "
+        f"ρ(W_hh) {sat['spectral_radius']:.3g}.",
     ]) + "\n"
 
 

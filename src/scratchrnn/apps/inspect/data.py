@@ -17,6 +17,7 @@ import torch
 
 from scratchrnn.apps.bench.harness import num_threads
 from scratchrnn.apps.inspect.features import find_units
+from scratchrnn.apps.lab.gradflow import spectral_radius
 from scratchrnn.core.functional import rnn_forward
 from scratchrnn.lm.data import Vocab
 from scratchrnn.lm.model import CharRNN
@@ -67,12 +68,14 @@ def predictions(model: CharRNN, ids: torch.Tensor) -> tuple[np.ndarray, np.ndarr
     return top_id.numpy(), top_p.numpy(), surprise.numpy()
 
 
-def saturation(h: np.ndarray) -> dict:
+def saturation(h: np.ndarray, W_hh: torch.Tensor) -> dict:
     """Per unit, the fraction of steps with h < −0.9 (left) and h > 0.9 (right); the mean of
-    tanh' = 1 − h² over all units and steps (the factor BPTT multiplies by, besides W_hh); and a
-    histogram of all the layer's activations over [−1, 1] in 40 bins."""
+    tanh' = 1 − h² over all units and steps, and ρ(W_hh), the two factors BPTT multiplies by at
+    each step back (dh_next = (dh ⊙ (1 − h²)) W_hh); and a histogram of all the layer's
+    activations over [−1, 1] in 40 bins."""
     counts, edges = np.histogram(np.clip(h, -1, 1), bins=40, range=(-1, 1))
     return {
+        "spectral_radius": spectral_radius(W_hh),
         "left": np.round((h < -SATURATED).mean(0), 4).tolist(),
         "right": np.round((h > SATURATED).mean(0), 4).tolist(),
         "threshold": SATURATED,
@@ -115,6 +118,6 @@ def _collect(model: CharRNN, vocab: Vocab, text: str, layer: int, source: str) -
         "surprise": {"step": SURPRISE_STEP,
                      "data": _b64(np.clip(np.rint(surprise / SURPRISE_STEP), 0, 255).astype(np.uint8))},
         "mean_surprise_nats": float(surprise[1:].mean()),
-        "saturation": saturation(h),
+        "saturation": saturation(h, model.rnn.all_weights[layer][1].detach()),
         "found": find_units(h, text),
     }
