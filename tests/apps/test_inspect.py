@@ -23,7 +23,7 @@ from scratchrnn.apps.inspect.features import (
     position_in_line,
     speaker_line,
 )
-from scratchrnn.lm.data import Vocab
+from scratchrnn.lm.data import Vocab, read_text
 from scratchrnn.lm.model import CharRNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,6 +68,13 @@ def test_find_units_says_when_a_feature_never_occurs():
     assert "constant" in found["inside quotes"]["reason"]
     with pytest.raises(ValueError, match="one state per character"):
         find_units(np.zeros((3, 4)), text)
+
+
+def test_the_bundled_corpus_has_no_quotes_or_brackets():
+    # The tutorial's "no score for quotes and brackets" rests on this: no unit of a model trained
+    # on tiny Shakespeare can track them, on either split (a --text with them loses them too, as
+    # the characters are not in the model's vocabulary).
+    assert not set('"()[]{}') & set(read_text(None))
 
 
 def bracket_latch_model(vocab: Vocab) -> CharRNN:
