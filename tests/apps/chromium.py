@@ -7,22 +7,29 @@ exceptions, every request the page made, timings, values of JavaScript expressio
 
 Also a tool: ``python tests/apps/chromium.py PAGE.html SHOT.png [JS]`` loads the page (running the
 optional JS first, e.g. to pick a unit), writes the screenshot and prints the load times.
+``--record RESULTS.json`` loads it ``--loads`` times (3) and adds the median timings, the page's
+size and the machine to that file's ``browser`` entry (for the tutorial's drift markers).
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import fcntl
 import json
 import os
+import platform
 import queue
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from scratchrnn.core import accel
 
 TIMEOUT_S = 60.0
 
@@ -147,8 +154,10 @@ def load(page: str | Path, expressions: dict[str, str] | None = None, before: st
             pipe.send("Page.navigate", {"url": Path(page).resolve().as_uri()}, session=session)
             while not _note(pipe.events.get(timeout=TIMEOUT_S), report):
                 pass
-            if before:
-                pipe.send("Runtime.evaluate", {"expression": before}, session=session)
+            if before:  # a mistake in it is an error of the load, not silence
+                done = pipe.send("Runtime.evaluate", {"expression": before}, session=session)
+                if "exceptionDetails" in done:
+                    report.errors.append(done["result"].get("description", done["exceptionDetails"]["text"]))
             for name, expression in (expressions or {}).items():
                 result = pipe.send("Runtime.evaluate", {"expression": expression, "returnByValue": True},
                                    session=session)
@@ -167,9 +176,57 @@ TIMINGS = {
     " return {domContentLoadedMs: n.domContentLoadedEventEnd, loadMs: n.loadEventEnd}; })()",
     "rendered": "window.inspectRendered",
 }
+# Switching to the next unit: the recolouring of every character and the layout it forces (ms).
+SWITCH = ("(() => { const t0 = performance.now(); setUnit(unit + 1); document.body.offsetHeight;"
+          " return performance.now() - t0; })()")
+
+
+def record(page: str | Path, results: str | Path, loads: int) -> dict:
+    """Load ``page`` ``loads`` times; add the median timings (ms), its size and the machine to the
+    ``browser`` entry of the JSON file ``results``; return that entry."""
+    reports = [load(page, {**TIMINGS, "switch": SWITCH}) for _ in range(loads)]
+    errors = [e for r in reports for e in r.errors]
+    if errors:
+        raise RuntimeError(f"the page logged errors: {errors}")
+
+    def median(key: str, field: str) -> float:
+        return statistics.median(r.values[key][field] for r in reports)
+
+    cpu = accel.cpu_info()
+    version = subprocess.run([find_chromium(), "--version"], capture_output=True, text=True).stdout.strip()
+    entry = {
+        "page_bytes": Path(page).stat().st_size,
+        "loads": loads,
+        "load_ms": median("timing", "loadMs"),
+        "dom_content_loaded_ms": median("timing", "domContentLoadedMs"),
+        "script_ms": median("rendered", "scriptMs"),
+        "switch_ms": statistics.median(r.values["switch"] for r in reports),
+        "chromium": version,
+        "cpu": cpu.get("model name", platform.processor()),
+        "cpu_family": int(cpu["cpu family"]) if cpu.get("cpu family", "").isdigit() else None,
+        "cpu_model": int(cpu["model"]) if cpu.get("model", "").isdigit() else None,
+        "logical_cpus": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],  # how busy the machine was (other work)
+    }
+    path = Path(results)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["browser"] = entry
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return entry
 
 
 if __name__ == "__main__":
-    result = load(sys.argv[1], TIMINGS, before=sys.argv[3] if len(sys.argv) > 3 else "")
-    Path(sys.argv[2]).write_bytes(result.screenshot)
+    parser = argparse.ArgumentParser(description="Load a page in headless Chromium, screenshot it.")
+    parser.add_argument("page")
+    parser.add_argument("shot", help="the PNG to write")
+    parser.add_argument("before", nargs="?", default="", help="JavaScript to run after the load event")
+    parser.add_argument("--record", default=None, help="results.json to add the median load timings to")
+    parser.add_argument("--loads", type=int, default=3, help="loads to take the median of (with --record)")
+    args = parser.parse_args()
+    result = load(args.page, TIMINGS, before=args.before)
     print(json.dumps({"errors": result.errors, "requests": result.requests, **result.values}, indent=1))
+    if result.errors:
+        sys.exit(f"{args.page}: the page logged errors, no screenshot written")
+    Path(args.shot).write_bytes(result.screenshot)
+    if args.record:
+        print(json.dumps(record(args.page, args.record, args.loads), indent=1))

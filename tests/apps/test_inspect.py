@@ -10,10 +10,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from chromium import find_chromium, load
+from chromium import find_chromium, load, record
 
 from scratchrnn.apps.cli import main
 from scratchrnn.apps.inspect import collect, decode_activations, render, write
+from scratchrnn.apps.inspect.data import layer_states
 from scratchrnn.apps.inspect.features import (
     FOUND_R2,
     feature_matrix,
@@ -22,7 +23,7 @@ from scratchrnn.apps.inspect.features import (
     position_in_line,
     speaker_line,
 )
-from scratchrnn.lm.data import Vocab
+from scratchrnn.lm.data import Vocab, read_text
 from scratchrnn.lm.model import CharRNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,6 +70,13 @@ def test_find_units_says_when_a_feature_never_occurs():
         find_units(np.zeros((3, 4)), text)
 
 
+def test_the_bundled_corpus_has_no_quotes_or_brackets():
+    # The tutorial's "no score for quotes and brackets" rests on this: no unit of a model trained
+    # on tiny Shakespeare can track them, on either split (a --text with them loses them too, as
+    # the characters are not in the model's vocabulary).
+    assert not set('"()[]{}') & set(read_text(None))
+
+
 def bracket_latch_model(vocab: Vocab) -> CharRNN:
     """A one-hot CharRNN whose unit 2 is a latch, h_t = tanh(3 h_{t-1} + u(c_t) − 0.5): '(' (u = 7)
     sets it near +1, ')' (u = −7) resets it near −1, and W_hh = 3 holds either in between (from
@@ -98,6 +106,7 @@ def test_collect_finds_the_hand_set_bracket_unit_of_a_real_model():
     assert h.shape == (len(text), 5) and np.abs(h).max() <= 1
     assert data["saturation"]["right"][2] > 0.05 and data["saturation"]["left"][2] > 0.5  # the latch
     assert sum(data["saturation"]["histogram"]["counts"]) == len(text) * 5
+    assert data["saturation"]["spectral_radius"] == pytest.approx(3.0)  # W_hh: 3 on unit 2, else 0
 
 
 def test_collect_predictions_and_surprise_match_the_model():
@@ -129,6 +138,43 @@ def test_collect_shows_the_chosen_layer_of_a_stacked_model():
     with torch.no_grad():
         output, _ = model.rnn(model.embed(vocab.encode(PLAY).view(-1, 1)))
     np.testing.assert_allclose(decode_activations(last["activations"]), output[:, 0].numpy(), atol=0.5 / 127)
+
+
+def layer_by_layer(model: CharRNN, ids: torch.Tensor) -> list[np.ndarray]:
+    """Every layer's h_t, (T, H) each, by the recurrence written out step by step in float64:
+    h_t = tanh(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh), layer k reading layer k − 1's h_t."""
+    with torch.no_grad():
+        x = model.embed(ids.view(-1, 1))[:, 0].double()  # (T, D)
+    layers = []
+    for W_ih, W_hh, b_ih, b_hh in model.rnn.all_weights:
+        W_ih, W_hh, b_ih, b_hh = (w.detach().double() for w in (W_ih, W_hh, b_ih, b_hh))
+        h, out = torch.zeros(W_hh.shape[0], dtype=torch.float64), []
+        for x_t in x:
+            h = torch.tanh(x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh)
+            out.append(h)
+        x = torch.stack(out)  # (T, H): this layer's output, the next one's input
+        layers.append(x.numpy())
+    return layers
+
+
+def test_each_layer_of_a_stacked_model_is_the_layer_by_layer_computation():
+    vocab = Vocab.from_text(PLAY)
+    torch.manual_seed(2)
+    model = CharRNN(len(vocab), embedding_dim=4, hidden_size=6, num_layers=3).eval()
+    with torch.no_grad():  # weights large enough that the layers differ clearly
+        for W in model.rnn.parameters():
+            W.mul_(3)
+    want = layer_by_layer(model, vocab.encode(PLAY))
+    assert min(np.abs(a - b).max() for a in want for b in want if a is not b) > 0.5
+    for k in range(3):
+        assert layer_states(model, vocab.encode(PLAY), k).shape == (len(PLAY), 6)
+        np.testing.assert_allclose(layer_states(model, vocab.encode(PLAY), k), want[k], rtol=0, atol=1e-5)
+        data = collect(model, vocab, PLAY, layer=k)
+        shown = decode_activations(data["activations"])
+        rho = torch.linalg.eigvals(model.rnn.all_weights[k][1].detach().double()).abs().max().item()
+        assert data["saturation"]["spectral_radius"] == pytest.approx(rho)  # layer k's W_hh
+        np.testing.assert_allclose(shown, want[k], rtol=0, atol=0.5 / 127 + 1e-5)  # int8 on the page
+    np.testing.assert_allclose(layer_states(model, vocab.encode(PLAY), -1), want[2], rtol=0, atol=1e-5)
 
 
 def test_page_is_one_file_and_no_text_can_close_its_script():
@@ -163,8 +209,16 @@ def test_cli_writes_the_page_and_the_json(checkpoint, corpus, tmp_path, capsys):
     assert json.loads(inlined) == numbers  # the page holds the same data
     digest = json.loads((tmp_path / "found" / "results.json").read_text())
     assert digest["found"] == numbers["found"] and digest["units"] == 16
+    trained = torch.load(checkpoint, weights_only=False)
+    assert digest["model"] == numbers["model"] == {
+        "checkpoint": "checkpoint.pt", "hidden_size": 16, "num_layers": 2, "embedding_dim": 8,
+        "vocab_size": trained["model_config"]["vocab_size"], "step": 3,
+        "elapsed_s": trained["elapsed"], "val_loss": trained["val_loss"]}
+    assert digest["page_bytes"] == page.stat().st_size
     assert set(digest["best"]) | set(digest["not_found"]) == {f["feature"] for f in numbers["found"]}
-    assert (tmp_path / "found" / "summary.md").read_text().startswith("# inspect")
+    summary = (tmp_path / "found" / "summary.md").read_text()
+    assert summary.startswith("# inspect") and "The model: checkpoint.pt, 3 updates in " in summary
+    assert f"validation loss {trained['val_loss']:.4f} nats/char." in summary
 
 
 def test_cli_refuses_too_few_characters(checkpoint, tmp_path, capsys):
@@ -191,6 +245,7 @@ def test_page_in_headless_chromium_has_no_errors_no_requests_and_responds(tmp_pa
         " s.dispatchEvent(new MouseEvent('mousemove', {bubbles: true, clientX: 5, clientY: 5}));"
         " return document.getElementById('tip').textContent; })()",
         "scatter_points": "document.querySelectorAll('#scatter circle').length",
+        "after_show_feature": "showFeature('inside parentheses/brackets')",
     }
     report = load(page, checks)
     assert report.errors == []
@@ -200,6 +255,24 @@ def test_page_in_headless_chromium_has_no_errors_no_requests_and_responds(tmp_pa
     assert values["first_unit"] == 2  # the best found unit is shown first: the bracket latch
     assert values["after_right_arrow"] == 3 and values["after_click_on_found"] == 2
     assert "next character" in values["tip"] and "unit 2" in values["tip"]
-    assert values["scatter_points"] == 5
+    assert values["scatter_points"] == 5 and values["after_show_feature"] == 2
     pixels = matplotlib.image.imread(io.BytesIO(report.screenshot), format="png")
     assert pixels.shape[:2] == (900, 1400) and pixels[..., :3].std() > 0.05  # not blank
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="needs chromium (apt-get install chromium)")
+def test_recorded_load_timings_join_the_summary(tmp_path):
+    text = PLAY * 5
+    vocab = Vocab.from_text(text)
+    page = tmp_path / "page.html"
+    write(collect(bracket_latch_model(vocab), vocab, text), page, summary_dir=tmp_path / "found")
+    results = tmp_path / "found" / "results.json"
+    before = json.loads(results.read_text())
+    entry = record(page, results, loads=1)
+    after = json.loads(results.read_text())
+    assert after == {**before, "browser": entry}  # added, nothing else changed
+    assert entry["page_bytes"] == page.stat().st_size == before["page_bytes"]
+    assert 0 < entry["script_ms"] <= entry["load_ms"] and entry["loads"] == 1 and entry["switch_ms"] > 0
+    assert entry["logical_cpus"] >= 1 and "Chrom" in entry["chromium"]  # Chromium or Chrome
+    # The screenshots' scripts pick a unit by feature; a name that is not there is an error.
+    assert "no unit scored for the feature" in " ".join(load(page, before="showFeature('rhyme')").errors)

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from scratchrnn.apps.lab.prose import check, marked_numbers, marked_tables, refresh
+from scratchrnn.apps.lab.prose import check, marked_numbers, marked_tables, refresh, refresh_files
 
 ROOT = Path(__file__).resolve().parents[2]
 IMG = ROOT / "docs" / "img"
 TUTORIALS = [ROOT / "docs" / "tutorial.md", ROOT / "docs" / "tutorial.zh.md"]
+README = ROOT / "README.md"
 
 
 @pytest.mark.parametrize("tutorial", TUTORIALS, ids=lambda p: p.name)
@@ -52,3 +53,24 @@ def test_markers_format_and_divide(tmp_path):
             "2400<!-- = exp/a/b/1 / exp/t|.0f --> updates\n\n<!-- table: exp 1 -->\n| x |\n|---|\n| 1 |\n")
     assert check(text, tmp_path) == []
     assert check(text.replace("2400", "2401"), tmp_path) == ["2401 should be 2400 (exp/a/b/1 / exp/t|.0f)"]
+
+
+def test_the_readme_numbers_are_the_measured_ones():
+    text = README.read_text(encoding="utf-8")
+    assert len([spec for _, spec in marked_numbers(text) if spec.startswith("inspect/")]) >= 6
+    assert check(text, IMG) == []
+
+
+def test_refresh_files_rewrites_the_tutorials_and_the_readme_above_them(tmp_path):
+    (tmp_path / "docs" / "img" / "exp").mkdir(parents=True)
+    (tmp_path / "docs" / "img" / "exp" / "results.json").write_text('{"x": 2.5}')
+    for path in (tmp_path / "docs" / "tutorial.md", tmp_path / "README.md"):
+        path.write_text("x is 9.9<!-- = exp/x -->.\n")
+    changed = refresh_files(tmp_path / "docs" / "img")
+    assert changed == [tmp_path / "docs" / "tutorial.md", tmp_path / "README.md"]
+    assert (tmp_path / "README.md").read_text() == "x is 2.5<!-- = exp/x -->.\n"
+    # A lab run elsewhere (runs/lab) has no tutorials beside it: nothing is rewritten.
+    (tmp_path / "runs" / "lab" / "exp").mkdir(parents=True)
+    (tmp_path / "runs" / "lab" / "exp" / "results.json").write_text('{"x": 7.0}')
+    assert refresh_files(tmp_path / "runs" / "lab") == []
+    assert (tmp_path / "README.md").read_text() == "x is 2.5<!-- = exp/x -->.\n"

@@ -19,7 +19,7 @@ from scratchrnn.apps.inspect.data import collect, decode_activations
 from scratchrnn.lm.checkpoint import load_model
 from scratchrnn.lm.data import read_text, split_text
 
-__all__ = ["add_parser", "collect", "decode_activations", "digest", "main", "render", "write"]
+__all__ = ["add_parser", "collect", "decode_activations", "describe", "digest", "main", "render", "write"]
 
 DEFAULT_CHARS = 5000
 
@@ -32,12 +32,16 @@ def render(data: dict) -> str:
     return template.replace("/*DATA*/", payload, 1)
 
 
-def digest(data: dict) -> dict:
-    """The page's findings without the per-character data: found units, saturation, surprise."""
+def digest(data: dict, page_bytes: int | None = None) -> dict:
+    """The page's findings without the per-character data: the model (when the data names its
+    checkpoint), found units, saturation, surprise; and the page's size, if given."""
     left, right = data["saturation"]["left"], data["saturation"]["right"]
     threshold = data["saturation"]["threshold"]
     return {
         "source": data["source"],
+        "model": data.get("model"),
+        "page_bytes": page_bytes,
+        "page_mb": None if page_bytes is None else page_bytes / 1e6,
         "chars": data["activations"]["chars"],
         "units": data["activations"]["units"],
         "layer": data["layer"],
@@ -48,6 +52,7 @@ def digest(data: dict) -> dict:
         "saturation": {
             "threshold": threshold,
             "mean_slope": data["saturation"]["mean_slope"],
+            "spectral_radius": data["saturation"]["spectral_radius"],
             "mean_left": sum(left) / len(left),
             "mean_right": sum(right) / len(right),
             "units_saturated_half_the_time": sum(a + b > 0.5 for a, b in zip(left, right, strict=True)),
@@ -63,12 +68,18 @@ def summary_markdown(digest: dict) -> str:
         for f in digest["found"]
         for u in f["units"][:1]
     ]
-    sat = digest["saturation"]
+    sat, model = digest["saturation"], digest.get("model")
+    trained = ""
+    if model:
+        trained = f" The model: {model['checkpoint']}, {model['step']:,} updates"
+        trained += "" if model["elapsed_s"] is None else f" in {model['elapsed_s']:.0f} s"
+        trained += "" if model["val_loss"] is None else f", validation loss {model['val_loss']:.4f} nats/char"
+        trained += "."
     return "\n".join([
         "# inspect: the units that track named features",
         "",
         f"{digest['chars']:,} characters of {digest['source']}, layer {digest['layer']}, "
-        f"{digest['units']} units.",
+        f"{digest['units']} units." + trained,
         "",
         "| feature | best unit | held-out R² | r | found |",
         "|---|---|---|---|---|",
@@ -80,7 +91,8 @@ def summary_markdown(digest: dict) -> str:
         f"Saturation (|h| > {sat['threshold']}): on average a unit is left-saturated "
         f"{sat['mean_left']:.3f} and right-saturated {sat['mean_right']:.3f} of the time; "
         f"{sat['units_saturated_half_the_time']} units are saturated more than half the time, "
-        f"{sat['units_never_saturated']} never.",
+        f"{sat['units_never_saturated']} never. The mean of 1 − h² is {sat['mean_slope']:.3f}, "
+        f"ρ(W_hh) {sat['spectral_radius']:.3g}.",
     ]) + "\n"
 
 
@@ -96,7 +108,7 @@ def write(data: dict, out: str | Path, json_out: str | Path | None = None,
     if summary_dir is not None:
         folder = Path(summary_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        found = digest(data)
+        found = digest(data, page_bytes=paths[0].stat().st_size)
         paths.append(folder / "results.json")
         paths[-1].write_text(json.dumps(found, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         paths.append(folder / "summary.md")
@@ -112,6 +124,19 @@ def passage(text_file: str | None, split: str, chars: int, known: set[str]) -> t
         train, val = split_text(read_text(None))
         text, source = (val if split == "val" else train), f"tiny Shakespeare ({split} split)"
     return "".join(c for c in text if c in known)[:chars], source
+
+
+def describe(checkpoint: dict, path: str | Path) -> dict:
+    """What the page says of the model: its checkpoint's name (not its absolute path), size, and
+    how far it trained (updates, seconds, validation loss; None where the checkpoint has none)."""
+    config = checkpoint["model_config"]
+    return {
+        "checkpoint": Path(path).name,
+        **{k: config[k] for k in ("hidden_size", "num_layers", "embedding_dim", "vocab_size")},
+        "step": checkpoint.get("step"),
+        "elapsed_s": checkpoint.get("elapsed"),
+        "val_loss": checkpoint.get("val_loss"),
+    }
 
 
 def add_parser(sub) -> None:
@@ -141,9 +166,10 @@ def main(args) -> None:
     """``scratchrnn inspect``: build the page and print where it is."""
     if args.chars < 2:
         raise ValueError(f"--chars must be at least 2, got {args.chars}")
-    model, vocab, _ = load_model(args.checkpoint)
+    model, vocab, checkpoint = load_model(args.checkpoint)
     text, source = passage(args.text, args.split, args.chars, set(vocab.chars))
-    data = collect(model, vocab, text, layer=args.layer, source=source)
+    data = {**collect(model, vocab, text, layer=args.layer, source=source),
+            "model": describe(checkpoint, args.checkpoint)}
     paths = write(data, args.out, args.json, args.summary)
     found = [f"{f['feature']}: unit {f['units'][0]['unit']} (R² {f['units'][0]['r2']:.2f})"
              for f in data["found"] if f["found"]]

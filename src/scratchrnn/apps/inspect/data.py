@@ -17,7 +17,8 @@ import torch
 
 from scratchrnn.apps.bench.harness import num_threads
 from scratchrnn.apps.inspect.features import find_units
-from scratchrnn.core.modules import RNN
+from scratchrnn.apps.lab.gradflow import spectral_radius
+from scratchrnn.core.functional import rnn_forward
 from scratchrnn.lm.data import Vocab
 from scratchrnn.lm.model import CharRNN
 
@@ -42,17 +43,17 @@ def decode_activations(encoded: dict) -> np.ndarray:
 def layer_states(model: CharRNN, ids: torch.Tensor, layer: int) -> np.ndarray:
     """h_t of RNN layer ``layer`` after each character of ``ids`` (T,), from zero state: (T, H).
 
-    The stacked RNN returns its last layer's output only, so the layers up to ``layer`` run one
-    at a time, each as a one-layer scratchrnn.RNN holding that layer's weights.
+    The module returns its last layer's output only; the core's forward returns every layer's
+    (``RNNForward.layer_outputs``), so the stack runs once, with the module's own weights.
     """
-    x = model.embed(ids.view(-1, 1))  # (T, 1, D)
-    names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
-    for weights in model.rnn.all_weights[: layer + 1]:
-        H, D = weights[0].shape
-        one = RNN(D, H, bias=len(weights) == 4, nonlinearity=model.rnn.nonlinearity)
-        one.load_state_dict(dict(zip(names, weights, strict=False)))
-        x, _ = one(x)  # (T, 1, H): this layer's output, the next one's input
-    return x[:, 0].numpy()
+    rnn = model.rnn
+    x = model.embed(ids.view(-1, 1))[:, 0]  # (T, D): one stream, so the rows are the steps
+    result = rnn_forward(
+        x, model.init_state(1), [w for weights in rnn.all_weights for w in weights], [1] * len(ids),
+        num_layers=rnn.num_layers, bidirectional=rnn.bidirectional, bias=rnn.bias,
+        nonlinearity=rnn.nonlinearity,
+    )
+    return result.layer_outputs[layer].numpy()  # (T, H)
 
 
 @torch.no_grad()
@@ -67,12 +68,14 @@ def predictions(model: CharRNN, ids: torch.Tensor) -> tuple[np.ndarray, np.ndarr
     return top_id.numpy(), top_p.numpy(), surprise.numpy()
 
 
-def saturation(h: np.ndarray) -> dict:
+def saturation(h: np.ndarray, W_hh: torch.Tensor) -> dict:
     """Per unit, the fraction of steps with h < −0.9 (left) and h > 0.9 (right); the mean of
-    tanh' = 1 − h² over all units and steps (the factor BPTT multiplies by, besides W_hh); and a
-    histogram of all the layer's activations over [−1, 1] in 40 bins."""
+    tanh' = 1 − h² over all units and steps, and ρ(W_hh), the two factors BPTT multiplies by at
+    each step back (dh_next = (dh ⊙ (1 − h²)) W_hh); and a histogram of all the layer's
+    activations over [−1, 1] in 40 bins."""
     counts, edges = np.histogram(np.clip(h, -1, 1), bins=40, range=(-1, 1))
     return {
+        "spectral_radius": spectral_radius(W_hh),
         "left": np.round((h < -SATURATED).mean(0), 4).tolist(),
         "right": np.round((h > SATURATED).mean(0), 4).tolist(),
         "threshold": SATURATED,
@@ -115,6 +118,6 @@ def _collect(model: CharRNN, vocab: Vocab, text: str, layer: int, source: str) -
         "surprise": {"step": SURPRISE_STEP,
                      "data": _b64(np.clip(np.rint(surprise / SURPRISE_STEP), 0, 255).astype(np.uint8))},
         "mean_surprise_nats": float(surprise[1:].mean()),
-        "saturation": saturation(h),
+        "saturation": saturation(h, model.rnn.all_weights[layer][1].detach()),
         "found": find_units(h, text),
     }

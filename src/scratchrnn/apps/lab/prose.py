@@ -13,7 +13,8 @@ the lab writes into ``img/<experiment>/``:
 
 :func:`check` lists every marked number or table that disagrees with the results (the tutorials'
 test runs it), and :func:`refresh` rewrites them from the results (``lab all`` runs it on the
-tutorials next to the folder it wrote, so rerunning the lab updates the prose).
+tutorials next to the folder it wrote, and the README above them, so rerunning the lab updates the
+prose).
 """
 
 from __future__ import annotations
@@ -97,10 +98,14 @@ def refresh(text: str, img: str | Path) -> str:
 
 
 def refresh_files(img: str | Path) -> list[Path]:
-    """Refresh the tutorials (``tutorial*.md``) next to the folder ``img``; the paths rewritten."""
+    """Refresh the tutorials (``tutorial*.md``) next to the folder ``img`` and, where there are
+    tutorials (``img`` is ``docs/img``), the project's README.md above them; the paths rewritten."""
     img = Path(img)
-    changed = []
-    for path in sorted(img.parent.glob("tutorial*.md")):
+    changed, targets = [], sorted(img.parent.glob("tutorial*.md"))
+    readme = img.parent.parent / "README.md"
+    if targets and readme.is_file():
+        targets.append(readme)
+    for path in targets:
         before = path.read_text(encoding="utf-8")
         after = refresh(before, img)
         if after != before:
