@@ -157,6 +157,7 @@ static inline float tanh_f(float x) {
     return copy_sign_f(ax < 0.9f ? near_0 : far_from_0, x);
 }
 
+/* The array forms, for the tests (the loops below call tanh_f and tanh_d inline). */
 void scratchrnn_tanh_f32(int64_t n, float *a) {
     for (int64_t i = 0; i < n; i++) a[i] = tanh_f(a[i]);
 }
@@ -275,27 +276,26 @@ static void da_W_##SUFFIX(int rows, int H, const REAL *A, const weights_##SUFFIX
         GEMM("N", "N", &H, &rows, &H, &one, w->W, &H, A, &H, &beta, C, &ldc);                      \
 }                                                                                                  \
                                                                                                    \
-static void activate_##SUFFIX(int rows, int H, REAL *a, int lda, int relu) {                      \
+/* a_t += bias (when given), then h_t = f(a_t), in place, row by row (a row is in L1 by now). */     \
+static void activate_##SUFFIX(int rows, int H, REAL *a, int lda, const REAL *bias, int relu) {    \
     for (int r = 0; r < rows; r++) {                                                               \
-        REAL *row = a + (int64_t)r * lda;                                                          \
-        if (relu) {                                                                                \
-            /* relu as torch's: NaN fails `< 0` and passes through (never becomes 0) */            \
-            for (int j = 0; j < H; j++) row[j] = row[j] < 0 ? 0 : row[j];                          \
-        } else if (lda == H) { /* contiguous: one call for all rows */                             \
-            TANH((int64_t)rows * H, a);                                                            \
-            return;                                                                                \
-        } else {                                                                                   \
-            TANH(H, row);                                                                          \
-        }                                                                                          \
+        REAL *a_t = a + (int64_t)r * lda;                                                          \
+        if (bias)                                                                                  \
+            for (int j = 0; j < H; j++) a_t[j] += bias[j]; /* + b_ih + b_hh */                     \
+        if (relu) /* relu as torch's: NaN fails `< 0` and passes through (never becomes 0) */      \
+            for (int j = 0; j < H; j++) a_t[j] = a_t[j] < 0 ? 0 : a_t[j];                          \
+        else                                                                                       \
+            for (int j = 0; j < H; j++) a_t[j] = TANH(a_t[j]);                                     \
     }                                                                                              \
 }                                                                                                  \
                                                                                                    \
-/* Forward. `out` already holds x_t W_ih^T + b for every row; each step adds h_{t-1} W_hh^T and   \
- * applies the nonlinearity in place. h_n (N x H, contiguous) receives each sequence's last h_t.  \
+/* Forward. `out` already holds x_t W_ih^T for every row; each step adds h_{t-1} W_hh^T and the  \
+ * bias = b_ih + b_hh (NULL: none) and applies the nonlinearity in place: the bias joins the     \
+ * pass over a_t that the nonlinearity makes anyway, instead of a pass of its own over `out`. h_n (N x H, contiguous) receives each sequence's last h_t.  \
  * `offsets[t]` is the first row of step t. */                                                     \
 void scratchrnn_forward_##SUFFIX(int T, const int64_t *sizes, const int64_t *offsets, int H,      \
                                  REAL *out, int ld_out, const REAL *h0, const REAL *W_hh,          \
-                                 REAL *h_n, int reverse, int relu) {                               \
+                                 const REAL *bias, REAL *h_n, int reverse, int relu) {             \
     const REAL *h_prev = h0;                                                                       \
     int ld_prev = H;                                                                               \
     int b_prev = (int)sizes[reverse ? T - 1 : 0];                                                  \
@@ -314,7 +314,7 @@ void scratchrnn_forward_##SUFFIX(int T, const int64_t *sizes, const int64_t *off
         /* reverse, packed: rows that start here, from h0 */                                       \
         a_plus_h_WT_##SUFFIX(b - carried, H, h0 + (int64_t)carried * H, H, &w,                     \
                              a_t + (int64_t)carried * ld_out, ld_out);                             \
-        activate_##SUFFIX(b, H, a_t, ld_out, relu);                                                \
+        activate_##SUFFIX(b, H, a_t, ld_out, bias, relu);                                          \
         h_prev = a_t;                                                                              \
         ld_prev = ld_out;                                                                          \
         b_prev = b;                                                                                \
@@ -367,5 +367,5 @@ void scratchrnn_backward_##SUFFIX(int T, const int64_t *sizes, const int64_t *of
     free(w.packed);                                                                                \
 }
 
-DEFINE_STEPS(f32, float, sgemm, scratchrnn_tanh_f32)
-DEFINE_STEPS(f64, double, dgemm, scratchrnn_tanh_f64)
+DEFINE_STEPS(f32, float, sgemm, tanh_f)
+DEFINE_STEPS(f64, double, dgemm, tanh_d)

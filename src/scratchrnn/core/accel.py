@@ -135,7 +135,7 @@ def _passes_self_test(lib: ctypes.CDLL) -> bool:
         offsets = torch.arange(T, dtype=torch.int64) * N
         h_n = torch.empty(N, H, dtype=dtype)
         forward = getattr(lib, f"scratchrnn_forward_{_suffix(a)}")
-        forward(T, _ptr(sizes), _ptr(offsets), H, _ptr(a), H, _ptr(h0), _ptr(W_hh), _ptr(h_n), 0, 0)
+        forward(T, _ptr(sizes), _ptr(offsets), H, _ptr(a), H, _ptr(h0), _ptr(W_hh), None, _ptr(h_n), 0, 0)
         if not (torch.allclose(a, expected, rtol=1e-5, atol=1e-6) and torch.equal(h_n, a[-N:])):
             return False
     return True
@@ -251,16 +251,18 @@ def _suffix(t: Tensor) -> str:
     return "f32" if t.dtype == torch.float32 else "f64"
 
 
-def forward_steps(out: Tensor, h0: Tensor, W_hh: Tensor, batch_sizes: Sequence[int],
+def forward_steps(out: Tensor, h0: Tensor, W_hh: Tensor, bias: Tensor | None, batch_sizes: Sequence[int],
                   h_n: Tensor, relu: bool, reverse: bool) -> None:
-    """The step loop of :func:`scratchrnn.core.functional.layer_forward` (``out`` holds the projection)."""
+    """The step loop of :func:`scratchrnn.core.functional.layer_forward`: ``out`` holds x_t W_ihᵀ,
+    each step adds h_{t-1} W_hhᵀ and ``bias`` (b_ih + b_hh, or None) and applies the nonlinearity."""
     H = W_hh.shape[0]
     assert out.stride(1) == 1 and h0.is_contiguous() and h_n.is_contiguous()
     W_hh = W_hh.contiguous()
+    bias = None if bias is None else bias.contiguous()
     sizes, offsets = _steps(batch_sizes)
     fn = getattr(_library(), f"scratchrnn_forward_{_suffix(out)}")
     fn(len(batch_sizes), _ptr(sizes), _ptr(offsets), H, _ptr(out), out.stride(0), _ptr(h0),
-       _ptr(W_hh), _ptr(h_n), int(reverse), int(relu))
+       _ptr(W_hh), None if bias is None else _ptr(bias), _ptr(h_n), int(reverse), int(relu))
 
 
 def backward_steps(dh: Tensor, out: Tensor, W_hh: Tensor, batch_sizes: Sequence[int],

@@ -128,17 +128,16 @@ def layer_forward(
         reverse: run from the last step to the first (the backward direction of a bidirectional
             RNN); each sequence then starts from h0 at its own last step.
     """
-    # The input projection of all steps at once: one GEMM that adds into the output buffer, which
-    # holds the biases first (a product and then a bias pass cost one more trip over the buffer).
-    if b_ih is not None:
-        out.copy_((b_ih + b_hh).expand_as(out))  # (rows, H): b_ih + b_hh
-        out.addmm_(x, W_ih.t())  # + x_t W_ihᵀ
-    else:
-        out.addmm_(x, W_ih.t(), beta=0)  # x_t W_ihᵀ (beta = 0: the buffer's contents are not read)
-    if accel.available_for(out, h0, W_hh):  # the same loop in C (see _steps.c)
-        accel.forward_steps(out, h0.contiguous(), W_hh, batch_sizes, h_n, nonlinearity == "relu",
-                             reverse)
+    # The input projection of all steps at once: one GEMM, written into the output buffer.
+    out.addmm_(x, W_ih.t(), beta=0)  # (rows, H): x_t W_ihᵀ (beta = 0: the buffer is not read)
+    bias = None if b_ih is None else b_ih + b_hh  # (H,)
+    if accel.available_for(out, h0, W_hh):  # the same loop in C (see _steps.c); it adds the bias
+        # at each step in the pass the nonlinearity makes anyway, which saves a pass over `out`
+        accel.forward_steps(out, h0.contiguous(), W_hh, bias, batch_sizes, h_n,
+                             nonlinearity == "relu", reverse)
         return
+    if bias is not None:
+        out.add_(bias)  # + b_ih + b_hh
     a_steps = out.split(list(batch_sizes))  # views: step t's (b_t, H) rows
     W_hh_T = W_hh.t()
     order = _processing_order(batch_sizes, reverse)
