@@ -332,3 +332,22 @@ def test_small_kernel_and_blas_steps_agree_with_nn_rnn_across_the_threshold(H, d
     tol = {"atol": 1e-12, "rtol": 0} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, **tol)
+
+
+@needs_accel
+@pytest.mark.skipif(not hasattr(accel._torch_cpu_library(), "mkl_set_num_threads_local_"),
+                    reason="torch without MKL: the loops keep torch's thread count")
+@pytest.mark.parametrize("N, H", [(32, 64), (64, 256)])  # N·H² below and above ONE_THREAD_MACS
+def test_small_steps_on_one_blas_thread_leave_the_thread_count_as_it_was(N, H):
+    """Small steps run BLAS on one thread for the call (mkl_set_num_threads_local); the caller's
+    thread count must be back afterwards, also for the threads torch reports and MKL uses."""
+    mkl_max_threads = accel._torch_cpu_library().mkl_get_max_threads
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = scratchrnn.RNN(8, H)
+        x = torch.randn(5, N, 8, requires_grad=True)
+        model(x)[0].sum().backward()
+        assert torch.get_num_threads() == 2 and mkl_max_threads() == 2
+    finally:
+        torch.set_num_threads(before)

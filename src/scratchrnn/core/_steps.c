@@ -42,18 +42,41 @@ typedef void (*pack_f)(int, int, int, int, int, int, float, const float *, int, 
 typedef void (*compute_f)(int, int, int, int, int, int, const float *, int, const float *, int, float,
                           float *, int);
 
+/* Steps whose product has fewer multiply-adds than this run BLAS on one thread: below it a second
+ * thread cost more in synchronisation than it gave (benchmarks/step_threads.py measures where
+ * they break even). MKL's mkl_set_num_threads_local sets it for the calling thread only, for the
+ * whole call (its Fortran-style name, which takes the count by pointer); without it (another
+ * BLAS) the loops keep torch's thread count. */
+#define ONE_THREAD_MACS (1 << 20)
+typedef int (*set_threads_f)(const int *);
+
 static gemm_f32 sgemm;
 static gemm_f64 dgemm;
 static pack_size_f sgemm_pack_size;
 static pack_f sgemm_pack;
 static compute_f sgemm_compute;
+static set_threads_f set_local_threads;
 
-void scratchrnn_init(void *s_gemm, void *d_gemm, void *pack_size, void *pack, void *compute) {
+void scratchrnn_init(void *s_gemm, void *d_gemm, void *pack_size, void *pack, void *compute,
+                     void *set_threads) {
     sgemm = (gemm_f32)s_gemm;
     dgemm = (gemm_f64)d_gemm;
     sgemm_pack_size = (pack_size_f)pack_size;
     sgemm_pack = (pack_f)pack;
     sgemm_compute = (compute_f)compute;
+    set_local_threads = (set_threads_f)set_threads;
+}
+
+/* One BLAS thread for this call's steps if they are small (see ONE_THREAD_MACS); returns what
+ * restore_threads needs to undo it. */
+static int small_steps_one_thread(int N, int H) {
+    const int one = 1;
+    if (!set_local_threads || (int64_t)N * H * H >= ONE_THREAD_MACS) return -1;
+    return set_local_threads(&one);
+}
+
+static void restore_threads(int previous) {
+    if (previous >= 0) set_local_threads(&previous); /* 0: back to the global setting */
 }
 
 /* W (H x H, row-major), or W^T when `trans`, as the B of a (rows x H) @ B product, packed; NULL
@@ -303,6 +326,7 @@ void scratchrnn_forward_##SUFFIX(int T, const int64_t *sizes, const int64_t *off
     int narrowest = (int)sizes[T - 1]; /* packed: the sizes never grow */                         \
     weights_##SUFFIX w = {W_hh, small_pack_##SUFFIX(narrowest, H, W_hh, 1),                        \
                           pack_##SUFFIX(N, H, W_hh, 1), N};                                        \
+    int threads = small_steps_one_thread(N, H);                                                    \
     for (int k = 0; k < T; k++) {                                                                  \
         int t = reverse ? T - 1 - k : k;                                                           \
         int b = (int)sizes[t];                                                                     \
@@ -321,6 +345,7 @@ void scratchrnn_forward_##SUFFIX(int T, const int64_t *sizes, const int64_t *off
     }                                                                                              \
     for (int r = 0; r < b_prev; r++)                                                               \
         for (int j = 0; j < H; j++) h_n[(int64_t)r * H + j] = h_prev[(int64_t)r * ld_prev + j];    \
+    restore_threads(threads);                                                                      \
     free(w.small);                                                                                 \
     free(w.packed);                                                                                \
 }                                                                                                  \
@@ -335,6 +360,7 @@ void scratchrnn_backward_##SUFFIX(int T, const int64_t *sizes, const int64_t *of
     int narrowest = (int)sizes[T - 1];                                                             \
     weights_##SUFFIX w = {W_hh, small_pack_##SUFFIX(narrowest, H, W_hh, 0),                        \
                           pack_##SUFFIX(N, H, W_hh, 0), N};                                        \
+    int threads = small_steps_one_thread(N, H);                                                    \
     for (int k = T - 1; k >= 0; k--) {                                                             \
         int t = reverse ? T - 1 - k : k;                                                           \
         int b = (int)sizes[t];                                                                     \
@@ -363,6 +389,7 @@ void scratchrnn_backward_##SUFFIX(int T, const int64_t *sizes, const int64_t *of
         da_W_##SUFFIX(b - carried, H, da_t + (int64_t)carried * H, &w, 0,                          \
                       dh0 + (int64_t)carried * H, H);                                              \
     }                                                                                              \
+    restore_threads(threads);                                                                      \
     free(w.small);                                                                                 \
     free(w.packed);                                                                                \
 }

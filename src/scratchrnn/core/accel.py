@@ -169,7 +169,8 @@ def _library() -> ctypes.CDLL | None:
         torch_lib = _torch_cpu_library()
         blas = [ctypes.cast(getattr(torch_lib, s), ctypes.c_void_p) for s in ("sgemm_", "dgemm_")]
         blas += [_optional_symbol(torch_lib, s)
-                 for s in ("cblas_sgemm_pack_get_size", "cblas_sgemm_pack", "cblas_sgemm_compute")]
+                 for s in ("cblas_sgemm_pack_get_size", "cblas_sgemm_pack", "cblas_sgemm_compute",
+                           "mkl_set_num_threads_local_")]
         cc = _compiler()
         target = _cache_dir() / f"steps-{_build_key(cc)}.so"
         lib = _load(target, blas) if target.exists() else None
