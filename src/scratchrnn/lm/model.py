@@ -83,7 +83,7 @@ class _Linear(torch.autograd.Function):
     """y = h W_hyᵀ + b_y;  dW_hy = dyᵀ h,  db_y = Σ_rows dy,  dh = dy W_hy.
 
     The three products are large (R·H·V multiply-adds each); ``accel.matmul`` sends them to
-    oneDNN for float32 on the CPU (about twice MKL's speed on the test machine), else torch.mm.
+    oneDNN for float32 on the CPU, else torch.mm.
     """
 
     @staticmethod
