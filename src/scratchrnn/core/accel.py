@@ -242,6 +242,10 @@ def _ptr(t: Tensor) -> ctypes.c_void_p:
 
 
 def _steps(batch_sizes: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Rows per step and each step's first row, as the int64 arrays the C loops read."""
+    T, N = len(batch_sizes), batch_sizes[0]
+    if batch_sizes[-1] == N:  # padded (sizes never grow, so all equal): no list to convert
+        return torch.full((T,), N, dtype=torch.int64), torch.arange(T, dtype=torch.int64) * N
     sizes = torch.tensor(batch_sizes, dtype=torch.int64)
     offsets = torch.zeros_like(sizes)
     torch.cumsum(sizes[:-1], 0, out=offsets[1:])
