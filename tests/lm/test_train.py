@@ -282,6 +282,16 @@ def test_extending_max_steps_keeps_the_schedule_and_says_so(corpus, tmp_path, ca
     assert all(lrs[s] == pytest.approx(floor) for s in range(11, 21))  # no jump back up the cosine
 
 
+def test_config_json_says_what_a_resumed_run_continues_with(corpus, tmp_path):
+    """A resume that raised --max-steps (or changed another allowed setting) once left config.json
+    saying the settings the run began with, while the checkpoint said the new ones."""
+    train(tiny(corpus, tmp_path, max_steps=10))
+    train(resume_config(tmp_path, max_steps=20, log_interval=5), resume=True)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["train"]["max_steps"] == 20 and written["train"]["log_interval"] == 5
+    assert written["train"] == load_checkpoint(tmp_path / "checkpoint.pt")["train_config"]
+
+
 def test_resuming_a_finished_run_says_so(corpus, tmp_path):
     train(tiny(corpus, tmp_path, max_steps=10))
     with pytest.raises(ValueError, match=r"is finished \(step 10, .*\); pass a --max-steps above 10"):

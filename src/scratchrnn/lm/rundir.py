@@ -2,7 +2,8 @@
 
 A run directory holds::
 
-    config.json      the TrainConfig (paths absolute) and the model's configuration
+    config.json      the TrainConfig (paths absolute) and the model's configuration; a resume
+                     rewrites it with the settings the run continues with
     log.jsonl        one JSON record per log interval (train loss) and per evaluation (val loss)
     checkpoint.pt    the latest state: enough to resume exactly (see scratchrnn.lm.checkpoint)
     best.pt          the state with the lowest validation loss so far

@@ -342,7 +342,9 @@ class Trainer:
     def _prepare_files(self, ckpt: dict | None) -> None:
         if ckpt is not None:
             self.files.truncate_log(self.step)
-            return
+        # Resumed too (once the checkpoint has been restored): a resume may change the stopping
+        # rule or the output's cadence, and config.json says what the run continues with, as the
+        # checkpoints it writes from here on do.
         self.files.write_config({
             "train": asdict(self.config), "model": self.model.config.to_dict(),
             "vocab_size": len(self.corpus.vocab), "torch": torch.__version__,
