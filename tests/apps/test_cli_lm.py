@@ -4,6 +4,7 @@ clear error line and exit status 2, with nothing overwritten."""
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import shutil
@@ -342,10 +343,10 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(capsys, corpus, tmp_path, mo
     assert not (tmp_path / "out").exists()
 
 
-def test_resume_after_a_killed_force_continues_the_earlier_run(capsys, run, tmp_path):
+def test_resume_after_a_killed_force_continues_the_earlier_run(capsys, run, tmp_path, monkeypatch):
     """A --force killed before the new run's first checkpoint left the old run in .replaced/:
     --resume puts it back and carries on from its checkpoint (resume_config once read only the
-    top-level checkpoint.pt and said there was no run)."""
+    top-level checkpoint.pt and said there was no run), read once: moved back, it is the same file."""
     out = tmp_path / "r"
     shutil.copytree(run, out)
     aside = out / ".replaced"
@@ -353,6 +354,24 @@ def test_resume_after_a_killed_force_continues_the_earlier_run(capsys, run, tmp_
     for name in ("checkpoint.pt", "best.pt", "config.json", "log.jsonl", "loss.png", "samples.txt"):
         os.replace(out / name, aside / name)
     (out / "config.json").write_text("the killed new run's")
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: loads.append(1) or real_load(*a, **kw))
     assert cli.main(["train", "--out", str(out), "--resume", "--max-steps", "14"]) == 0
-    assert "step 14," in capsys.readouterr().out
+    assert "step 14," in capsys.readouterr().out and len(loads) == 1
+    monkeypatch.undo()
     assert not aside.exists() and torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 14
+
+
+def test_resume_reads_the_checkpoint_once_and_rewrites_config_json(capsys, run, tmp_path, monkeypatch):
+    """A CLI resume once read checkpoint.pt twice (its settings, then its state), and left
+    config.json saying the --max-steps the run began with."""
+    out = copy_of(run, tmp_path)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: loads.append(1) or real_load(*a, **kw))
+    assert cli.main(["train", "--out", str(out), "--resume", "--max-steps", "14"]) == 0
+    assert len(loads) == 1
+    monkeypatch.undo()
+    assert json.loads((out / "config.json").read_text())["train"]["max_steps"] == 14
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["train_config"]["max_steps"] == 14

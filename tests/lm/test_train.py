@@ -26,6 +26,7 @@ from scratchrnn.lm.train import (
     learning_rate,
     load_checkpoint,
     load_model,
+    read_run,
     resume_config,
     train,
 )
@@ -290,6 +291,27 @@ def test_config_json_says_what_a_resumed_run_continues_with(corpus, tmp_path):
     written = json.loads((tmp_path / "config.json").read_text())
     assert written["train"]["max_steps"] == 20 and written["train"]["log_interval"] == 5
     assert written["train"] == load_checkpoint(tmp_path / "checkpoint.pt")["train_config"]
+
+
+def test_a_checkpoint_read_before_the_lock_is_used_only_if_it_is_still_the_file(corpus, tmp_path,
+                                                                               monkeypatch):
+    """Trainer(saved=read_run(...)) does not read the checkpoint again, unless another process
+    has rewritten it since (then the state read would be stale: it reads the new one)."""
+    train(tiny(corpus, tmp_path, max_steps=10))
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: loads.append(1) or real_load(*a, **kw))
+    saved = read_run(tmp_path, max_steps=20)
+    assert len(loads) == 1 and saved.config.max_steps == 20 and saved.checkpoint["step"] == 10
+    trainer = Trainer(saved.config, resume=True, saved=saved)
+    assert len(loads) == 1 and trainer.step == 10
+    trainer.run()
+    saved = read_run(tmp_path, max_steps=30)
+    train(resume_config(tmp_path, max_steps=25), resume=True)  # another process, meanwhile
+    loads.clear()
+    result = Trainer(saved.config, resume=True, saved=saved).run()
+    assert len(loads) == 1 and result.step == 30
+    assert records(tmp_path, "train_loss").keys() == set(range(1, 31))
 
 
 def test_resuming_a_finished_run_says_so(corpus, tmp_path):

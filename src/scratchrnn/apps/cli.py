@@ -219,6 +219,14 @@ def _add_train(sub) -> None:
                    "them; gloo between CPU processes)")
 
 
+def _read_run(into: dict, out: str, given: dict) -> TrainConfig:
+    """The settings to resume the run in ``out`` with; what was read is left in ``into["run"]``."""
+    from scratchrnn.lm import train
+
+    into["run"] = train.read_run(out, **given)
+    return into["run"].config
+
+
 def _cmd_train(args) -> None:
     from scratchrnn.lm import distributed, train
 
@@ -227,12 +235,16 @@ def _cmd_train(args) -> None:
     with distributed.launched(args.device) as world:
         if not world.is_main:  # rank 0 reports; the others stay quiet but for their own errors
             logging.getLogger().setLevel(logging.ERROR)
+        read: dict = {}  # rank 0's SavedRun: the Trainer restores from it rather than read it again
         if args.resume:  # the saved settings, with the flags given on this command line
             out = given.pop("out", TrainConfig.out)
-            config = world.on_main(train.resume_config, out, **given)
+            config = world.on_main(_read_run, read, out, given)  # only the settings go to the ranks
         else:
             config = TrainConfig(**given)
-        result = train.Trainer(config, resume=args.resume, force=args.force, world=world).run()
+        # popped, not kept: the checkpoint's tensors are not held for the rest of the run
+        trainer = train.Trainer(config, resume=args.resume, force=args.force, world=world,
+                                saved=read.pop("run", None))
+        result = trainer.run()
     if world.is_main:
         val = "n/a"
         if result.val_loss is not None:

@@ -22,8 +22,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["DiskFullError", "append_text", "atomic_write", "disk_full_said", "file_mode", "os_error",
-           "read_regular", "stat_error"]
+__all__ = ["DiskFullError", "append_text", "atomic_write", "disk_full_said", "file_mode", "file_version",
+           "os_error", "read_regular", "stat_error"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -79,6 +79,18 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def file_version(path: str | os.PathLike) -> tuple[int, int, int, int] | None:
+    """Which version of ``path`` is there now: (device, inode, size, mtime in ns), None if it cannot
+    be stat'ed. :func:`atomic_write` makes a new inode each time, so a rewrite changes it; a rename
+    (as of a run moved back from ``.replaced/``) keeps it. Take it *before* reading the file: a
+    rewrite in between then shows as a change, never as the same version."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def append_text(path: str | os.PathLike, text: str) -> None:

@@ -41,16 +41,16 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from scratchrnn.lm.checkpoint import load_checkpoint
 from scratchrnn.lm.config import RESUME_CHANGEABLE, TrainConfig
 from scratchrnn.lm.data import resolve_data, same_data
-from scratchrnn.lm.files import append_text, atomic_write, disk_full_said, os_error
+from scratchrnn.lm.files import append_text, atomic_write, disk_full_said, file_version, os_error
 
-__all__ = ["LOCK_NAME", "REPLACED", "REPLACING", "RUN_FILES", "RunDir", "RunInUseError", "changes_refused",
-           "read_log", "refuse", "resume_config"]
+__all__ = ["LOCK_NAME", "REPLACED", "REPLACING", "RUN_FILES", "RunDir", "RunInUseError", "SavedRun",
+           "changes_refused", "read_log", "read_run", "refuse", "resume_config"]
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +369,16 @@ def refuse(refused: list[tuple[str, object, object]], run_dir: str | os.PathLike
                          f"only {', '.join(RESUME_CHANGEABLE)} can")
 
 
+@dataclass(frozen=True)
+class SavedRun:
+    """What :func:`read_run` read: the settings to resume with, the checkpoint, and which
+    version of the file it was (see :func:`scratchrnn.lm.files.file_version`)."""
+
+    config: TrainConfig
+    checkpoint: dict
+    version: tuple[int, int, int, int] | None
+
+
 def resume_config(out: str | os.PathLike, **given) -> TrainConfig:
     """The settings of the run saved in ``out``, with ``given`` applied; pass it to
     ``train(..., resume=True)``.
@@ -377,6 +387,12 @@ def resume_config(out: str | os.PathLike, **given) -> TrainConfig:
     same ``data``); one of :data:`RESUME_CHANGEABLE` (the stopping rule, the output's cadence)
     replaces the saved one; any other real change is refused with a ValueError naming it.
     """
+    return read_run(out, **given).config
+
+
+def read_run(out: str | os.PathLike, **given) -> SavedRun:
+    """As :func:`resume_config`, but keeping the checkpoint it read: pass the result to
+    ``Trainer(saved.config, resume=True, saved=saved)``, which then does not read it again."""
     run = RunDir(out)
     run.check_target()
     # After a --force killed before its first checkpoint, the run to resume is the one moved
@@ -389,8 +405,11 @@ def resume_config(out: str | os.PathLike, **given) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}; "
                          f"TrainConfig has {', '.join(sorted(known))}")
-    saved = {k: v for k, v in load_checkpoint(checkpoint)["train_config"].items() if k in known}
+    version = file_version(checkpoint)  # before the read: a rewrite during it shows as a change
+    ckpt = load_checkpoint(checkpoint)
+    saved = {k: v for k, v in ckpt["train_config"].items() if k in known}
     refuse(changes_refused(saved, given), run.path)
     changes = {k: v for k, v in given.items() if k in RESUME_CHANGEABLE and k != "out"}
-    return dataclasses.replace(TrainConfig(**saved), **changes, out=os.path.abspath(out),
-                               data=resolve_data(saved.get("data")))
+    config = dataclasses.replace(TrainConfig(**saved), **changes, out=os.path.abspath(out),
+                                 data=resolve_data(saved.get("data")))
+    return SavedRun(config, ckpt, version)

@@ -57,8 +57,9 @@ from scratchrnn.lm.config import TrainConfig
 from scratchrnn.lm.data import StreamBatches, Vocab, load_corpus, resolve_data
 from scratchrnn.lm.distributed import STOP_SIGNALS, World
 from scratchrnn.lm.evaluation import NATS_TO_BITS, Evaluation, eval_batches, evaluate, evaluate_checkpoint
+from scratchrnn.lm.files import file_version
 from scratchrnn.lm.model import CharRNN, TorchCharRNN, cross_entropy, generate
-from scratchrnn.lm.rundir import RunDir, changes_refused, read_log, refuse, resume_config
+from scratchrnn.lm.rundir import RunDir, SavedRun, changes_refused, read_log, read_run, refuse, resume_config
 from scratchrnn.lm.schedule import Schedule, learning_rate, resumed_schedule
 
 __all__ = [
@@ -77,6 +78,7 @@ __all__ = [
     "load_model",
     "make_backend",
     "read_log",
+    "read_run",
     "resume_config",
     "sample_text",
     "train",
@@ -159,9 +161,19 @@ def check_memory(config: TrainConfig, vocab_size: int, world: World) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _open_run(files: RunDir, world: World, config: TrainConfig, resume: bool, force: bool):
-    """Check the settings, read the text (and the checkpoint), open the run directory; returns
-    (config with absolute paths, checkpoint or None, corpus, schedule). Run by rank 0 alone."""
+def _resumed_checkpoint(files: RunDir, saved: SavedRun | None) -> dict:
+    """The checkpoint of the locked run directory: the one ``saved`` holds if the file is still
+    the version it was read from (another process may have carried the run on meanwhile)."""
+    if saved is not None and saved.version is not None and saved.version == file_version(files.checkpoint):
+        return saved.checkpoint
+    return load_checkpoint(files.checkpoint)
+
+
+def _open_run(files: RunDir, world: World, config: TrainConfig, resume: bool, force: bool,
+              saved: SavedRun | None):
+    """Check the settings, read the text (and the checkpoint, unless ``saved`` holds it), open the
+    run directory; returns (config with absolute paths, checkpoint or None, corpus, schedule). Run
+    by rank 0 alone."""
     config = dataclasses.replace(config, data=resolve_data(config.data), out=os.fspath(files.path))
     config.validate()
     world.check_batch_size(config.batch_size)
@@ -170,7 +182,7 @@ def _open_run(files: RunDir, world: World, config: TrainConfig, resume: bool, fo
     schedule = Schedule(config.max_steps, config.time_budget)
     if resume:
         files.open("resume")
-        ckpt = load_checkpoint(files.checkpoint)
+        ckpt = _resumed_checkpoint(files, saved)
         refuse(changes_refused(ckpt["train_config"], asdict(config)), files.path)
         schedule = resumed_schedule(config, ckpt, files.path)
     corpus = load_corpus(config.data, Vocab(ckpt["vocab"]) if ckpt else None)
@@ -303,6 +315,10 @@ class Trainer:
         world: the data-parallel world this process belongs to (default: the one
             :func:`scratchrnn.lm.distributed.init` joined, else one process). ``batch_size`` is the
             global number of streams; each rank trains on its share of them.
+        saved: with ``resume``, what :func:`read_run` read (on rank 0; the other ranks pass None),
+            so that the checkpoint is not read a second time. It is used only if checkpoint.pt is
+            still the file it was read from once the run directory is locked; else the file is
+            read again.
 
     Nothing in the run directory is touched until the settings and the data have been checked.
     Rank 0 alone reads the text and the checkpoint and writes the run directory; the other ranks
@@ -310,14 +326,14 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, resume: bool = False, force: bool = False,
-                 world: World | None = None) -> None:
+                 world: World | None = None, saved: SavedRun | None = None) -> None:
         if resume and force:
             raise ValueError("--resume and --force exclude each other")
         self.world = world = world or distributed.current()
         self.files = RunDir(os.path.abspath(config.out))
         try:
             self.config, ckpt, self.corpus, self.schedule = world.on_main(
-                _open_run, self.files, world, config, resume, force)
+                _open_run, self.files, world, config, resume, force, saved)
             self.run_dir = Path(self.config.out)
             N, T = self.config.batch_size, self.config.seq_len
             self.batches = StreamBatches(self.corpus.train, N, T, "the training split").select(
