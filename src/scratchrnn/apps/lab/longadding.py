@@ -145,6 +145,7 @@ def ms_per_update(results: dict) -> dict[str, float]:
 def plot(results: dict, best: dict, cfg: dict, out: Path) -> Path:
     """Validation MSE against updates: a row per arm, a column per T, each init at its best lr."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     lengths = sorted({int(T) for per_T in results.values() for T in per_T})
     fig = Figure(figsize=(4.6 * len(lengths), 3.8 * len(results)), layout="constrained")
@@ -167,6 +168,7 @@ def plot(results: dict, best: dict, cfg: dict, out: Path) -> Path:
             ax.set_title(f"T = {T}, {ARM_TITLES.get(name, name)}", fontsize=10)
             ax.set_xlabel(f"update (batch of {cfg['train']['batch_size']} sequences)")
             ax.set_ylabel("validation MSE (log scale)")
+            ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))  # 40000 and its neighbours overlap
             ax.grid(True, which="major", alpha=0.3)
         next(ax for ax in row if ax.axison).legend(fontsize=7, loc="lower left")
     fig.suptitle(f"Adding problem, H = {cfg['train']['hidden_size']}, global-norm clipping")
