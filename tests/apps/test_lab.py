@@ -114,18 +114,88 @@ def test_adding_numbers_are_sane(lab_all):
             assert r["best_mse"] <= r["val_mse"][0]
 
 
-def test_longadding_runs_sgd_per_length_init_and_learning_rate(lab_all):
+def test_longadding_runs_each_arm_per_length_init_and_learning_rate(lab_all):
     numbers = _numbers(lab_all, "longadding")
-    config = numbers["config"]
-    assert set(numbers["results"]) == {str(T) for T in config["lengths"]}
-    for T, per_init in numbers["results"].items():
-        assert set(per_init) == {"IRNN (identity, ReLU)", "PyTorch default", "orthogonal", "×0.01 (tutorial)"}
-        for label, per_lr in per_init.items():
-            assert set(per_lr) == {str(lr) for lr in config["lrs"]}
-            best = numbers["best"][T][label]
-            assert best["best_mse"] == min(r["best_mse"] for r in per_lr.values())
-            for r in per_lr.values():  # the same budget of time steps: updates × T
-                assert r["steps"][-1] == config["step_budget"] // int(T) or r["solved_at_step"]
+    arms = numbers["config"]["arms"]
+    assert set(arms) == {"sgd", "adam"} and arms["sgd"]["optimizer"] == "sgd"
+    inits = {"IRNN (identity, ReLU)", "PyTorch default", "orthogonal", "×0.01 (tutorial)"}
+    for name, arm in arms.items():
+        per_T = numbers["results"][name]
+        assert set(per_T) == set(arm["updates"])
+        for T, per_init in per_T.items():
+            assert set(per_init) == inits
+            for label, per_lr in per_init.items():
+                assert set(per_lr) == {str(lr) for lr in arm["lrs"]}
+                best = numbers["best"][name][T][label]
+                assert numbers["steps_to_solve"][name][T][label] == best["solved_at_step"]
+                for r in per_lr.values():  # each run has its arm's budget, or stopped once solved
+                    assert r["steps"][-1] == arm["updates"][T] or r["solved_at_step"] == r["steps"][-1]
+    assert set(numbers["ms_per_update"]) == {T for arm in arms.values() for T in arm["updates"]}
+    assert all(ms > 0 for ms in numbers["ms_per_update"].values())
+
+
+def test_longadding_summary_has_a_steps_to_solve_table_per_arm(lab_all):
+    from scratchrnn.apps.lab.prose import summary_table
+
+    numbers = _numbers(lab_all, "longadding")
+    for k, (name, arm) in enumerate(numbers["config"]["arms"].items(), start=1):
+        table = summary_table(lab_all, "longadding", k).splitlines()
+        assert table[0] == "| steps to solve | " + " | ".join(f"T = {T}" for T in arm["updates"]) + " |"
+        assert table[2] == "| budget (updates per run) | " + " | ".join(
+            str(n) for n in arm["updates"].values()) + " |"
+        irnn = next(row for row in table if row.startswith("| IRNN"))
+        for T, cell in zip(arm["updates"], irnn.split(" | ")[1:], strict=True):
+            solved = numbers["steps_to_solve"][name][T]["IRNN (identity, ReLU)"]
+            assert cell.startswith(str(solved) if solved is not None else "— (best ")
+
+
+def _run(best_mse: float, solved: int | None, last: int = 100) -> dict:
+    return {"steps": [0, last], "val_mse": [0.9, best_mse], "best_mse": best_mse, "solved_at_step": solved}
+
+
+def test_longadding_best_lr_is_the_first_to_solve_else_the_lowest_mse():
+    from scratchrnn.apps.lab.longadding import best_lr, best_runs
+
+    # A run that solved earlier beats one that solved later with a lower MSE.
+    assert best_lr({"0.01": _run(0.001, 90), "0.001": _run(0.009, 40, last=40)}) == "0.001"
+    assert best_lr({"0.01": _run(0.15, None), "0.001": _run(0.009, 80, last=80)}) == "0.001"
+    assert best_lr({"0.01": _run(0.15, None), "0.001": _run(0.16, None)}) == "0.01"
+    assert best_lr({"0.01": _run(float("nan"), None), "0.001": _run(0.16, None)}) == "0.001"
+    best = best_runs({"adam": {"100": {"IRNN": {"0.01": _run(0.05, None)}}}})["adam"]["100"]["IRNN"]
+    assert best == {"lr": 0.01, "best_mse": 0.05, "updates_run": 100, "learning_at_step": 100,
+                    "solved_at_step": None}
+
+
+def test_longadding_training_flushes_subnormals_and_restores_them(monkeypatch):
+    from scratchrnn.apps.lab import longadding
+
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormal floats")
+    torch.set_flush_denormal(False)
+    subnormal = torch.tensor(1e-40)
+    seen = []
+
+    def fake_train(*args, **kwargs):
+        seen.append((subnormal * 1.0).item())
+        return {}
+
+    cfg = longadding.settings(quick=True)
+    arm = cfg["arms"]["sgd"]
+    monkeypatch.setattr(longadding, "train", fake_train)
+    longadding._train_one(10, ("IRNN (identity, ReLU)", "identity", "relu"), arm, 1e-2, cfg, 0)
+    assert seen == [0.0]  # flushed during the run...
+    assert (subnormal * 1.0).item() > 0  # ... and not after it
+
+
+def test_longadding_quick_and_long_settings():
+    from scratchrnn.apps.lab.longadding import settings
+
+    quick, long = settings(quick=True), settings(quick=False)
+    assert max(T for arm in quick["arms"].values() for T in arm["updates"]) <= 20
+    # The long mode is the paper's setting: H = 100, batch 16, SGD at T >= 100, one process.
+    assert long["train"]["hidden_size"] == 100 and long["train"]["batch_size"] == 16
+    assert long["arms"]["sgd"]["optimizer"] == "sgd" and min(long["arms"]["sgd"]["updates"]) >= 100
+    assert long["workers"] == 1
 
 
 def test_lab_all_skips_the_long_experiment_unless_asked(tmp_path, monkeypatch):
@@ -159,6 +229,14 @@ def test_cli_lab_one_experiment_prints_its_summary(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("# concat")
     assert str(tmp_path / "c" / "concat.png") in printed
+
+
+def test_cli_lab_into_docs_img_refreshes_the_tutorial_next_to_it(tmp_path):
+    tutorial = tmp_path / "tutorial.md"
+    tutorial.write_text("T is 0<!-- = concat/bench_shape/T -->.\n", encoding="utf-8")
+    assert main(["lab", "concat", "--quick", "--out", str(tmp_path / "img" / "concat")]) == 0
+    T = _numbers(tmp_path / "img", "concat")["bench_shape"]["T"]
+    assert T != 0 and tutorial.read_text(encoding="utf-8") == f"T is {T}<!-- = concat/bench_shape/T -->.\n"
 
 
 def test_cli_lab_refuses_a_file_as_its_folder(tmp_path, capsys):

@@ -161,8 +161,10 @@ def _cmd_lab(args) -> None:
         return
     out = getattr(args, "out", Path("runs/lab") / args.name)
     result = lab.run(args.name, out, quick=args.quick)
+    # Into docs/img/NAME (as for the long experiment): the tutorials' marked numbers follow.
+    refreshed = lab.prose.refresh_files(out.parent)
     print(result.summary)
-    print("\nwrote " + ", ".join(str(f) for f in result.files))
+    print("\nwrote " + ", ".join(str(f) for f in [*result.files, *refreshed]))
 
 
 def _check_seed(seed: int) -> None:

@@ -23,7 +23,7 @@ __all__ = ["EXPERIMENTS", "LabResult", "is_long", "run", "run_all"]
 EXPERIMENTS = {
     "gradflow": "why not ×0.01: ‖∂L/∂h_t‖ back through time per initialisation",
     "adding": "the adding problem: which initialisations learn long dependencies",
-    "longadding": "the adding problem at T = 100…400, the IRNN paper's setting (long: lab all --long)",
+    "longadding": "the adding problem at T = 100 and 200, the IRNN paper's setting (long: lab all --long)",
     "looporder": "time-major (tutorial) vs layer-major (ours) loops: same numbers, speed",
     "concat": "W·[x_t; h_{t-1}] vs W_ih x_t + W_hh h_{t-1}: the same map, converted both ways",
     "depth": "num_layers 1…4 on the character language model",

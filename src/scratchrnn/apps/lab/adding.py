@@ -9,7 +9,7 @@ baseline; MSE < 0.01 means the network found and remembered both marked values.
 Le et al. report that an IRNN (identity W_hh, ReLU) solves lengths at which a tanh RNN stays at the
 baseline. Each initialisation here gets the same model size, optimizer (Adam) and budget, far
 smaller than the papers': the results say what happens within this budget, not what happens
-eventually. :mod:`scratchrnn.apps.lab.longadding` repeats the paper's own setting at T = 100 … 400.
+eventually. :mod:`scratchrnn.apps.lab.longadding` takes the paper's setting to T = 100 and 200.
 """
 
 from __future__ import annotations
