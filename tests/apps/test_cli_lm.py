@@ -375,3 +375,28 @@ def test_resume_reads_the_checkpoint_once_and_rewrites_config_json(capsys, run, 
     monkeypatch.undo()
     assert json.loads((out / "config.json").read_text())["train"]["max_steps"] == 14
     assert torch.load(out / "checkpoint.pt", weights_only=True)["train_config"]["max_steps"] == 14
+
+
+def test_eval_in_windows_from_a_zero_state(capsys, run):
+    """--window W: every window of W characters read from zeros, equal to evaluating each window
+    alone; a bad W is one error line."""
+    from scratchrnn.lm import checkpoint
+    from scratchrnn.lm.data import load_corpus
+    from scratchrnn.lm.evaluation import evaluate_windows
+    from scratchrnn.lm.model import cross_entropy
+
+    ckpt = str(run / "checkpoint.pt")
+    assert cli.main(["eval", "--checkpoint", ckpt, "--window", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "in windows of 8 from a zero state" in out
+    model, vocab, saved = checkpoint.load_model(ckpt)
+    val = load_corpus(saved["train_config"]["data"], vocab).val
+    window, n = 8, (len(val) - 1) // 8
+    with torch.no_grad():  # the oracle: one window at a time, each from its own zero state
+        losses = [cross_entropy(model(val[i * window : (i + 1) * window, None], model.init_state(1))[0],
+                                val[i * window + 1 : (i + 1) * window + 1, None]).item() for i in range(n)]
+    got = evaluate_windows(model, val, window, batch_size=3)  # batches that do not divide n
+    assert got.chars == n * window and math.isclose(got.loss, sum(losses) / n, rel_tol=1e-6)
+    assert f"val loss {got.loss:.4f} nats/char" in out
+    fails(capsys, ["eval", "--checkpoint", ckpt, "--window", "0"], "window must be a positive integer, got 0")
+    fails(capsys, ["eval", "--checkpoint", ckpt, "--window", str(len(val))], "too short for one window")

@@ -306,15 +306,19 @@ def _add_eval(sub) -> None:
     p.add_argument("--data", default=None,
                    help="evaluate on the last 10%% of this UTF-8 file (None: the checkpoint's own "
                    "validation split)")
+    p.add_argument("--window", type=int, default=None,
+                   help="the loss over consecutive windows of this many characters, each read "
+                   "from a zero state (nanoGPT's statistic; None: the state carried through the text)")
 
 
 def _cmd_eval(args) -> None:
     from scratchrnn.lm.evaluation import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, args.data)
+    result = evaluate_checkpoint(args.checkpoint, args.data, window=args.window)
     source = args.data or "the checkpoint's training text"
+    how = f", in windows of {args.window} from a zero state" if args.window else ""
     print(f"val loss {result.loss:.4f} nats/char, {result.bits:.4f} bits/char "
-          f"({result.chars:,} characters: the last 10% of {source})")
+          f"({result.chars:,} characters: the last 10% of {source}{how})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,7 +47,9 @@ typedef void (*compute_f)(int, int, int, int, int, int, const float *, int, cons
  * they break even). MKL's mkl_set_num_threads_local sets it for the calling thread only, for the
  * whole call (its Fortran-style name, which takes the count by pointer); without it (another
  * BLAS) the loops keep torch's thread count. */
+#ifndef ONE_THREAD_MACS /* -DONE_THREAD_MACS=0 turns it off (benchmarks/step_threads.py) */
 #define ONE_THREAD_MACS (1 << 20)
+#endif
 typedef int (*set_threads_f)(const int *);
 
 static gemm_f32 sgemm;
