@@ -288,7 +288,7 @@ static void a_plus_h_WT_##SUFFIX(int rows, int H, const REAL *A, int lda, const 
 }                                                                                                  \
                                                                                                    \
 /* C (rows x H, row stride ldc) = beta C + A (rows x H, contiguous) @ W (row-major H x H);        \
- * here w->small and w->packed hold W itself. */                                                               \
+ * here w->small and w->packed hold W itself. */                                                 \
 static void da_W_##SUFFIX(int rows, int H, const REAL *A, const weights_##SUFFIX *w, REAL beta,   \
                           REAL *C, int ldc) {                                                      \
     const REAL one = 1;                                                                            \
@@ -316,7 +316,8 @@ static void activate_##SUFFIX(int rows, int H, REAL *a, int lda, const REAL *bia
                                                                                                    \
 /* Forward. `out` already holds x_t W_ih^T for every row; each step adds h_{t-1} W_hh^T and the  \
  * bias = b_ih + b_hh (NULL: none) and applies the nonlinearity in place: the bias joins the     \
- * pass over a_t that the nonlinearity makes anyway, instead of a pass of its own over `out`. h_n (N x H, contiguous) receives each sequence's last h_t.  \
+ * pass over a_t that the nonlinearity makes anyway, instead of a pass of its own over `out`.   \
+ * h_n (N x H, contiguous) receives each sequence's last h_t.                                    \
  * `offsets[t]` is the first row of step t. */                                                     \
 void scratchrnn_forward_##SUFFIX(int T, const int64_t *sizes, const int64_t *offsets, int H,      \
                                  REAL *out, int ld_out, const REAL *h0, const REAL *W_hh,          \
