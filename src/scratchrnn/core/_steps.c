@@ -12,6 +12,7 @@
  * BLAS (column-major) call sees every matrix transposed. `ld_out` is the row stride of the output
  * (H, or 2H when both directions of a bidirectional layer share one buffer).
  */
+#include <math.h> /* copysign, copysignf: compiler builtins, nothing linked */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,24 +110,6 @@ static void packed_gemm_f64(int rows, int H, const double *A, int lda, const dou
 /* tanh, branch-free so that loops over it vectorise (SIMD selects, no jumps). NaN in, NaN out
  * (it fails every comparison and propagates through every operation, as in nn.RNN); ±inf gives
  * ±1; the sign is copied from x last, so tanh(±0) = ±0. */
-static inline double copy_sign_d(double magnitude, double x) {
-    uint64_t m, s;
-    memcpy(&m, &magnitude, sizeof m);
-    memcpy(&s, &x, sizeof s);
-    m |= s & 0x8000000000000000u;
-    memcpy(&magnitude, &m, sizeof m);
-    return magnitude;
-}
-
-static inline float copy_sign_f(float magnitude, float x) {
-    uint32_t m, s;
-    memcpy(&m, &magnitude, sizeof m);
-    memcpy(&s, &x, sizeof s);
-    m |= s & 0x80000000u;
-    memcpy(&magnitude, &m, sizeof m);
-    return magnitude;
-}
-
 /* Double precision:
  *   tanh|x| = −m / (2 + m),  m = expm1(−2|x|)  (no cancellation near 0, no overflow),
  *   expm1(y) = 2^k (expm1(r) + 1) − 1  with  y = k ln2 + r, |r| ≤ ln2 / 2,
@@ -148,7 +131,7 @@ static inline double tanh_d(double x) {
     double scale;
     memcpy(&scale, &bits, sizeof scale);
     double m = scale * p + (scale - 1.0);
-    return copy_sign_d(0.0 - m / (2.0 + m), x); /* 0 − m: +0, not −0, where m = 0 */
+    return copysign(0.0 - m / (2.0 + m), x); /* 0 − m: +0, not −0, where m = 0 */
 }
 
 /* Single precision, in float arithmetic (16 lanes, twice the double version's throughput here):
@@ -179,7 +162,7 @@ static inline float tanh_f(float x) {
     memcpy(&scale, &bits, sizeof scale);
     float e = scale * p + scale;
     float far_from_0 = 1.0f - 2.0f * e / (1.0f + e);
-    return copy_sign_f(ax < 0.9f ? near_0 : far_from_0, x);
+    return copysignf(ax < 0.9f ? near_0 : far_from_0, x);
 }
 
 /* The array forms, for the tests (the loops below call tanh_f and tanh_d inline). */
