@@ -45,7 +45,7 @@ def op_args(rnn: RNN, packed: bool, dropout: float = 0.0):
     masks = dropout_masks(x, dirs * H, rnn.num_layers, dropout)
     weights = [w.detach().clone().requires_grad_() for w in rnn._flat_weights]
     return (x.requires_grad_(), hx.requires_grad_(), weights, masks, batch_sizes,
-            rnn.num_layers, rnn.bidirectional, rnn.bias, rnn.nonlinearity)
+            rnn.num_layers, rnn.bidirectional, rnn.bias, f"rnn_{rnn.nonlinearity}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def test_fake_implementation_touches_no_data():
         x = torch.empty(7, 5, D, dtype=F64)
         weights = [torch.empty(w.shape, dtype=F64) for w in rnn._flat_weights]
         output, h_n, inner = torch.ops.scratchrnn.rnn(x, torch.empty(4, 5, H, dtype=F64), weights, [],
-                                                     None, 2, True, True, "tanh")
+                                                     None, 2, True, True, "rnn_tanh")
     assert output.shape == (7, 5, 2 * H) and h_n.shape == (4, 5, H) and len(inner) == 1
 
 

@@ -257,7 +257,7 @@ class RNN(nn.Module):
 
         dropout = self.dropout if self.training else 0.0
         masks = dropout_masks(x, dirs * self.hidden_size, self.num_layers, dropout)
-        config = RNNConfig(self.num_layers, self.bidirectional, self.bias, self.nonlinearity)
+        config = RNNConfig(self.num_layers, self.bidirectional, self.bias, f"rnn_{self.nonlinearity}")
         output, h_n = rnn(x, hx, self._flat_weights, masks, batch_sizes_t if packed else None, config)
 
         if packed:
@@ -375,7 +375,7 @@ class RNNCell(nn.Module):
             )
         params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         weights = [p for p in params if p is not None]
-        config = RNNConfig(1, False, self.bias, self.nonlinearity)
+        config = RNNConfig(1, False, self.bias, f"rnn_{self.nonlinearity}")
         h, _ = rnn(x.unsqueeze(0), hx.unsqueeze(0), weights, [], None, config)  # T = 1
         return h[0] if batched else h[0, 0]
 
