@@ -38,6 +38,7 @@ specialise on it), so every cell is registered: ``register(MyCell())``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -89,10 +90,11 @@ class Cell:
 
     # ----- backward --------------------------------------------------------------------------
 
-    def residuals(self, x: Tensor, h_prev: Tensor, out: Tensor, W_ih: Tensor, W_hh: Tensor,
-                  b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
+    def residuals(self, x: Tensor, h_prev: Callable[[], Tensor], out: Tensor, W_ih: Tensor,
+                  W_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
         """(rows, ·): what :meth:`step_backward` and :meth:`step_tangent` read for each row, from
-        the layer's input x, h_{t−1} (rows, H) and h_t = ``out`` (rows, H)."""
+        the layer's input x (rows, D), h_t = ``out`` (rows, H) and h_{t−1}: ``h_prev()`` (rows, H),
+        built on the first call (a copy for packed input: a cell that needs no h_{t−1} skips it)."""
         raise NotImplementedError
 
     def step_backward(self, dh_t: Tensor, residuals_t: Tensor, h_prev: Tensor
@@ -119,12 +121,13 @@ class Cell:
         """The step loop in C: fills ``out`` and ``h_n`` as the PyTorch loop does."""
         raise NotImplementedError
 
-    def backward_accel(self, dh: Tensor, x: Tensor, h0: Tensor, h_prev, out: Tensor, W_ih: Tensor,
-                       W_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
-                       batch_sizes: list[int], dh0: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:
+    def backward_accel(self, dh: Tensor, x: Tensor, h0: Tensor, h_prev: Callable[[], Tensor],
+                       out: Tensor, W_ih: Tensor, W_hh: Tensor, b_ih: Tensor | None,
+                       b_hh: Tensor | None, batch_sizes: list[int], dh0: Tensor, reverse: bool
+                       ) -> tuple[Tensor, Tensor]:
         """The BPTT loop in C: (dxp, dhp) from ``dh`` (rows, H), the gradient from the output with
-        ∂L/∂h_n added at each sequence's last step; fills ``dh0``. ``h_prev()`` gives h_{t−1}
-        (rows, H) if the cell needs it."""
+        ∂L/∂h_n added at each sequence's last step; fills ``dh0``. ``h_prev``: as in
+        :meth:`residuals`."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

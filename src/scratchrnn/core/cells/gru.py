@@ -68,7 +68,7 @@ class GRU(Cell):
         h_t.copy_((1 - z) * n + z * h_prev)  # h_t = (1 − z_t) ⊙ n_t + z_t ⊙ h_{t−1}
 
     def residuals(self, x, h_prev, out, W_ih, W_hh, b_ih, b_hh):
-        hp = _recurrent(h_prev, W_hh.t(), b_hh)  # (rows, 3H)
+        hp = _recurrent(h_prev(), W_hh.t(), b_hh)  # (rows, 3H)
         r, z, n = _gates(self.project(x, W_ih, b_ih, out), hp)
         return torch.cat([r, z, n, hp[:, 2 * hp.shape[1] // 3 :]], 1)  # (rows, 4H): [r, z, n, hp_n]
 
@@ -102,7 +102,7 @@ class GRU(Cell):
                                 None, reverse)  # ws None: the backward recomputes the gates
 
     def backward_accel(self, dh, x, h0, h_prev, out, W_ih, W_hh, b_ih, b_hh, batch_sizes, dh0, reverse):
-        ws = self.residuals(x, h_prev(), out, W_ih, W_hh, b_ih, b_hh).contiguous()  # (rows, 4H)
+        ws = self.residuals(x, h_prev, out, W_ih, W_hh, b_ih, b_hh).contiguous()  # (rows, 4H)
         dxp = dh.new_empty(dh.shape[0], 3 * dh.shape[1])  # (rows, 3H)
         dhp = torch.empty_like(dxp)
         accel.gru_backward_steps(dh, out, h0, W_hh.contiguous(), ws, batch_sizes, dxp, dhp, dh0, reverse)
