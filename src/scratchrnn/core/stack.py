@@ -69,7 +69,8 @@ class Plan:
             rows = [out_steps[previous][: step.carried]] if step.carried else []
             pieces[step.t] = rows + ([h0[step.carried : step.size]] if step.carried < step.size else [])
             previous = step.t
-        return torch.cat([p for t in range(len(self.sizes)) for p in pieces[t]])
+        rows = [p for t in range(len(self.sizes)) for p in pieces[t]]
+        return torch.cat(rows) if rows else out[:0]  # N = 0: no rows
 
     def h_prev_at(self, out_steps: Sequence[Tensor], h0: Tensor, reverse: bool, k: int) -> Tensor:
         """h_{t−1} (size, H) of the k-th step run, from the output's steps and h0: a view where all
