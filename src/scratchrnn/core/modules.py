@@ -11,7 +11,10 @@
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import numbers
+import sys
 import warnings
 
 import torch
@@ -24,6 +27,33 @@ from scratchrnn.core.ops import RNNConfig, rnn
 from scratchrnn.core.stack import Layout
 
 __all__ = ["GRU", "RNN", "GRUCell", "RNNCell", "Recurrent", "convert"]
+
+
+# torch.compile refuses to trace any isinstance(module, (nn.RNN, nn.GRU, nn.LSTM)) unless
+# torch._dynamo.config.allow_rnn is set (its own RNNs call cuDNN/ATen kernels it did not trace).
+# Ours are such subclasses whose forward is a custom operator Dynamo traces whole, so the flag is
+# set — once Dynamo's config is imported, not here: importing Dynamo costs as much as importing
+# torch. With the flag, torch's own RNNs are traced too instead of breaking the graph.
+class _AllowRNNsInDynamo(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "torch._dynamo.config":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        exec_module = spec.loader.exec_module
+
+        def exec_and_allow(module) -> None:
+            exec_module(module)
+            module.allow_rnn = True
+
+        spec.loader.exec_module = exec_and_allow
+        return spec
+
+
+if "torch._dynamo.config" in sys.modules:
+    sys.modules["torch._dynamo.config"].allow_rnn = True
+else:
+    sys.meta_path.insert(0, _AllowRNNsInDynamo())
 
 
 def _dtype_error(a: torch.dtype, b: torch.dtype) -> str:
