@@ -155,9 +155,10 @@ def layer_backward(
     # After the loop, each weight gradient is one GEMM (or reduction) over all steps at once.
     if plan.padded:  # h_{t-1} is out shifted by one step: a view, no copy
         rows_h0, rows_carried, rows_prev = plan.shifted(reverse)
-        dW_hh = matmul(dhp[rows_carried].t(), out[rows_prev]) + dhp[rows_h0].t() @ h0  # Σ_t dhp_tᵀ h_{t-1}
+        dW_hh = cell.recurrent_weight_grad(dhp[rows_carried], out[rows_prev], matmul) \
+            + cell.recurrent_weight_grad(dhp[rows_h0], h0)  # Σ_t dhp_tᵀ h_{t-1}
     else:
-        dW_hh = matmul(dhp.t(), h_prev())  # Σ_t dhp_tᵀ h_{t-1}
+        dW_hh = cell.recurrent_weight_grad(dhp, h_prev(), matmul)  # Σ_t dhp_tᵀ h_{t-1}
     dW_ih = matmul(dxp.t(), x)  # dW_ih = Σ_t dxp_tᵀ x_t    (G·H, D)
     dweights = [dW_ih, dW_hh]
     if b_ih is not None:
@@ -206,11 +207,11 @@ def _bptt_steps(
             dh_steps[t] + dh_next, residual_steps[t], plan.h_prev_at(out_steps, h0, reverse, k),
         )
         dxp_steps[t], dhp_steps[t] = dxp_t, dhp_t
-        carried = dhp_t[:c] @ W_hh if c else None  # dh_next = dhp_t W_hh, into dh_{t-1}
+        carried = cell.recurrent_backward(dhp_t[:c], W_hh) if c else None  # dh_next = dhp_t W_hh
         if carried is not None and dh_direct is not None:
             carried = carried + dh_direct[:c]
         if c < b:  # rows that began at step t from h0: their dh_next is ∂L/∂h_0
-            dh0_piece = dhp_t[c:] @ W_hh
+            dh0_piece = cell.recurrent_backward(dhp_t[c:], W_hh)
             dh0_pieces.append((c, dh0_piece if dh_direct is None else dh0_piece + dh_direct[c:]))
     dh0 = torch.cat([piece for _, piece in sorted(dh0_pieces, key=lambda p: p[0])]) if dh0_pieces \
         else torch.zeros_like(h0)
@@ -370,7 +371,7 @@ def layer_jvp(
     """
     W_ih_dot, W_hh_dot, b_ih_dot, b_hh_dot = weights_dot
     N, H = h0.shape
-    rows, GH = out.shape[0], W_hh.shape[0]
+    rows, GH = out.shape[0], W_ih.shape[0]
     # Every term of ẋp_t and ḣp_t but ḣ_{t-1} W_hhᵀ, for all steps at once.
     xp_dot = out.new_zeros(rows, GH)  # (rows, G·H)
     if x_dot is not None:
@@ -381,14 +382,13 @@ def layer_jvp(
         xp_dot = xp_dot + b_ih_dot  # ḃ_ih
     hp_dot = out.new_zeros(rows, GH)  # (rows, G·H)
     if W_hh_dot is not None:
-        hp_dot = hp_dot + plan.h_prev(out, h0, reverse) @ W_hh_dot.t()  # h_{t-1} Ẇ_hhᵀ
+        hp_dot = hp_dot + cell.recurrent(plan.h_prev(out, h0, reverse), W_hh_dot)  # h_{t-1} Ẇ_hhᵀ
     if b_hh_dot is not None:
         hp_dot = hp_dot + b_hh_dot  # ḃ_hh
     h_prev = cache(lambda: plan.h_prev(out, h0, reverse))
     residual_steps = plan.split(cell.residuals(x, h_prev, out, W_ih, W_hh, b_ih, b_hh))
     xp_dot_steps, hp_dot_steps, out_steps = plan.split(xp_dot), plan.split(hp_dot), plan.split(out)
     h0_dot = h0_dot if h0_dot is not None else h0.new_zeros(N, H)
-    W_hh_T = W_hh.t()
     steps = plan.steps(reverse)
     h_dot_steps: list[Tensor] = [out] * len(steps)
     h_n_dot_pieces: list[tuple[int, Tensor]] = []
@@ -397,7 +397,7 @@ def layer_jvp(
         t, b, c = step.t, step.size, step.carried
         h_dot_prev = h_dot_prev[:c] if c == b else h0_dot[:b] if c == 0 else \
             torch.cat([h_dot_prev[:c], h0_dot[c:b]])
-        hp_dot_t = hp_dot_steps[t] + h_dot_prev @ W_hh_T  # ḣp_t = … + ḣ_{t-1} W_hhᵀ
+        hp_dot_t = hp_dot_steps[t] + cell.recurrent(h_dot_prev, W_hh)  # ḣp_t = … + ḣ_{t-1} W_hhᵀ
         h_dot_prev = h_dot_steps[t] = cell.step_tangent(
             xp_dot_steps[t], hp_dot_t, h_dot_prev, residual_steps[t],
             plan.h_prev_at(out_steps, h0, reverse, k),

@@ -20,6 +20,8 @@ does. What a cell writes, one line of code per equation, with rows as batch elem
   (hp_t = h_{t−1} W_hhᵀ + b_hh) and the part of dh_{t−1} that does not go through W_hh; the stack
   adds dhp_t W_hh and makes every weight gradient one GEMM after the loop:
   dW_ih = Σ dxpᵀ x, db_ih = Σ dxp, dW_hh = Σ dhpᵀ h_{t−1}, db_hh = Σ dhp, dx = dxp W_ih.
+  A cell whose recurrent weight is not a G·H × H matrix (IndRNN's vector u: hp = u ⊙ h) overrides
+  :meth:`Cell.recurrent`, :meth:`Cell.recurrent_backward` and :meth:`Cell.recurrent_weight_grad`.
 - :meth:`Cell.step_tangent`: forward mode, ḣ_t from ẋp_t, ḣp_t (= h_{t−1} Ẇ_hhᵀ + ḃ_hh +
   ḣ_{t−1} W_hhᵀ, made by the stack) and ḣ_{t−1}.
 
@@ -87,6 +89,20 @@ class Cell:
     def step(self, xp_t: Tensor, h_prev: Tensor, constants: tuple, h_t: Tensor) -> None:
         """Writes h_t (b, H) from xp_t (b, G·H) and h_prev (b, H)."""
         raise NotImplementedError
+
+    # ----- the recurrent product hp = h W_hhᵀ (+ b_hh): a GEMM, unless the cell says otherwise --
+
+    def recurrent(self, h: Tensor, W_hh: Tensor) -> Tensor:
+        """h W_hhᵀ (b, G·H): the stack's forward mode uses it (for ḣ_{t−1} W_hhᵀ and h_{t−1} Ẇ_hhᵀ)."""
+        return h @ W_hh.t()
+
+    def recurrent_backward(self, dhp: Tensor, W_hh: Tensor) -> Tensor:
+        """dhp W_hh (b, H): the part of ∂L/∂h_{t−1} that flows through hp."""
+        return dhp @ W_hh
+
+    def recurrent_weight_grad(self, dhp: Tensor, h_prev: Tensor, matmul=torch.mm) -> Tensor:
+        """dW_hh = Σ_t dhp_tᵀ h_{t−1} over the rows given (``matmul``: the stack's GEMM)."""
+        return matmul(dhp.t(), h_prev)
 
     # ----- backward --------------------------------------------------------------------------
 
