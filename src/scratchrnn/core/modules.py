@@ -99,6 +99,10 @@ class _Stacked:
             raise RuntimeError(f"Expected hidden size {expected}, got {list(hx.shape)}")
         if hx.dtype != weight.dtype:  # torch's words: its first product is h_{t−1} W_hhᵀ
             raise RuntimeError(_dtype_error(hx.dtype, weight.dtype))
+        for name in self._flat_weights_names:  # as nn.RNN, whose products mix no dtypes (b_ih + b_hh
+            other = getattr(self, name)  # would promote a float32 bias silently): issue 18, the fuzz
+            if other.dtype != weight.dtype:
+                raise RuntimeError(f"Expected {name} of dtype {weight.dtype}, got {other.dtype}")
 
     def forward(self, input, hx: Tensor | None = None):
         dirs = 2 if self.bidirectional else 1
