@@ -51,9 +51,9 @@ def run_with_grads(model, x, hx, lengths=None, enforce_sorted=True) -> list[torc
     if lengths is not None:
         assert isinstance(output, PackedSequence)
         output = output.data
-    gen = torch.Generator().manual_seed(5)
-    loss = (output * torch.randn(output.shape, generator=gen, dtype=F64)).sum() \
-        + (h_n * torch.randn(h_n.shape, generator=gen, dtype=F64)).sum()
+    gen = torch.Generator().manual_seed(5)  # drawn on the CPU: the same numbers for any device
+    loss = (output * torch.randn(output.shape, generator=gen, dtype=F64).to(output.device)).sum() \
+        + (h_n * torch.randn(h_n.shape, generator=gen, dtype=F64).to(h_n.device)).sum()
     grads = torch.autograd.grad(loss, [x, hx, *model.parameters()])
     return [output.detach(), h_n.detach(), *grads]
 
@@ -66,6 +66,7 @@ def named(module: nn.Module, weights) -> dict:
 def assert_parity(ours, theirs, diffs, *args, **kwargs) -> None:
     got, want = run_with_grads(ours, *args, **kwargs), run_with_grads(theirs, *args, **kwargs)
     for a, b in zip(got, want, strict=True):
+        a, b = a.cpu(), b.cpu()
         diffs("float64 max abs vs nn.GRU", max_abs(a, b))
         assert max_abs(a, b) <= ABS_TOL_F64
 
@@ -146,6 +147,25 @@ def test_gru_cell_parity_and_gradcheck(loops, diffs):
     x, hx = torch.randn(3, D, dtype=F64, requires_grad=True), torch.randn(3, H, dtype=F64, requires_grad=True)
     assert gradcheck(lambda x, hx, *w: torch.func.functional_call(ours, named(ours, w), (x, hx)),
                      (x, hx, *ours.parameters()))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("input_kind", ["padded", "packed"])
+def test_cuda_gru_parity(input_kind, diffs):
+    """On a GPU, the GRU's PyTorch loop against nn.GRU on the CPU, both float64 (the oracle)."""
+    ours, theirs = make_pair(num_layers=2, bidirectional=True)
+    ours.cuda()
+    assert all(p.is_cuda for p in ours.parameters())
+    torch.manual_seed(2)
+    x, hx = torch.randn(6, 4, D, dtype=F64), torch.randn(4, 4, H, dtype=F64)
+    lengths = LENGTHS if input_kind == "packed" else None
+    got = run_with_grads(ours, x.cuda(), hx.cuda(), lengths)
+    want = run_with_grads(theirs, x, hx, lengths)
+    for a, b in zip(got, want, strict=True):
+        assert a.is_cuda
+        diffs("cuda float64 max abs vs nn.GRU", max_abs(a.cpu(), b))
+        assert max_abs(a.cpu(), b) <= ABS_TOL_F64
 
 
 # --------------------------------------------------------------------------------------------

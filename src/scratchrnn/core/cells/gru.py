@@ -93,7 +93,7 @@ class GRU(Cell):
         return (1 - z) * n_dot + z_dot * (h_prev - n) + z * h_dot_prev  # ḣ_t
 
     def accel_ready(self, *tensors):
-        # The C loop of the GRU comes with the branch that writes it; until then the PyTorch loop.
+        # Where the library has the GRU's C steps (cells/gru.c through accel), else the PyTorch loop.
         return hasattr(accel, "gru_forward_steps") and accel.available_for(*tensors)
 
     def forward_accel(self, xp, h0, W_hh, b_ih, b_hh, batch_sizes, out, h_n, reverse):
