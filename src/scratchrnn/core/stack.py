@@ -40,9 +40,11 @@ class Plan:
     def __init__(self, batch_sizes: Sequence[int]) -> None:
         self.sizes = list(batch_sizes)
         self.N = self.sizes[0]
-        self.rows = sum(self.sizes)
         self.padded = self.sizes[0] == self.sizes[-1]  # every step has all N rows (sizes never grow)
-        self._steps = {reverse: self._order(reverse) for reverse in (False, True)}
+        self.rows = self.N * len(self.sizes) if self.padded else sum(self.sizes)
+        # Each direction's steps are listed on first use: the C loops read only the sizes, and a
+        # list of T steps costs more than a short call at T = 1000.
+        self._steps: dict[bool, list[Step]] = {}
 
     def _order(self, reverse: bool) -> list[Step]:
         order = list(reversed(range(len(self.sizes)))) if reverse else list(range(len(self.sizes)))
@@ -53,6 +55,8 @@ class Plan:
 
     def steps(self, reverse: bool) -> list[Step]:
         """The steps in the order a direction runs them."""
+        if reverse not in self._steps:
+            self._steps[reverse] = self._order(reverse)
         return self._steps[reverse]
 
     def split(self, rows: Tensor) -> tuple[Tensor, ...]:
