@@ -288,3 +288,13 @@ def test_recurrent_over_a_registered_cell_equals_the_drop_in(packed, loops):
     assert torch.equal(h_a, h_b) and torch.equal(data(out_a), data(out_b))
     expected = f"scratchrnn.Recurrent('rnn_relu', {D}, {H}, bias=False)"
     assert repr(Recurrent("rnn_relu", D, H, bias=False)) == expected
+
+
+def test_init_schemes_treat_each_gate_of_w_hh_on_its_own():
+    gru = GRU(D, H, num_layers=2, dtype=F64)
+    scratchrnn.init_rnn_(gru, "identity")
+    assert torch.equal(gru.weight_hh_l1, torch.eye(H, dtype=F64).repeat(3, 1))
+    scratchrnn.init_rnn_(gru, "orthogonal")
+    for block in gru.weight_hh_l0.split(H):  # r, z, n: each orthogonal
+        assert max_abs(block @ block.t(), torch.eye(H, dtype=F64)) <= 1e-12
+    assert not gru.bias_ih_l0.any()
