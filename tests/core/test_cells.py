@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import scratchrnn
 from scratchrnn.core import cells
 from scratchrnn.core.stack import Layout, Plan, Step
 from scratchrnn.testing import check_cell
@@ -33,6 +34,15 @@ def test_registry_names_each_cell_once():
         cells.get("lstm")
     with pytest.raises(ValueError, match="has no name"):
         cells.register(cells.Cell())
+
+
+def test_a_cell_with_two_states_is_refused_until_the_stack_carries_them():
+    class TwoStates(cells.Cell):
+        name, states = "two_states", ("h", "c")
+
+    with pytest.raises(NotImplementedError, match="one state per layer"):
+        scratchrnn.Recurrent(TwoStates(), 3, 4)
+    assert "two_states" not in cells.CELLS
 
 
 def test_plan_of_a_packed_batch():

@@ -370,9 +370,12 @@ class Recurrent(_Stacked, nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        if isinstance(cell, str):
-            cell = cells.get(cell)
-        elif cells.CELLS.get(cell.name) is not cell:
+        cell = cells.get(cell) if isinstance(cell, str) else cell
+        if len(cell.states) != 1:
+            raise NotImplementedError(
+                f"the stack carries one state per layer; {cell.name!r} has {cell.states}"
+            )
+        if cells.CELLS.get(cell.name) is not cell:
             cells.register(cell)
         for name, size in (("input_size", input_size), ("hidden_size", hidden_size),
                            ("num_layers", num_layers)):
