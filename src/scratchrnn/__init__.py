@@ -1,9 +1,20 @@
-"""scratchrnn: the Elman RNN written from scratch on PyTorch, with a hand-written BPTT."""
+"""scratchrnn: recurrent networks written from scratch on PyTorch, with a hand-written BPTT.
 
-from scratchrnn.core.modules import RNN, RNNCell, convert
+The public names, in one place: the drop-ins for torch.nn's RNN, GRU, RNNCell and GRUCell, the stack
+of a cell of one's own (:class:`Recurrent` over a :class:`Cell`), :func:`convert` and
+:func:`init_rnn_`; the character-level language model (:class:`CharRNN`, :class:`Vocab`,
+:func:`generate`) and its training (:class:`TrainConfig`, :func:`train`).
+"""
+
+from scratchrnn.core.cells import Cell
+from scratchrnn.core.init import init_rnn_
+from scratchrnn.core.modules import GRU, RNN, GRUCell, Recurrent, RNNCell, convert
 from scratchrnn.lm.data import Vocab
 from scratchrnn.lm.model import CharRNN, generate
-from scratchrnn.lm.train import TrainConfig
+from scratchrnn.lm.train import TrainConfig, train
 
-__all__ = ["RNN", "CharRNN", "RNNCell", "TrainConfig", "Vocab", "convert", "generate"]
+__all__ = [
+    "GRU", "RNN", "Cell", "CharRNN", "GRUCell", "RNNCell", "Recurrent", "TrainConfig", "Vocab", "convert",
+    "generate", "init_rnn_", "train",
+]
 __version__ = "0.1.0"

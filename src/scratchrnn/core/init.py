@@ -1,8 +1,9 @@
 """Initialisation schemes for an RNN's parameters, applied in place.
 
 Each scheme sets the input weights W_ih, the recurrent weights W_hh and the biases of every layer
-and direction of a :class:`scratchrnn.RNN` (or :class:`scratchrnn.RNNCell`, or torch's own
-nn.RNN / nn.RNNCell: the parameter names are the same). H is the hidden size, D a layer's input size.
+and direction of a :class:`scratchrnn.RNN` (or :class:`scratchrnn.RNNCell`, :class:`scratchrnn.GRU`,
+:class:`scratchrnn.GRUCell`, or torch's own: the parameter names are the same; a GRU's W_hh is
+initialised gate by gate). H is the hidden size, D a layer's input size.
 
     scheme        W_ih                    W_hh                     biases        ρ(W_hh), H large
     default       U(−1/√H, 1/√H)          U(−1/√H, 1/√H)           U(−1/√H, 1/√H) ≈ 1/√3 ≈ 0.58
@@ -75,13 +76,18 @@ def default_(rnn: nn.Module) -> nn.Module:
 def _biases_zero_and(rnn: nn.Module, init_ih: Callable[[Tensor], object],
                      init_hh: Callable[[Tensor], object]) -> nn.Module:
     """Every bias to zero, every W_ih through ``init_ih`` and every W_hh through ``init_hh``, in
-    registration order (so a seed gives the same draws whatever the scheme does with them)."""
+    registration order (so a seed gives the same draws whatever the scheme does with them). A gated
+    cell's W_hh (G·H, H) is G square blocks, one per gate (a GRU's r, z, n): each is initialised
+    on its own, so that "orthogonal" and "identity" mean what they say for every gate."""
     for name, p in rnn.named_parameters():
         kind = _kind(name)
         if kind == "bias":
             p.zero_()
+        elif kind == "hh":
+            for block in p.split(_hidden_size(rnn)):  # (H, H) each
+                init_hh(block)
         else:
-            (init_hh if kind == "hh" else init_ih)(p)
+            init_ih(p)
     return rnn
 
 

@@ -1,44 +1,172 @@
-"""The modules: torch.nn.RNN's and torch.nn.RNNCell's interface over the math of
-:mod:`scratchrnn.core.functional` (through the operators of :mod:`scratchrnn.core.ops`)."""
+"""The modules: torch.nn's RNN, GRU, RNNCell and GRUCell over our hand-written stack, and
+:class:`Recurrent` for a cell of one's own.
+
+``scratchrnn.RNN`` *is* a ``torch.nn.RNN`` (a subclass: ``isinstance`` holds, and torch's
+``__init__`` gives the same parameters, init, errors, ``_flat_weights``, ``all_weights``,
+``flatten_parameters`` and ``__setstate__``); only ``forward`` is ours: the operators of
+:mod:`scratchrnn.core.ops` over the cell of :mod:`scratchrnn.core.cells` named by torch's ``mode``
+(``RNN_TANH`` → ``rnn_tanh``, ``GRU`` → ``gru``). The same holds for GRU, RNNCell and GRUCell. Their
+``repr`` says ``scratchrnn.RNN(10, 20)``, so that a printed model shows whose forward runs.
+"""
 
 from __future__ import annotations
 
-import math
+import importlib.abc
+import importlib.util
 import numbers
+import sys
 import warnings
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from scratchrnn.core import cells
 from scratchrnn.core.functional import dropout_masks
 from scratchrnn.core.ops import RNNConfig, rnn
+from scratchrnn.core.stack import Layout
 
-__all__ = ["RNN", "RNNCell", "convert"]
-
-_ACTIVATIONS = ("tanh", "relu")
-
-# --------------------------------------------------------------------------------------------
-# The modules: torch.nn.RNN's and torch.nn.RNNCell's interface over the math above.
-# --------------------------------------------------------------------------------------------
+__all__ = ["GRU", "RNN", "GRUCell", "RNNCell", "Recurrent", "convert"]
 
 
-def _check_size(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be greater than zero, got {value}")
+# torch.compile refuses to trace any isinstance(module, (nn.RNN, nn.GRU, nn.LSTM)) unless
+# torch._dynamo.config.allow_rnn is set (its own RNNs call cuDNN/ATen kernels it did not trace).
+# Ours are such subclasses whose forward is a custom operator Dynamo traces whole, so the flag is
+# set — once Dynamo's config is imported, not here: importing Dynamo costs as much as importing
+# torch. With the flag, torch's own RNNs are traced too instead of breaking the graph.
+class _AllowRNNsInDynamo(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "torch._dynamo.config":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        exec_module = spec.loader.exec_module
+
+        def exec_and_allow(module) -> None:
+            exec_module(module)
+            module.allow_rnn = True
+
+        spec.loader.exec_module = exec_and_allow
+        return spec
 
 
-def _check_nonlinearity(nonlinearity) -> None:
-    if nonlinearity not in _ACTIVATIONS:
-        raise ValueError(
-            f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'."
-        )
+if "torch._dynamo.config" in sys.modules:
+    sys.modules["torch._dynamo.config"].allow_rnn = True
+else:
+    sys.meta_path.insert(0, _AllowRNNsInDynamo())
 
 
-class RNN(nn.Module):
-    r"""A multi-layer Elman RNN with tanh or ReLU, a drop-in for :class:`torch.nn.RNN`.
+def _dtype_error(a: torch.dtype, b: torch.dtype) -> str:
+    """ATen's message for a product of two dtypes, which it prints as Float, Double, BFloat16..."""
+    name = lambda dtype: torch.empty(0, dtype=dtype).type().removeprefix("torch.").removesuffix("Tensor")  # noqa: E731
+    return f"mat1 and mat2 must have the same dtype, but got {name(a)} and {name(b)}"
+
+
+class _Stacked:
+    """The forward of a stack of cells over nn.RNNBase's interface, for RNN, GRU and Recurrent.
+
+    Reads ``cell_name``, ``input_size``, ``hidden_size``, ``num_layers``, ``bias``,
+    ``batch_first``, ``dropout``, ``bidirectional`` and ``_flat_weights_names``.
+    """
+
+    _dims_error = "RNN: Expected input to be 2D or 3D, got {}D tensor instead"  # torch's words
+
+    def _get_name(self) -> str:
+        return f"scratchrnn.{type(self).__name__}"
+
+    @property
+    def cell_name(self) -> str:
+        """The registered cell this module runs: torch's ``mode`` in lower case."""
+        return self.mode.lower()
+
+    def _check_input(self, x: Tensor, hx: Tensor, expected_dim: int, N: int) -> None:
+        weight = getattr(self, self._flat_weights_names[0])
+        if x.dtype != weight.dtype:
+            raise ValueError(
+                f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
+                f"Convert input: input.to({weight.dtype}), or convert model: model.to({x.dtype})"
+            )
+        if x.dim() != expected_dim:
+            raise RuntimeError(f"input must have {expected_dim} dimensions, got {x.dim()}")
+        if x.size(-1) != self.input_size:
+            raise RuntimeError(
+                "input.size(-1) must be equal to input_size. "
+                f"Expected {self.input_size}, got {x.size(-1)}"
+            )
+        dirs = 2 if self.bidirectional else 1
+        expected = (self.num_layers * dirs, N, self.hidden_size)
+        if hx.shape != expected:
+            raise RuntimeError(f"Expected hidden size {expected}, got {list(hx.shape)}")
+        if hx.dtype != weight.dtype:  # torch's words: its first product is h_{t−1} W_hhᵀ
+            raise RuntimeError(_dtype_error(hx.dtype, weight.dtype))
+        for name in self._flat_weights_names:  # as nn.RNN, whose products mix no dtypes (b_ih + b_hh
+            other = getattr(self, name)  # would promote a float32 bias silently): issue 18, the fuzz
+            if other.dtype != weight.dtype:
+                raise RuntimeError(f"Expected {name} of dtype {weight.dtype}, got {other.dtype}")
+
+    def forward(self, input, hx: Tensor | None = None):
+        dirs = 2 if self.bidirectional else 1
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            x, batch_sizes_t, sorted_indices, unsorted_indices = input
+            T, N = len(batch_sizes_t), int(batch_sizes_t[0])  # IndexError for no steps, as nn's
+            if hx is not None and sorted_indices is not None:
+                hx = hx.index_select(1, sorted_indices)  # hx follows the caller's batch order
+            expected_dim = 2
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(self._dims_error.format(input.dim()))
+            batched = input.dim() == 3
+            x = input if batched else input.unsqueeze(1)  # (T, 1, D): unbatched ignores batch_first
+            if batched and self.batch_first:
+                x = x.transpose(0, 1)  # time-major (T, N, D)
+            if hx is not None and hx.dim() != (3 if batched else 2):
+                raise RuntimeError(
+                    f"For {'batched 3' if batched else 'unbatched 2'}-D input, hx should also be "
+                    f"{3 if batched else 2}-D but got {hx.dim()}-D tensor"
+                )
+            if hx is not None and not batched:
+                hx = hx.unsqueeze(1)
+            T, N = x.shape[0], x.shape[1]
+            expected_dim = 3
+        if hx is None:
+            hx = x.new_zeros(self.num_layers * dirs, N, self.hidden_size)
+        self._check_input(x, hx, expected_dim, N)
+        if T == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+
+        dropout = self.dropout if self.training else 0.0
+        masks = dropout_masks(x, dirs * self.hidden_size, self.num_layers, dropout)
+        config = RNNConfig(self.num_layers, self.bidirectional, self.bias, self.cell_name)
+        weights = [getattr(self, name) for name in self._flat_weights_names]
+        output, h_n = rnn(x, hx, weights, masks, batch_sizes_t if packed else None, config)
+
+        if packed:
+            if unsorted_indices is not None:
+                h_n = h_n.index_select(1, unsorted_indices)
+            return PackedSequence(output, batch_sizes_t, sorted_indices, unsorted_indices), h_n
+        if not batched:
+            return output.squeeze(1), h_n.squeeze(1)
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        return output, h_n
+
+
+class _Swappable:
+    """``from_torch`` and ``to_torch`` for the drop-ins (their torch class in ``_THEIRS``)."""
+
+    @classmethod
+    def from_torch(cls, module: nn.Module) -> nn.Module:
+        """Ours, with the same arguments, weights (copied), device, dtype and training mode."""
+        return _swapped(cls, module, cls._ARGUMENTS)
+
+    def to_torch(self) -> nn.Module:
+        """The equivalent torch.nn module (weights copied): for TorchScript, or cuDNN."""
+        return _swapped(_THEIRS[type(self)], self, self._ARGUMENTS)
+
+
+class RNN(_Stacked, _Swappable, nn.RNN):
+    r"""A multi-layer Elman RNN with tanh or ReLU, a drop-in for :class:`torch.nn.RNN` (a subclass).
 
     For each element of the input sequence, each layer computes
 
@@ -46,7 +174,8 @@ class RNN(nn.Module):
 
     where x_t is the input at time t for the first layer and the previous layer's output h_t
     (after dropout, in training) for the others. Forward and backward are the hand-written
-    functions of :mod:`scratchrnn.core.functional`; the gradients are exact, not autograd's.
+    stack of :mod:`scratchrnn.core.functional` over the Elman cell
+    (:mod:`scratchrnn.core.cells.elman`); the gradients are exact, not autograd's.
 
     Args:
         input_size: D, the number of features of x_t.
@@ -74,40 +203,187 @@ class RNN(nn.Module):
           layer * dirs + direction; with packed input, taken at each sequence's own last step.
 
     Attributes:
-        weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k} (and ``_reverse``): shaped,
-        named, ordered and initialised (U(−1/√H, 1/√H)) exactly like nn.RNN's, so the same seed
-        gives the same weights and state_dicts load both ways.
+        weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k} (and ``_reverse``): torch's own
+        (this is a subclass of nn.RNN), so the same seed gives the same weights and state_dicts
+        load both ways.
 
     Example:
         >>> rnn = RNN(10, 20, num_layers=2)
         >>> output, h_n = rnn(torch.randn(5, 3, 10))  # (5, 3, 20), (2, 3, 20)
     """
 
+    _ARGUMENTS = ("input_size", "hidden_size", "num_layers", "nonlinearity", "bias", "batch_first",
+                  "dropout", "bidirectional")
+
+
+class GRU(_Stacked, _Swappable, nn.GRU):
+    r"""A multi-layer GRU, a drop-in for :class:`torch.nn.GRU` (a subclass), with hand-written BPTT.
+
+    For each element of the input sequence, each layer computes (gates in r, z, n order)
+
+        r_t = σ(x_t W_irᵀ + b_ir + h_{t−1} W_hrᵀ + b_hr)
+        z_t = σ(x_t W_izᵀ + b_iz + h_{t−1} W_hzᵀ + b_hz)
+        n_t = tanh(x_t W_inᵀ + b_in + r_t ⊙ (h_{t−1} W_hnᵀ + b_hn))
+        h_t = (1 − z_t) ⊙ n_t + z_t ⊙ h_{t−1}
+
+    (the reset gate after the recurrent product, as torch's and cuDNN's). The backward is the GRU
+    cell's of :mod:`scratchrnn.core.cells.gru`.
+
+    Args, inputs and outputs: as :class:`RNN`'s, without ``nonlinearity``; the weights are
+    (3H, D), (3H, H), (3H,), (3H,) per layer and direction, torch's.
+
+    Example:
+        >>> gru = GRU(10, 20, num_layers=2, bidirectional=True)
+        >>> output, h_n = gru(torch.randn(5, 3, 10))  # (5, 3, 40), (4, 3, 20)
+    """
+
+    _dims_error = "GRU: Expected input to be 2D or 3D, got {}D instead"
+    _ARGUMENTS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                  "bidirectional")
+
+
+
+
+class _OneStep:
+    """The forward of a cell module (RNNCell, GRUCell): the T = 1 case of the stack, with torch's
+    checks and messages."""
+
+    def _get_name(self) -> str:
+        return f"scratchrnn.{type(self).__name__}"
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        label = type(self).__name__
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{label}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"{label}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)  # (N, D)
+        if hx is None:
+            hx = x.new_zeros(x.shape[0], self.hidden_size)
+        elif not batched:
+            hx = hx.unsqueeze(0)
+        cell = self._cell_name()
+        # ATen's checks, in its order and words (rnn_tanh_cell, gru_cell).
+        if x.size(1) != self.input_size:
+            raise RuntimeError(
+                f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}"
+            )
+        if x.size(0) != hx.size(0):
+            raise RuntimeError(f"Input batch size {x.size(0)} doesn't match hidden0 batch size {hx.size(0)}")
+        if hx.size(1) != self.hidden_size:
+            raise RuntimeError(
+                f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, expected {self.hidden_size}"
+            )
+        for a in (x, hx):
+            if a.dtype != self.weight_ih.dtype:
+                raise RuntimeError(_dtype_error(a.dtype, self.weight_ih.dtype))
+        params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        weights = [p for p in params if p is not None]
+        config = RNNConfig(1, False, self.bias, cell)
+        h, _ = rnn(x.unsqueeze(0), hx.unsqueeze(0), weights, [], None, config)  # T = 1
+        return h[0] if batched else h[0, 0]
+
+
+class RNNCell(_OneStep, _Swappable, nn.RNNCell):
+    r"""One step of an Elman RNN, a drop-in for :class:`torch.nn.RNNCell` (a subclass).
+
+        h' = tanh(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh)        (or relu)
+
+    The T = 1 case of :class:`RNN`, through the same hand-written forward and backward.
+
+    Args:
+        input_size: D. hidden_size: H. bias: use b_ih and b_hh (default True).
+        nonlinearity: ``'tanh'`` (default) or ``'relu'``. device, dtype: for the parameters.
+
+    Inputs: input (N, D) or (D), hx (N, H) or (H) (zeros if omitted).
+    Outputs: h' (N, H) or (H).
+
+    Example:
+        >>> cell = RNNCell(10, 20)
+        >>> h = cell(torch.randn(3, 10))  # (3, 20)
+    """
+
+    _ARGUMENTS = ("input_size", "hidden_size", "bias", "nonlinearity")
+
+    def _cell_name(self) -> str:
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        return f"rnn_{self.nonlinearity}"
+
+
+class GRUCell(_OneStep, _Swappable, nn.GRUCell):
+    r"""One step of a GRU, a drop-in for :class:`torch.nn.GRUCell` (a subclass): the T = 1 case
+    of :class:`GRU` (equations there).
+
+    Args:
+        input_size: D. hidden_size: H. bias: use b_ih and b_hh (default True). device, dtype.
+
+    Inputs: input (N, D) or (D), hx (N, H) or (H) (zeros if omitted).
+    Outputs: h' (N, H) or (H).
+
+    Example:
+        >>> cell = GRUCell(10, 20)
+        >>> h = cell(torch.randn(3, 10))  # (3, 20)
+    """
+
+    _ARGUMENTS = ("input_size", "hidden_size", "bias")
+
+    def _cell_name(self) -> str:
+        return "gru"
+
+
+class Recurrent(_Stacked, nn.Module):
+    r"""A stack of any cell: layers, both directions, packing, dropout between layers,
+    torch.compile and torch.export, with nn.RNN's interface (a plain module: nn.RNNBase accepts
+    only its own modes).
+
+    Args:
+        cell: a :class:`~scratchrnn.core.cells.Cell`, or the name of a registered one
+            (``"rnn_tanh"``, ``"gru"``...). A cell object not yet registered is registered
+            under its ``name``.
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device,
+        dtype: as for :class:`RNN`.
+
+    Inputs and outputs: as :class:`RNN`'s. Parameters: the cell's (``parameter_shapes``), named
+    and ordered as torch.nn's, initialised by the cell's ``reset_parameters_``.
+
+    Example:
+        >>> rnn = Recurrent("gru", 10, 20, num_layers=2)
+        >>> output, h_n = rnn(torch.randn(5, 3, 10))  # (5, 3, 20), (2, 3, 20)
+    """
+
+    _ARGUMENTS = ("cell", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                  "bidirectional")
+
     def __init__(
         self,
+        cell: cells.Cell | str,
         input_size: int,
         hidden_size: int,
         num_layers: int = 1,
-        nonlinearity: str = "tanh",
         bias: bool = True,
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
         device=None,
         dtype=None,
-        **kwargs,
     ) -> None:
-        if "proj_size" in kwargs:
-            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        if kwargs:
-            raise TypeError(f"RNN got unexpected keyword arguments: {sorted(kwargs)}")
         super().__init__()
-        _check_nonlinearity(nonlinearity)
-        if (
-            not isinstance(dropout, numbers.Number)
-            or isinstance(dropout, bool)
-            or not 0 <= dropout <= 1
-        ):
+        cell = cells.get(cell) if isinstance(cell, str) else cell
+        if len(cell.states) != 1:
+            raise NotImplementedError(
+                f"the stack carries one state per layer; {cell.name!r} has {cell.states}"
+            )
+        if cells.CELLS.get(cell.name) is not cell:
+            cells.register(cell)
+        for name, size in (("input_size", input_size), ("hidden_size", hidden_size),
+                           ("num_layers", num_layers)):
+            if isinstance(size, bool) or not isinstance(size, int):
+                raise TypeError(f"{name} should be of type int, got: {type(size).__name__}")
+            if size <= 0:
+                raise ValueError(f"{name} must be greater than zero")
+        if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
             raise ValueError(
                 "dropout should be a number in range [0, 1] representing the probability of "
                 f"an element being zeroed, got {dropout!r}"
@@ -119,296 +395,73 @@ class RNN(nn.Module):
                 f"num_layers={num_layers}",
                 stacklevel=2,
             )
-        for name, flag in (("bias", bias), ("batch_first", batch_first)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} should be of type bool, got: {type(flag).__name__}")
-        _check_size("input_size", input_size)
-        _check_size("hidden_size", hidden_size)
-        _check_size("num_layers", num_layers)
-
-        self.mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
-        self.nonlinearity = nonlinearity
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.bias = bias
-        self.batch_first = batch_first
-        self.dropout = float(dropout)
+        self.cell = cell
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional = bidirectional
-        self.proj_size = 0
-        factory = {"device": device, "dtype": dtype}
-        dirs = 2 if bidirectional else 1
+        layout = Layout(num_layers, bidirectional, bias)
         self._flat_weights_names: list[str] = []
-        self._all_weights: list[list[str]] = []
-        for layer in range(num_layers):
-            for direction in range(dirs):
-                layer_input_size = input_size if layer == 0 else hidden_size * dirs
-                suffix = "_reverse" if direction == 1 else ""
-                shapes = {
-                    f"weight_ih_l{layer}{suffix}": (hidden_size, layer_input_size),
-                    f"weight_hh_l{layer}{suffix}": (hidden_size, hidden_size),
-                }
-                if bias:
-                    shapes[f"bias_ih_l{layer}{suffix}"] = (hidden_size,)
-                    shapes[f"bias_hh_l{layer}{suffix}"] = (hidden_size,)
-                for name, shape in shapes.items():
-                    self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
-                self._flat_weights_names.extend(shapes)
-                self._all_weights.append(list(shapes))
+        for layer, d, _ in layout.walk():
+            D = layout.input_size(layer, input_size, hidden_size)
+            for stem, shape in cell.parameter_shapes(D, hidden_size, bias).items():
+                name = stem + layout.suffix(layer, d)
+                self.register_parameter(name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+                self._flat_weights_names.append(name)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """U(−1/√H, 1/√H) for every parameter, in registration order (as nn.RNN does)."""
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
-
     @property
-    def _flat_weights(self) -> list[Tensor]:
-        return [getattr(self, name) for name in self._flat_weights_names]
-
-    @property
-    def all_weights(self) -> list[list[nn.Parameter]]:
-        """The parameters grouped per layer and direction, as nn.RNN's ``all_weights``."""
-        return [[getattr(self, name) for name in names] for names in self._all_weights]
-
-    def flatten_parameters(self) -> None:
-        """A no-op, kept for nn.RNN compatibility (only cuDNN needs flat weights)."""
-
-    _ARGUMENTS = ("input_size", "hidden_size", "num_layers", "nonlinearity", "bias", "batch_first",
-                  "dropout", "bidirectional")
-
-    @classmethod
-    def from_torch(cls, rnn: nn.RNN) -> RNN:
-        """Ours, with the same arguments, weights (copied), device, dtype and training mode."""
-        return _swapped(cls, rnn, cls._ARGUMENTS)
-
-    def to_torch(self) -> nn.RNN:
-        """The equivalent :class:`torch.nn.RNN` (weights copied): for TorchScript, or cuDNN."""
-        return _swapped(nn.RNN, self, self._ARGUMENTS)
-
-    def extra_repr(self) -> str:
-        s = "{input_size}, {hidden_size}"
-        if self.num_layers != 1:
-            s += ", num_layers={num_layers}"
-        if self.bias is not True:
-            s += ", bias={bias}"
-        if self.batch_first is not False:
-            s += ", batch_first={batch_first}"
-        if self.dropout != 0:
-            s += ", dropout={dropout}"
-        if self.bidirectional is not False:
-            s += ", bidirectional={bidirectional}"
-        return s.format(**self.__dict__)
-
-    def _check_input(self, x: Tensor, hx: Tensor, expected_dim: int, N: int) -> None:
-        weight = self.weight_ih_l0
-        if x.dtype != weight.dtype:
-            raise ValueError(
-                f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
-                f"Convert input: input.to({weight.dtype}), or convert model: model.to({x.dtype})"
-            )
-        if x.dim() != expected_dim:
-            raise RuntimeError(f"input must have {expected_dim} dimensions, got {x.dim()}")
-        if x.size(-1) != self.input_size:
-            raise RuntimeError(
-                "input.size(-1) must be equal to input_size. "
-                f"Expected {self.input_size}, got {x.size(-1)}"
-            )
-        dirs = 2 if self.bidirectional else 1
-        expected = (self.num_layers * dirs, N, self.hidden_size)
-        if hx.shape != expected:
-            raise RuntimeError(f"Expected hidden size {expected}, got {list(hx.shape)}")
-        if hx.dtype != weight.dtype:
-            raise RuntimeError(f"Expected hx of dtype {weight.dtype}, got {hx.dtype}")
-
-    def forward(self, input, hx: Tensor | None = None):
-        dirs = 2 if self.bidirectional else 1
-        packed = isinstance(input, PackedSequence)
-        if packed:
-            x, batch_sizes_t, sorted_indices, unsorted_indices = input
-            T, N = len(batch_sizes_t), int(batch_sizes_t[0]) if len(batch_sizes_t) else 0
-            if hx is not None and sorted_indices is not None:
-                hx = hx.index_select(1, sorted_indices)  # hx follows the caller's batch order
-            expected_dim = 2
-        else:
-            if input.dim() not in (2, 3):
-                raise ValueError(
-                    f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead"
-                )
-            batched = input.dim() == 3
-            x = input if batched else input.unsqueeze(1)  # (T, 1, D): unbatched ignores batch_first
-            if batched and self.batch_first:
-                x = x.transpose(0, 1)  # time-major (T, N, D)
-            if hx is not None and hx.dim() != (3 if batched else 2):
-                raise RuntimeError(
-                    f"For {'batched 3' if batched else 'unbatched 2'}-D input, hx should also be "
-                    f"{3 if batched else 2}-D but got {hx.dim()}-D tensor"
-                )
-            if hx is not None and not batched:
-                hx = hx.unsqueeze(1)
-            T, N = x.shape[0], x.shape[1]
-            expected_dim = 3
-        if hx is None:
-            hx = x.new_zeros(self.num_layers * dirs, N, self.hidden_size)
-        self._check_input(x, hx, expected_dim, N)
-        if T == 0:
-            raise RuntimeError("Expected sequence length to be larger than 0 in RNN, got 0")
-
-        dropout = self.dropout if self.training else 0.0
-        masks = dropout_masks(x, dirs * self.hidden_size, self.num_layers, dropout)
-        config = RNNConfig(self.num_layers, self.bidirectional, self.bias, self.nonlinearity)
-        output, h_n = rnn(x, hx, self._flat_weights, masks, batch_sizes_t if packed else None, config)
-
-        if packed:
-            if unsorted_indices is not None:
-                h_n = h_n.index_select(1, unsorted_indices)
-            return PackedSequence(output, batch_sizes_t, sorted_indices, unsorted_indices), h_n
-        if not batched:
-            return output.squeeze(1), h_n.squeeze(1)
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        return output, h_n
-
-
-class RNNCell(nn.Module):
-    r"""One step of an Elman RNN, a drop-in for :class:`torch.nn.RNNCell`.
-
-        h' = tanh(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh)        (or relu)
-
-    It is the T = 1 case of :class:`RNN` and runs through the same hand-written forward and
-    backward.
-
-    Args:
-        input_size: D. hidden_size: H. bias: use b_ih and b_hh (default True).
-        nonlinearity: ``'tanh'`` (default) or ``'relu'``. device, dtype: for the parameters.
-
-    Inputs: input (N, D) or (D), hx (N, H) or (H) (zeros if omitted).
-    Outputs: h' (N, H) or (H).
-
-    Attributes: weight_ih (H, D), weight_hh (H, H), bias_ih (H), bias_hh (H), initialised
-    U(−1/√H, 1/√H) in that order, as nn.RNNCell's.
-
-    Example:
-        >>> cell = RNNCell(10, 20)
-        >>> h = cell(torch.randn(3, 10))  # (3, 20)
-    """
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        nonlinearity: str = "tanh",
-        device=None,
-        dtype=None,
-    ) -> None:
-        super().__init__()
-        _check_nonlinearity(nonlinearity)
-        _check_size("input_size", input_size)
-        _check_size("hidden_size", hidden_size)
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.bias = bias
-        self.nonlinearity = nonlinearity
-        factory = {"device": device, "dtype": dtype}
-        self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size, **factory))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(hidden_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(hidden_size, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        self.reset_parameters()
+    def cell_name(self) -> str:
+        return self.cell.name
 
     def reset_parameters(self) -> None:
-        """U(−1/√H, 1/√H) for every parameter, in registration order (as nn.RNNCell does)."""
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
-
-    _ARGUMENTS = ("input_size", "hidden_size", "bias", "nonlinearity")
-
-    @classmethod
-    def from_torch(cls, cell: nn.RNNCell) -> RNNCell:
-        """Ours, with the same arguments, weights (copied), device, dtype and training mode."""
-        return _swapped(cls, cell, cls._ARGUMENTS)
-
-    def to_torch(self) -> nn.RNNCell:
-        """The equivalent :class:`torch.nn.RNNCell` (weights copied)."""
-        return _swapped(nn.RNNCell, self, self._ARGUMENTS)
+        """The cell's init, over every parameter in registration order."""
+        self.cell.reset_parameters_(list(self.parameters()), self.hidden_size)
 
     def extra_repr(self) -> str:
-        s = "{input_size}, {hidden_size}"
-        if self.bias is not True:
-            s += ", bias={bias}"
-        if self.nonlinearity != "tanh":
-            s += ", nonlinearity={nonlinearity}"
-        return s.format(**self.__dict__)
-
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        if input.dim() not in (1, 2):
-            raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        if hx is not None and hx.dim() not in (1, 2):
-            raise ValueError(f"RNNCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
-        _check_nonlinearity(self.nonlinearity)
-        batched = input.dim() == 2
-        x = input if batched else input.unsqueeze(0)  # (N, D)
-        N = x.shape[0]
-        if hx is None:
-            hx = x.new_zeros(N, self.hidden_size)
-        elif not batched:
-            hx = hx.unsqueeze(0)
-        if x.shape[1] != self.input_size:
-            raise RuntimeError(
-                f"RNNCell: Expected input with {self.input_size} features, got {x.shape[1]}"
-            )
-        if hx.shape != (N, self.hidden_size):
-            raise RuntimeError(
-                f"RNNCell: Expected hidden of shape {(N, self.hidden_size)}, got {tuple(hx.shape)}"
-            )
-        if x.dtype != self.weight_ih.dtype or hx.dtype != self.weight_ih.dtype:
-            raise RuntimeError(
-                f"RNNCell: Expected input and hidden of dtype {self.weight_ih.dtype}, "
-                f"got {x.dtype} and {hx.dtype}"
-            )
-        params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        weights = [p for p in params if p is not None]
-        config = RNNConfig(1, False, self.bias, self.nonlinearity)
-        h, _ = rnn(x.unsqueeze(0), hx.unsqueeze(0), weights, [], None, config)  # T = 1
-        return h[0] if batched else h[0, 0]
+        s = f"{self.cell.name!r}, {self.input_size}, {self.hidden_size}"
+        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
+                              ("dropout", 0.0), ("bidirectional", False)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s
 
 
 def _swapped(cls: type[nn.Module], module: nn.Module, arguments: tuple[str, ...]) -> nn.Module:
-    """A ``cls`` built with ``module``'s constructor arguments, holding a copy of its weights."""
+    """A ``cls`` built with ``module``'s constructor arguments, holding a copy of its weights.
+
+    Built on the meta device, then given storage and loaded: no random numbers are drawn, so
+    converting a model leaves the global generator where it was."""
     weight = next(module.parameters())
-    new = cls(**{name: getattr(module, name) for name in arguments},
-              device=weight.device, dtype=weight.dtype)
+    with warnings.catch_warnings():  # the dropout-with-one-layer warning was given at the original
+        warnings.simplefilter("ignore")
+        new = cls(**{name: getattr(module, name) for name in arguments}, device="meta", dtype=weight.dtype)
+    new = new.to_empty(device=weight.device)
     new.load_state_dict(module.state_dict())
     for p_new, p in zip(new.parameters(), module.parameters(), strict=True):  # same order
         p_new.requires_grad_(p.requires_grad)
     return new.train(module.training)
 
 
-_OURS = {nn.RNN: RNN, nn.RNNCell: RNNCell}
+# Exact types: ours are subclasses of torch's, so isinstance would swap ours again.
+_OURS = {nn.RNN: RNN, nn.GRU: GRU, nn.RNNCell: RNNCell, nn.GRUCell: GRUCell}
+_THEIRS = {ours: theirs for theirs, ours in _OURS.items()}
 
 
 def convert(module: nn.Module, to: str = "scratchrnn") -> nn.Module:
-    """Swap every :class:`torch.nn.RNN` / :class:`torch.nn.RNNCell` inside ``module`` for ours
-    (``to="scratchrnn"``), or every one of ours for torch's (``to="torch"``), weights kept.
+    """Swap every :class:`torch.nn.RNN`, ``GRU``, ``RNNCell`` and ``GRUCell`` inside ``module`` for
+    ours (``to="scratchrnn"``), or every one of ours for torch's (``to="torch"``), weights kept;
+    no random numbers drawn.
 
     The swap is in place; the module is returned (the replacement, when ``module`` itself is one).
 
     Example:
-        >>> model = convert(nn.Sequential(nn.RNN(10, 20)))  # model[0] is a scratchrnn.RNN
+        >>> model = convert(nn.Sequential(nn.GRU(10, 20)))  # model[0] is a scratchrnn.GRU
     """
     if to not in ("scratchrnn", "torch"):
         raise ValueError(f"to must be 'scratchrnn' or 'torch', got {to!r}")
-    if to == "scratchrnn" and type(module) in _OURS:
-        return _OURS[type(module)].from_torch(module)
-    if to == "torch" and isinstance(module, (RNN, RNNCell)):
-        return module.to_torch()
+    swaps = _OURS if to == "scratchrnn" else _THEIRS
+    if type(module) in swaps:
+        return _swapped(swaps[type(module)], module, _OURS.get(type(module), type(module))._ARGUMENTS)
     for name, child in module.named_children():
         setattr(module, name, convert(child, to))
     return module

@@ -1,6 +1,8 @@
 r"""The operators: the RNN's forward and BPTT as PyTorch custom operators, and the glue to autograd.
 
-The math lives in :mod:`scratchrnn.core.functional`; this module makes it a citizen of PyTorch 2:
+The stack lives in :mod:`scratchrnn.core.functional`, the equations in the cells of
+:mod:`scratchrnn.core.cells`; this module makes them a citizen of PyTorch 2, for every registered
+cell (its name is a static string argument of the operators, ``cell``):
 
 - ``torch.ops.scratchrnn.rnn`` (the forward) and ``torch.ops.scratchrnn.rnn_backward`` (our BPTT),
   custom operators with one kernel for every device (the C loops where :mod:`~scratchrnn.core.accel`
@@ -39,12 +41,13 @@ __all__ = ["RNNConfig", "rnn"]
 
 
 class RNNConfig(NamedTuple):
-    """The static arguments of the operators."""
+    """The static arguments of the operators; ``cell`` is a registered cell's name ("rnn_tanh",
+    "rnn_relu", "gru", ...)."""
 
     num_layers: int
     bidirectional: bool
     bias: bool
-    nonlinearity: str
+    cell: str
 
 
 def _batch_sizes(x: Tensor, batch_sizes: Tensor | None) -> list[int]:
@@ -88,7 +91,7 @@ def _rnn_kernel(
     num_layers: int,
     bidirectional: bool,
     bias: bool,
-    nonlinearity: str,
+    cell: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The RNN's forward: (output, h_n, the inner layers' outputs stacked).
 
@@ -99,7 +102,7 @@ def _rnn_kernel(
     """
     result = functional.rnn_forward(
         _rows(x), hx, weights, _batch_sizes(x, batch_sizes), [_rows(m) for m in masks],
-        num_layers=num_layers, bidirectional=bidirectional, bias=bias, nonlinearity=nonlinearity,
+        num_layers=num_layers, bidirectional=bidirectional, bias=bias, cell=cell,
     )
     shape = (*x.shape[:-1], result.output.shape[-1])
     return result.output.view(shape), result.h_n, result.inner.view(num_layers - 1, *shape)
@@ -109,7 +112,7 @@ _rnn_op = torch.library.custom_op("scratchrnn::rnn", _rnn_kernel, mutates_args=(
 
 
 @_rnn_op.register_fake
-def _(x, hx, weights, masks, batch_sizes, num_layers, bidirectional, bias, nonlinearity):
+def _(x, hx, weights, masks, batch_sizes, num_layers, bidirectional, bias, cell):
     shape = (*x.shape[:-1], (2 if bidirectional else 1) * hx.shape[-1])
     return x.new_empty(shape), hx.new_empty(hx.shape), x.new_empty(num_layers - 1, *shape)
 
@@ -128,7 +131,7 @@ def _rnn_backward_kernel(
     num_layers: int,
     bidirectional: bool,
     bias: bool,
-    nonlinearity: str,
+    cell: str,
     need_dx: bool,
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Our BPTT: (dx, dhx, one gradient per weight); dx has no elements unless ``need_dx``.
@@ -139,7 +142,7 @@ def _rnn_backward_kernel(
     dx, dhx, dweights = functional.rnn_backward(
         _rows(doutput), dh_n, _rows(x), hx, weights, _batch_sizes(x, batch_sizes),
         _layer_rows(inner, output), [_rows(m) for m in masks], _layer_rows(dinner),
-        num_layers=num_layers, bidirectional=bidirectional, bias=bias, nonlinearity=nonlinearity,
+        num_layers=num_layers, bidirectional=bidirectional, bias=bias, cell=cell,
         need_dx=need_dx,
     )
     return (dx.view(x.shape) if dx is not None else x.new_empty(0)), dhx, dweights
@@ -150,7 +153,7 @@ _rnn_backward_op = torch.library.custom_op("scratchrnn::rnn_backward", _rnn_back
 
 @_rnn_backward_op.register_fake
 def _(doutput, dh_n, dinner, x, hx, weights, masks, inner, output, batch_sizes,
-      num_layers, bidirectional, bias, nonlinearity, need_dx):
+      num_layers, bidirectional, bias, cell, need_dx):
     dx = x.new_empty(x.shape) if need_dx else x.new_empty(0)
     return dx, hx.new_empty(hx.shape), [w.new_empty(w.shape) for w in weights]
 

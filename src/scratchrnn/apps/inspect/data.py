@@ -51,7 +51,7 @@ def layer_states(model: CharRNN, ids: torch.Tensor, layer: int) -> np.ndarray:
     result = rnn_forward(
         x, model.init_state(1), [w for weights in rnn.all_weights for w in weights], [1] * len(ids),
         num_layers=rnn.num_layers, bidirectional=rnn.bidirectional, bias=rnn.bias,
-        nonlinearity=rnn.nonlinearity,
+        cell=f"rnn_{rnn.nonlinearity}",
     )
     return result.layer_outputs[layer].numpy()  # (T, H)
 

@@ -1,0 +1,14 @@
+"""The cells, one file each, and the registry by name: a new cell is its file plus one line here.
+
+See :mod:`scratchrnn.core.cells.base` for what a cell is, and docs/cells.md for writing one.
+"""
+
+from scratchrnn.core.cells.base import CELLS, Cell, get, register
+from scratchrnn.core.cells.elman import Elman
+from scratchrnn.core.cells.gru import GRU
+
+__all__ = ["CELLS", "GRU", "Cell", "Elman", "get", "register"]
+
+register(Elman("tanh"))
+register(Elman("relu"))
+register(GRU())

@@ -1,0 +1,91 @@
+r"""The Elman cell, tanh or ReLU: ``rnn_tanh`` and ``rnn_relu`` (torch.nn.RNN's).
+
+Forward, one step (rows are batch elements, so weights act from the right):
+
+    xp_t = x_t W_ihᵀ                                         (before the loop, for all steps)
+    a_t  = xp_t + b_ih + b_hh + h_{t−1} W_hhᵀ              pre-activation      (b, H)
+    h_t  = tanh(a_t)            (or relu(a_t))             hidden state        (b, H)
+
+Backward, given dh_t (the total ∂L/∂h_t: from the output, plus da_{t+1} W_hh from the step after):
+
+    da_t = dh_t ⊙ (1 − h_t²)        (relu: ⊙ [h_t > 0])
+    dxp_t = dhp_t = da_t            (xp and hp enter as a sum, so b_ih and b_hh get the same db)
+
+Tangent: ȧ_t = ẋp_t + ḣp_t, ḣ_t = f'(a_t) ⊙ ȧ_t.
+
+What the backward reads: f'(a_t), recomputed from h_t (1 − h_t² for tanh), nothing else.
+
+The step works in place in the layer's output buffer: :meth:`Elman.project` writes x W_ihᵀ there
+(beta = 0: the buffer is not read), each step adds the bias and h_{t−1} W_hhᵀ and applies tanh over
+it. The C loop (``_steps.c`` through :mod:`~scratchrnn.core.accel`) adds the bias inside the pass
+the nonlinearity makes anyway, which saves a pass over the buffer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from scratchrnn.core import accel
+from scratchrnn.core.cells.base import Cell
+
+__all__ = ["Elman"]
+
+
+def activation_derivative(h: Tensor, nonlinearity: str) -> Tensor:
+    """f'(a) from the output h = f(a), as a new tensor: 1 − h² for tanh; for relu, where the unit
+    passes its gradient on (h > 0, and a NaN h), as a bool mask for :func:`times_fprime`."""
+    if nonlinearity == "tanh":
+        return torch.mul(h, h).neg_().add_(1)
+    return h.le(0).logical_not_()
+
+
+def times_fprime(d: Tensor, fprime: Tensor) -> Tensor:
+    """d ⊙ f'(a). For relu a selection, not a product: 0 where the unit is off even if d is NaN,
+    d where it is on or h is NaN (nn.RNN's threshold rule, which 0 · NaN = NaN would break)."""
+    return d * fprime if fprime.is_floating_point() else torch.where(fprime, d, 0)
+
+
+class Elman(Cell):
+    """h_t = tanh(x_t W_ihᵀ + b_ih + h_{t−1} W_hhᵀ + b_hh), or relu: see the module docstring."""
+
+    gates = 1
+
+    def __init__(self, nonlinearity: str) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        self.nonlinearity = nonlinearity
+        self.name = f"rnn_{nonlinearity}"
+
+    def project(self, x, W_ih, b_ih, out):
+        return out.addmm_(x, W_ih.t(), beta=0)  # xp = x W_ihᵀ, in the output buffer
+
+    def step_constants(self, W_hh, b_ih, b_hh):
+        return W_hh.t(), None if b_ih is None else b_ih + b_hh
+
+    def step(self, xp_t, h_prev, constants, h_t):
+        W_hh_T, bias = constants  # xp_t is h_t's storage (see project): the step runs in place
+        a_t = xp_t if bias is None else xp_t.add_(bias)  # + b_ih + b_hh
+        a_t.addmm_(h_prev, W_hh_T)  # a_t = x_t W_ihᵀ + b + h_{t-1} W_hhᵀ
+        a_t.tanh_() if self.nonlinearity == "tanh" else a_t.relu_()  # h_t = tanh(a_t)
+
+    def residuals(self, x, h_prev, out, W_ih, W_hh, b_ih, b_hh):
+        return activation_derivative(out, self.nonlinearity)  # f'(a_t) from h_t
+
+    def step_backward(self, dh_t, residuals_t, h_prev):
+        da_t = times_fprime(dh_t, residuals_t)  # da_t = dh_t ⊙ f'(a_t)
+        return da_t, da_t, None
+
+    def step_tangent(self, xp_dot_t, hp_dot_t, h_dot_prev, residuals_t, h_prev):
+        return times_fprime(xp_dot_t + hp_dot_t, residuals_t)  # ḣ_t = f'(a_t) ⊙ (ẋp_t + ḣp_t)
+
+    def accel_ready(self, *tensors):
+        return accel.available_for(*tensors)
+
+    def forward_accel(self, xp, h0, W_hh, b_ih, b_hh, batch_sizes, out, h_n, reverse):
+        bias = None if b_ih is None else b_ih + b_hh
+        accel.forward_steps(out, h0, W_hh, bias, batch_sizes, h_n, self.nonlinearity == "relu", reverse)
+
+    def backward_accel(self, dh, x, h0, h_prev, out, W_ih, W_hh, b_ih, b_hh, batch_sizes, dh0, reverse):
+        accel.backward_steps(dh, out, W_hh, batch_sizes, dh0, self.nonlinearity == "relu", reverse)
+        return dh, dh  # dh turned into da in place
