@@ -208,44 +208,55 @@ static inline float tanh_f(float x) {
 }
 
 /* The logistic sigmoid, branch-free like tanh: σ(x) = 1 / (1 + e) for x >= 0 and e / (1 + e) for
- * x < 0, e = exp(−|x|) = 2^k (expm1(r) + 1) as in tanh_d / tanh_f (|x| clamped where e underflows:
- * σ(−inf) is then the smallest normal number, not 0). NaN in, NaN out, as torch.sigmoid. */
+ * x < 0, e = exp(−|x|) = 2^k (expm1(r) + 1) as in tanh_d / tanh_f, with 2^k applied as two
+ * factors 2^k1 2^k2 so that e goes gradually into the subnormals and to 0 where exp does: σ(−inf)
+ * is 0, as torch's, not a tiny number (r ⊙ hp_n in the GRU must be NaN where torch's is, when
+ * hp_n is infinite). k comes out of t's bits by integer arithmetic (no float-to-int conversion,
+ * which is undefined for NaN). NaN in, NaN out, as torch.sigmoid. */
 static inline double sigmoid_d(double x) {
     double ax = x < 0 ? -x : x;
-    ax = ax > 708.0 ? 708.0 : ax; /* NaN fails the comparison and stays NaN */
+    ax = ax > 1100.0 ? 1100.0 : ax; /* e = 0 from here on; NaN fails the comparison, stays NaN */
     double y = -ax;
-    double t = y * 1.4426950408889634 + 0x1.8p52;
+    double t = y * 1.4426950408889634 + 0x1.8p52; /* round(y / ln2) lands in t's low bits */
     double k = t - 0x1.8p52;
     double r = (y - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10;
     double p = r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120
              + r * (1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880
              + r * (1.0 / 3628800 + r * (1.0 / 39916800 + r * (1.0 / 479001600
              + r * (1.0 / 6227020800.0)))))))))))));
-    uint64_t bits;
+    int64_t bits, bias_bits;
+    const double bias = 0x1.8p52;
     memcpy(&bits, &t, sizeof bits);
-    bits = (bits + 1023) << 52; /* 2^k */
-    double scale;
-    memcpy(&scale, &bits, sizeof scale);
-    double e = scale * p + scale;
+    memcpy(&bias_bits, &bias, sizeof bias_bits);
+    int64_t ki = bits - bias_bits, k1 = ki / 2, k2 = ki - k1; /* k1, k2 >= -794: normal */
+    uint64_t b1 = (uint64_t)(k1 + 1023) << 52, b2 = (uint64_t)(k2 + 1023) << 52;
+    double scale1, scale2;
+    memcpy(&scale1, &b1, sizeof scale1);
+    memcpy(&scale2, &b2, sizeof scale2);
+    double e = (scale1 * p + scale1) * scale2;
     double s = 1.0 / (1.0 + e);
     return x >= 0 ? s : e * s;
 }
 
 static inline float sigmoid_f(float x) {
     float ax = x < 0 ? -x : x;
-    ax = ax > 87.0f ? 87.0f : ax;
+    ax = ax > 160.0f ? 160.0f : ax; /* e = 0 from here on */
     float y = -ax;
     float t = y * 1.44269504f + 0x1.8p23f;
     float k = t - 0x1.8p23f;
     float r = (y - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
     float p = r * (1.0f + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120
             + r * (1.0f / 720 + r * (1.0f / 5040 + r * (1.0f / 40320))))))));
-    uint32_t bits;
+    int32_t bits, bias_bits;
+    const float bias = 0x1.8p23f;
     memcpy(&bits, &t, sizeof bits);
-    bits = (bits + 127) << 23; /* 2^k */
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    float e = scale * p + scale;
+    memcpy(&bias_bits, &bias, sizeof bias_bits);
+    int32_t ki = bits - bias_bits, k1 = ki / 2, k2 = ki - k1; /* k1, k2 >= -116: normal */
+    uint32_t b1 = (uint32_t)(k1 + 127) << 23, b2 = (uint32_t)(k2 + 127) << 23;
+    float scale1, scale2;
+    memcpy(&scale1, &b1, sizeof scale1);
+    memcpy(&scale2, &b2, sizeof scale2);
+    float e = (scale1 * p + scale1) * scale2;
     float s = 1.0f / (1.0f + e);
     return x >= 0 ? s : e * s;
 }
