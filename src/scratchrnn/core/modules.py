@@ -221,6 +221,10 @@ class RNN(nn.Module):
             raise RuntimeError(f"Expected hidden size {expected}, got {list(hx.shape)}")
         if hx.dtype != weight.dtype:
             raise RuntimeError(f"Expected hx of dtype {weight.dtype}, got {hx.dtype}")
+        for name in self._flat_weights_names:  # as nn.RNN, whose products mix no dtypes (b_ih + b_hh
+            other = getattr(self, name)  # would promote a float32 bias silently): issue 18, the fuzz
+            if other.dtype != weight.dtype:
+                raise RuntimeError(f"Expected {name} of dtype {weight.dtype}, got {other.dtype}")
 
     def forward(self, input, hx: Tensor | None = None):
         dirs = 2 if self.bidirectional else 1
