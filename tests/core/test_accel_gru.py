@@ -261,7 +261,7 @@ def test_the_c_entry_points_refuse_inconsistent_sizes_themselves():
     """Past the door (a caller of the C library itself): each pointer comes with its length, and
     the loop returns an error instead of reading past a buffer or trusting the step sizes."""
     lib, a = accel._library(), _args()
-    sizes, offsets = accel._steps(a["batch_sizes"])
+    sizes, offsets, _, _ = accel._steps(a["batch_sizes"])
     fn = lib.scratchrnn_gru_forward_f64
 
     def call(sizes=sizes, offsets=offsets, W_len=48, T=2):

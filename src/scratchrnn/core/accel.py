@@ -30,8 +30,8 @@ from __future__ import annotations
 import _ctypes
 import ctypes
 import hashlib
-import itertools
 import logging
+import operator
 import os
 import platform
 import shutil
@@ -40,7 +40,7 @@ import sys
 import sysconfig
 import tempfile
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import torch
@@ -350,23 +350,44 @@ def _ptr(t: Tensor) -> ctypes.c_void_p:
 
 def _extent(t: Tensor) -> int:
     """How many elements from ``t.data_ptr()`` its view reaches (its last element's index + 1)."""
+    if t.is_contiguous():
+        return t.numel()
     return 0 if t.numel() == 0 else 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True))
 
 
-def _buf(t: Tensor | None) -> tuple[ctypes.c_void_p | None, int]:
+def _buf(t: Tensor | None) -> tuple[int | None, int]:
     """A tensor as the C loops take it: its address and its length in elements (None, 0: none)."""
-    return (None, 0) if t is None else (_ptr(t), _extent(t))
+    return (None, 0) if t is None else (t.data_ptr(), _extent(t))
 
 
-def _steps(batch_sizes: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """Rows per step and each step's first row, as the int64 arrays the C loops read."""
-    T, N = len(batch_sizes), batch_sizes[0]
-    if batch_sizes[-1] == N:  # padded (sizes never grow, so all equal): no list to convert
-        return torch.full((T,), N, dtype=torch.int64), torch.arange(T, dtype=torch.int64) * N
-    sizes = torch.tensor(batch_sizes, dtype=torch.int64)
-    offsets = torch.zeros_like(sizes)
-    torch.cumsum(sizes[:-1], 0, out=offsets[1:])
-    return sizes, offsets
+@lru_cache(maxsize=64)
+def _padded_steps(T: int, N: int) -> tuple[Tensor, Tensor]:
+    """_steps of a padded batch: made once per (T, N), as every call of a training run asks for it."""
+    return torch.full((T,), N, dtype=torch.int64), torch.arange(T, dtype=torch.int64) * N
+
+
+def _steps(batch_sizes: Sequence[int]) -> tuple[Tensor, Tensor, int, int]:
+    """Rows per step and each step's first row, as the int64 arrays the C loops read, and (N, rows).
+
+    Part of the door: the sizes must be integers, non-negative and never growing (the C side
+    checks the arrays once more). Plain list methods, not a Python loop per step: this runs on
+    every call, and at small N and H a call is tens of microseconds.
+    """
+    sizes = batch_sizes if type(batch_sizes) is list else list(batch_sizes)
+    T = len(sizes)
+    if T == 0:
+        raise ValueError("Expected at least one step, got batch_sizes of length 0")
+    N = operator.index(sizes[0])
+    if sizes.count(N) == T:  # padded: every step has all N rows
+        if N < 0:
+            raise ValueError(f"Expected batch_sizes non-negative, got {N}")
+        return (*_padded_steps(T, N), N, N * T)
+    if sizes != sorted(sizes, reverse=True) or sizes[-1] < 0:
+        raise ValueError(f"Expected batch_sizes non-negative and non-increasing, got {sizes}")
+    steps = torch.tensor(sizes, dtype=torch.int64)  # TypeError for what is not a number
+    offsets = torch.zeros_like(steps)
+    torch.cumsum(steps[:-1], 0, out=offsets[1:])
+    return steps, offsets, N, int(offsets[-1]) + int(steps[-1])
 
 
 def _suffix(t: Tensor) -> str:
@@ -378,43 +399,48 @@ def _suffix(t: Tensor) -> str:
 # is handed over, and the C side checks the sizes once more (it returns an error instead of
 # reading past a buffer). Errors are raised as nn.RNN raises them (RuntimeError for tensors that
 # do not fit, ValueError for step sizes), never with `assert`, which `python -O` removes.
-
-def _check_batch_sizes(batch_sizes: Sequence[int]) -> tuple[int, int]:
-    """(N, rows) of a sequence of rows per step: non-empty, non-negative, never growing."""
-    sizes = [int(b) for b in batch_sizes]
-    if not sizes:
-        raise ValueError("Expected at least one step, got batch_sizes of length 0")
-    if min(sizes) < 0 or any(b > a for a, b in itertools.pairwise(sizes)):
-        raise ValueError(f"Expected batch_sizes non-negative and non-increasing, got {sizes}")
-    return sizes[0], sum(sizes)
+# How the loop reads each tensor: CONTIGUOUS (as is), ROWS ((rows, H) with unit column stride,
+# rows at least H apart: a column slice of a wider buffer; its row stride follows its length),
+# COPIED (any strides: made contiguous here, a weight or bias read once per call).
+_CONTIGUOUS, _ROWS, _COPIED = "contiguous", "rows", "copied"
 
 
-def _check_tensors(dtype: torch.dtype, **tensors: Tensor | None) -> None:
-    """Each tensor (None: absent) a dense CPU Tensor of ``dtype``, float32 or float64."""
+def _refuse(name: str, t, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    """Raise what is wrong with ``t`` (the door's slow path: only once a check has failed)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise RuntimeError(f"Expected {name} dense (strided) for the C loops, got {t.layout}")
+    if t.device.type != "cpu":
+        raise RuntimeError(f"Expected {name} on the CPU for the C loops, got {t.device}")
+    if t.dtype != dtype:
+        raise RuntimeError(f"Expected {name} of dtype {dtype}, got {t.dtype}")
+    raise RuntimeError(f"Expected {name} of shape {list(shape)}, got {list(t.shape)}")
+
+
+def _door(dtype: torch.dtype, *specs: tuple[str, Tensor | None, tuple[int, ...], str]) -> tuple[list, list]:
+    """Check each (name, tensor or None, shape, how it is read) and return the C arguments for them
+    (address and length in elements; the row stride after a ROWS tensor) and the tensors to keep
+    alive until the call (the contiguous copies)."""
     if dtype not in (torch.float32, torch.float64):
         raise RuntimeError(f"the C loops take float32 or float64, got {dtype}")
-    for name, t in tensors.items():
+    args, keep = [], []
+    for name, t, shape, read in specs:
         if t is None:
+            args += (None, 0)
             continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
-        if t.layout != torch.strided:
-            raise RuntimeError(f"Expected {name} dense (strided) for the C loops, got {t.layout}")
-        if t.device.type != "cpu":
-            raise RuntimeError(f"Expected {name} on the CPU for the C loops, got {t.device}")
-        if t.dtype != dtype:
-            raise RuntimeError(f"Expected {name} of dtype {dtype}, got {t.dtype}")
-
-
-def _check_shape(name: str, t: Tensor | None, shape: tuple[int, ...]) -> None:
-    if t is not None and tuple(t.shape) != shape:
-        raise RuntimeError(f"Expected {name} of shape {list(shape)}, got {list(t.shape)}")
-
-
-def _check_contiguous(**tensors: Tensor | None) -> None:
-    for name, t in tensors.items():
-        if t is not None and not t.is_contiguous():
+        if not (isinstance(t, Tensor) and t.dtype == dtype and t.is_cpu and t.layout == torch.strided
+                and t.shape == shape):
+            _refuse(name, t, dtype, shape)
+        if read == _COPIED:
+            t = t.contiguous()
+            keep.append(t)
+        elif read == _CONTIGUOUS and not t.is_contiguous():
             raise RuntimeError(f"Expected {name} contiguous for the C loops, got strides {t.stride()}")
+        args += (t.data_ptr(), _extent(t))
+        if read == _ROWS:
+            args.append(_row_stride(name, t, shape[1]))
+    return args, keep
 
 
 def _row_stride(name: str, t: Tensor, H: int) -> int:
@@ -424,6 +450,14 @@ def _row_stride(name: str, t: Tensor, H: int) -> int:
         raise RuntimeError(f"Expected {name} with unit column stride and row stride >= {H}, "
                            f"got strides {t.stride()}")
     return t.stride(0) if t.shape[0] > 1 else H  # one row (or none): its stride is never used
+
+
+def _width(t: Tensor, name: str) -> int:
+    """H: the last size of the (rows, H) tensor the call is sized by."""
+    if not isinstance(t, Tensor) or t.dim() != 2:
+        raise RuntimeError(f"Expected {name} of 2 dimensions (rows, H), got "
+                           f"{list(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+    return t.shape[1]
 
 
 def _call(name: str, t: Tensor, *args) -> None:
@@ -443,19 +477,12 @@ def forward_steps(out: Tensor, h0: Tensor, W_hh: Tensor, bias: Tensor | None, ba
     out: (rows, H), unit column stride (a column slice of a wider buffer is fine); h0, h_n: (N, H)
     contiguous; W_hh: (H, H); bias: (H,) or None; rows = sum(batch_sizes), N = batch_sizes[0].
     """
-    N, rows = _check_batch_sizes(batch_sizes)
-    _check_tensors(out.dtype, out=out, h0=h0, W_hh=W_hh, bias=bias, h_n=h_n)
-    H = out.shape[-1] if out.dim() == 2 else -1
-    for name, t, shape in (("out", out, (rows, H)), ("h0", h0, (N, H)), ("weight_hh", W_hh, (H, H)),
-                           ("bias", bias, (H,)), ("h_n", h_n, (N, H))):
-        _check_shape(name, t, shape)
-    ld_out = _row_stride("out", out, H)
-    _check_contiguous(h0=h0, h_n=h_n)
-    W_hh = W_hh.contiguous()
-    bias = None if bias is None else bias.contiguous()
-    sizes, offsets = _steps(batch_sizes)
-    _call("forward", out, len(batch_sizes), _ptr(sizes), _ptr(offsets), H, *_buf(out), ld_out,
-          *_buf(h0), *_buf(W_hh), *_buf(bias), *_buf(h_n), int(reverse), int(relu))
+    sizes, offsets, N, rows = _steps(batch_sizes)
+    H = _width(out, "out")
+    args, _keep = _door(out.dtype, ("out", out, (rows, H), _ROWS), ("h0", h0, (N, H), _CONTIGUOUS),
+                        ("weight_hh", W_hh, (H, H), _COPIED), ("bias", bias, (H,), _COPIED),
+                        ("h_n", h_n, (N, H), _CONTIGUOUS))
+    _call("forward", out, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, int(reverse), int(relu))
 
 
 def backward_steps(dh: Tensor, out: Tensor, W_hh: Tensor, batch_sizes: Sequence[int],
@@ -464,18 +491,11 @@ def backward_steps(dh: Tensor, out: Tensor, W_hh: Tensor, batch_sizes: Sequence[
 
     dh: (rows, H) contiguous; out: (rows, H), unit column stride; W_hh: (H, H); dh0: (N, H) contiguous.
     """
-    N, rows = _check_batch_sizes(batch_sizes)
-    _check_tensors(dh.dtype, dh=dh, out=out, W_hh=W_hh, dh0=dh0)
-    H = dh.shape[-1] if dh.dim() == 2 else -1
-    for name, t, shape in (("dh", dh, (rows, H)), ("out", out, (rows, H)), ("weight_hh", W_hh, (H, H)),
-                           ("dh0", dh0, (N, H))):
-        _check_shape(name, t, shape)
-    ld_out = _row_stride("out", out, H)
-    _check_contiguous(dh=dh, dh0=dh0)
-    W_hh = W_hh.contiguous()
-    sizes, offsets = _steps(batch_sizes)
-    _call("backward", dh, len(batch_sizes), _ptr(sizes), _ptr(offsets), H, *_buf(dh), *_buf(out),
-          ld_out, *_buf(W_hh), *_buf(dh0), int(reverse), int(relu))
+    sizes, offsets, N, rows = _steps(batch_sizes)
+    H = _width(dh, "dh")
+    args, _keep = _door(dh.dtype, ("dh", dh, (rows, H), _CONTIGUOUS), ("out", out, (rows, H), _ROWS),
+                        ("weight_hh", W_hh, (H, H), _COPIED), ("dh0", dh0, (N, H), _CONTIGUOUS))
+    _call("backward", dh, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, int(reverse), int(relu))
 
 
 def gru_forward_steps(xp: Tensor, h0: Tensor, W_hh: Tensor, b_hh: Tensor | None, batch_sizes: Sequence[int],
@@ -486,20 +506,13 @@ def gru_forward_steps(xp: Tensor, h0: Tensor, W_hh: Tensor, b_hh: Tensor | None,
     None; out: (rows, H), unit column stride; h_n: (N, H) contiguous; ws: (rows, 4H) contiguous,
     filled with [r, z, n, hp_n] per row for the backward, or None (nothing saved).
     """
-    N, rows = _check_batch_sizes(batch_sizes)
-    _check_tensors(xp.dtype, xp=xp, h0=h0, W_hh=W_hh, b_hh=b_hh, out=out, h_n=h_n, ws=ws)
-    H = out.shape[-1] if out.dim() == 2 else -1
-    for name, t, shape in (("xp", xp, (rows, 3 * H)), ("h0", h0, (N, H)), ("weight_hh", W_hh, (3 * H, H)),
-                           ("bias_hh", b_hh, (3 * H,)), ("out", out, (rows, H)), ("h_n", h_n, (N, H)),
-                           ("ws", ws, (rows, 4 * H))):
-        _check_shape(name, t, shape)
-    ld_out = _row_stride("out", out, H)
-    _check_contiguous(xp=xp, h0=h0, h_n=h_n, ws=ws)
-    W_hh = W_hh.contiguous()
-    b_hh = None if b_hh is None else b_hh.contiguous()
-    sizes, offsets = _steps(batch_sizes)
-    _call("gru_forward", xp, len(batch_sizes), _ptr(sizes), _ptr(offsets), H, *_buf(xp), *_buf(h0),
-          *_buf(W_hh), *_buf(b_hh), *_buf(out), ld_out, *_buf(h_n), *_buf(ws), int(reverse))
+    sizes, offsets, N, rows = _steps(batch_sizes)
+    H = _width(out, "out")
+    args, _keep = _door(xp.dtype, ("xp", xp, (rows, 3 * H), _CONTIGUOUS), ("h0", h0, (N, H), _CONTIGUOUS),
+                        ("weight_hh", W_hh, (3 * H, H), _COPIED), ("bias_hh", b_hh, (3 * H,), _COPIED),
+                        ("out", out, (rows, H), _ROWS), ("h_n", h_n, (N, H), _CONTIGUOUS),
+                        ("ws", ws, (rows, 4 * H), _CONTIGUOUS))
+    _call("gru_forward", xp, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, int(reverse))
 
 
 def gru_backward_steps(dh: Tensor, out: Tensor, h0: Tensor, W_hh: Tensor, ws: Tensor,
@@ -511,16 +524,12 @@ def gru_backward_steps(dh: Tensor, out: Tensor, h0: Tensor, W_hh: Tensor, ws: Te
     step (overwritten); out, h0, W_hh, ws: as in the forward; dxp, dhp: (rows, 3H) contiguous,
     dh0: (N, H) contiguous, filled.
     """
-    N, rows = _check_batch_sizes(batch_sizes)
-    _check_tensors(dh.dtype, dh=dh, out=out, h0=h0, W_hh=W_hh, ws=ws, dxp=dxp, dhp=dhp, dh0=dh0)
-    H = dh.shape[-1] if dh.dim() == 2 else -1
-    for name, t, shape in (("dh", dh, (rows, H)), ("out", out, (rows, H)), ("h0", h0, (N, H)),
-                           ("weight_hh", W_hh, (3 * H, H)), ("ws", ws, (rows, 4 * H)),
-                           ("dxp", dxp, (rows, 3 * H)), ("dhp", dhp, (rows, 3 * H)), ("dh0", dh0, (N, H))):
-        _check_shape(name, t, shape)
-    ld_out = _row_stride("out", out, H)
-    _check_contiguous(dh=dh, h0=h0, ws=ws, dxp=dxp, dhp=dhp, dh0=dh0)
-    W_hh = W_hh.contiguous()
-    sizes, offsets = _steps(batch_sizes)
-    _call("gru_backward", dh, len(batch_sizes), _ptr(sizes), _ptr(offsets), H, *_buf(dh), *_buf(out),
-          ld_out, *_buf(h0), *_buf(W_hh), *_buf(ws), *_buf(dxp), *_buf(dhp), *_buf(dh0), int(reverse))
+    sizes, offsets, N, rows = _steps(batch_sizes)
+    H = _width(dh, "dh")
+    if ws is None:
+        raise RuntimeError("gru_backward_steps needs the ws the forward saved, got None")
+    args, _keep = _door(dh.dtype, ("dh", dh, (rows, H), _CONTIGUOUS), ("out", out, (rows, H), _ROWS),
+                        ("h0", h0, (N, H), _CONTIGUOUS), ("weight_hh", W_hh, (3 * H, H), _COPIED),
+                        ("ws", ws, (rows, 4 * H), _CONTIGUOUS), ("dxp", dxp, (rows, 3 * H), _CONTIGUOUS),
+                        ("dhp", dhp, (rows, 3 * H), _CONTIGUOUS), ("dh0", dh0, (N, H), _CONTIGUOUS))
+    _call("gru_backward", dh, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, int(reverse))
