@@ -93,15 +93,19 @@ accel._library().scratchrnn_tanh_f64(ctypes.c_int64(9), ctypes.c_void_p(a.data_p
 @pytest.mark.skipif(_asan_preload() is None, reason="the C compiler has no AddressSanitizer runtime")
 def test_the_fuzz_cases_run_clean_under_address_sanitizer(tmp_path):
     """The C loop built with -fsanitize=address (SCRATCHRNN_SANITIZE=address, its own cache entry)
-    runs the fuzz cases with no report. Python is not built with ASan, so its runtime is preloaded;
-    leak detection is off (the interpreter's own allocations are not ours to report). A planted
-    read past a buffer first proves that a report does fail the run."""
+    runs the fuzz cases and the GRU's step tests with no report. Python is not built with ASan,
+    so its runtime is preloaded; leak detection is off (the interpreter's own allocations are not
+    ours to report). A planted read past a buffer first proves that a report fails the run."""
     env = {"SCRATCHRNN_SANITIZE": "address", "LD_PRELOAD": _asan_preload(), "XDG_CACHE_HOME": str(tmp_path),
            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0:exitcode=86"}
     planted = _python(_OUT_OF_BOUNDS, env=env)
     assert planted.returncode == 86 and "heap-buffer-overflow" in planted.stderr, _report(planted)
     result = _python(FUZZ, env=env, args=["60"], timeout=900)
     assert result.returncode == 0 and "AddressSanitizer" not in result.stderr, _report(result)
+    gru = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(Path(__file__).with_name("test_accel_gru.py"))], env={**os.environ, **env},
+                         capture_output=True, text=True, timeout=900, check=False)  # the GRU's steps too
+    assert gru.returncode == 0 and "AddressSanitizer" not in gru.stdout + gru.stderr, _report(gru)
 
 
 _USES_THE_C_LOOPS = """
