@@ -275,3 +275,16 @@ def test_the_c_entry_points_refuse_inconsistent_sizes_themselves():
     assert call(sizes=torch.tensor([2, 3]), offsets=torch.tensor([0, 2])) == 1  # growing
     assert call(sizes=torch.tensor([3, 3]), offsets=torch.tensor([0, 3])) == 2  # 6 rows, xp has 5
     assert call(T=0) == 1
+
+
+@pytest.mark.parametrize("H, batch_sizes", [(0, [3, 2]), (4, [0, 0]), (0, [0])])
+def test_empty_hidden_size_or_batch_is_a_no_op(H, batch_sizes):
+    """H = 0 (GRUCell(n, 0) and RNNCell(n, 0), which torch accepts) and N = 0: nothing to compute,
+    and no refusal (the C loop itself takes H >= 1 only)."""
+    args = _args(H, tuple(batch_sizes))
+    accel.gru_forward_steps(**args)
+    dh = torch.randn(args["out"].shape, dtype=torch.float64)
+    _c_backward(dh, args["out"], args["h0"], args["W_hh"], args["ws"], batch_sizes, False)
+    out, h0, W = torch.randn(sum(batch_sizes), H), torch.randn(batch_sizes[0], H), torch.randn(H, H)
+    accel.forward_steps(out, h0, W, None, batch_sizes, torch.empty_like(h0), False, False)
+    accel.backward_steps(out.clone(), out, W, batch_sizes, torch.empty_like(h0), False, False)

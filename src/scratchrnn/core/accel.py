@@ -482,7 +482,9 @@ def forward_steps(out: Tensor, h0: Tensor, W_hh: Tensor, bias: Tensor | None, ba
     args, _keep = _door(out.dtype, ("out", out, (rows, H), _ROWS), ("h0", h0, (N, H), _CONTIGUOUS),
                         ("weight_hh", W_hh, (H, H), _COPIED), ("bias", bias, (H,), _COPIED),
                         ("h_n", h_n, (N, H), _CONTIGUOUS))
-    _call("forward", out, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, int(reverse), int(relu))
+    if H > 0:  # H = 0 (RNNCell(n, 0), as torch allows): nothing to compute
+        _call("forward", out, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, int(reverse),
+              int(relu))
 
 
 def backward_steps(dh: Tensor, out: Tensor, W_hh: Tensor, batch_sizes: Sequence[int],
@@ -495,7 +497,9 @@ def backward_steps(dh: Tensor, out: Tensor, W_hh: Tensor, batch_sizes: Sequence[
     H = _width(dh, "dh")
     args, _keep = _door(dh.dtype, ("dh", dh, (rows, H), _CONTIGUOUS), ("out", out, (rows, H), _ROWS),
                         ("weight_hh", W_hh, (H, H), _COPIED), ("dh0", dh0, (N, H), _CONTIGUOUS))
-    _call("backward", dh, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, int(reverse), int(relu))
+    if H > 0:  # H = 0 (RNNCell(n, 0), as torch allows): nothing to compute
+        _call("backward", dh, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, int(reverse),
+              int(relu))
 
 
 def gru_forward_steps(xp: Tensor, h0: Tensor, W_hh: Tensor, b_hh: Tensor | None, batch_sizes: Sequence[int],
@@ -512,7 +516,8 @@ def gru_forward_steps(xp: Tensor, h0: Tensor, W_hh: Tensor, b_hh: Tensor | None,
                         ("weight_hh", W_hh, (3 * H, H), _COPIED), ("bias_hh", b_hh, (3 * H,), _COPIED),
                         ("out", out, (rows, H), _ROWS), ("h_n", h_n, (N, H), _CONTIGUOUS),
                         ("ws", ws, (rows, 4 * H), _CONTIGUOUS))
-    _call("gru_forward", xp, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, int(reverse))
+    if H > 0:  # H = 0 (RNNCell(n, 0), as torch allows): nothing to compute
+        _call("gru_forward", xp, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, int(reverse))
 
 
 def gru_backward_steps(dh: Tensor, out: Tensor, h0: Tensor, W_hh: Tensor, ws: Tensor,
@@ -532,4 +537,5 @@ def gru_backward_steps(dh: Tensor, out: Tensor, h0: Tensor, W_hh: Tensor, ws: Te
                         ("h0", h0, (N, H), _CONTIGUOUS), ("weight_hh", W_hh, (3 * H, H), _COPIED),
                         ("ws", ws, (rows, 4 * H), _CONTIGUOUS), ("dxp", dxp, (rows, 3 * H), _CONTIGUOUS),
                         ("dhp", dhp, (rows, 3 * H), _CONTIGUOUS), ("dh0", dh0, (N, H), _CONTIGUOUS))
-    _call("gru_backward", dh, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, int(reverse))
+    if H > 0:  # H = 0 (RNNCell(n, 0), as torch allows): nothing to compute
+        _call("gru_backward", dh, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, int(reverse))
