@@ -16,9 +16,9 @@
  * (see accel.py), so we link nothing. tanh is our own (tanh_f, tanh_d below): loops the compiler
  * turns into SIMD code, several times faster here than the scalar libm/VML tanh PyTorch calls.
  *
- * Layout (as in rnn.py): time-major rows, step t holding sizes[t] rows; row-major matrices, so a
- * BLAS (column-major) call sees every matrix transposed. `ld_out` is the row stride of the output
- * (H, or 2H when both directions of a bidirectional layer share one buffer).
+ * Layout (as in the Python loops): time-major rows, step t holding sizes[t] rows; row-major
+ * matrices, so a BLAS (column-major) call sees every matrix transposed. `ld_out` is the row stride
+ * of the output (H, or 2H when both directions of a bidirectional layer share one buffer).
  */
 #include <limits.h>
 #include <math.h> /* copysign, copysignf: compiler builtins, nothing linked */
@@ -71,8 +71,9 @@ static int holds(const void *p, int64_t len, int64_t rows, int64_t cols, int64_t
 #define SMALL_MAX_ROWS 16
 #define SMALL_MAX_KM (256 * 256)
 #define SMALL_MAX_ROWS_M 2048
-#define USE_SMALL(rows, K, M) \
-    ((rows) <= SMALL_MAX_ROWS && (int64_t)(K) * (M) <= SMALL_MAX_KM && (int64_t)(rows) * (M) <= SMALL_MAX_ROWS_M)
+#define USE_SMALL(rows, K, M)                                                                      \
+    ((rows) <= SMALL_MAX_ROWS && (int64_t)(K) * (M) <= SMALL_MAX_KM                                \
+     && (int64_t)(rows) * (M) <= SMALL_MAX_ROWS_M)
 
 /* MKL's packed-GEMM API (cblas_sgemm_pack / cblas_sgemm_compute, in libtorch_cpu too): W_hh is
  * packed into MKL's internal layout once per call and every step's product reuses it, instead

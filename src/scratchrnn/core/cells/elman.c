@@ -1,4 +1,4 @@
-/* The Elman cell's steps in C (the Python twin: the Elman cell in core/cells/, and functional.py):
+/* The Elman cell's steps in C (the Python twin: core/cells/elman.py):
  *   a_t = x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh,  h_t = f(a_t),  f = tanh or relu
  *   da_t = dh_t ⊙ f'(a_t)  (tanh: 1 − h_t², recomputed from h_t),  dh_{t-1} += da_t W_hh
  * Included by _steps.c, whose driver runs the loops and the products. The forward is the fused

@@ -1,4 +1,4 @@
-/* The GRU's steps in C (the Python twin: the GRU cell in core/cells/), PyTorch's equations, gates
+/* The GRU's steps in C (the Python twin: core/cells/gru.py), PyTorch's equations, gates
  * in r, z, n order, the reset gate applied after the recurrent product:
  *   xp_t = x_t W_ihᵀ + b_ih (before the loop: one GEMM),  hp_t = h_{t-1} W_hhᵀ + b_hh
  *   r = σ(xp_r + hp_r),  z = σ(xp_z + hp_z),  n = tanh(xp_n + r ⊙ hp_n)
