@@ -12,37 +12,69 @@
  * row in `ws` (rows x 4H) for the backward, or nothing when ws is NULL (no gradient wanted). */
 
 typedef struct {
-    const void *xp, *b_hh; /* (rows x 3H); (3H) or NULL */
+    const void *xp, *b_hh; /* (rows x 3H); (3H), zeros when the GRU has no bias */
     void *ws;              /* (rows x 4H) or NULL */
     void *dxp, *dhp;       /* (rows x 3H), the backward's */
 } gru_state;
 
+/* The rows of a step are done by one inlined function each, whose last argument is a constant at
+ * each call (save ws or not; add into dL/dh_{t-1} or write dL/dh_0): each specialised loop has no
+ * branch left in it and vectorises, as the Elman cell's do. The buffers a row touches never
+ * overlap (h_t is this step's rows, h_prev the step before's or h0), hence restrict. */
 #define DEFINE_GRU(SUFFIX, REAL, TANH, SIGMOID)                                                    \
+static inline __attribute__((always_inline)) void gru_forward_row_##SUFFIX(                       \
+    int H, const REAL *restrict xp, const REAL *restrict hp, const REAL *restrict b,               \
+    const REAL *restrict h_prev, REAL *restrict h_t, REAL *restrict ws, int save) {                \
+    for (int j = 0; j < H; j++) {                                                                  \
+        REAL hp_n = hp[2 * H + j] + b[2 * H + j];                                                  \
+        REAL r_t = SIGMOID(xp[j] + (hp[j] + b[j]));                                                \
+        REAL z_t = SIGMOID(xp[H + j] + (hp[H + j] + b[H + j]));                                    \
+        REAL n_t = TANH(xp[2 * H + j] + r_t * hp_n);                                               \
+        h_t[j] = n_t + z_t * (h_prev[j] - n_t);                                                    \
+        if (save) {                                                                                \
+            ws[j] = r_t;                                                                           \
+            ws[H + j] = z_t;                                                                       \
+            ws[2 * H + j] = n_t;                                                                   \
+            ws[3 * H + j] = hp_n;                                                                  \
+        }                                                                                          \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
 static void gru_forward_##SUFFIX(const void *state, const forward_step_##SUFFIX *s) {             \
     const gru_state *cell = state;                                                                 \
-    const REAL *b = cell->b_hh;                                                                    \
     int H = s->H;                                                                                  \
     for (int r = 0; r < s->rows; r++) {                                                            \
         const REAL *xp = (const REAL *)cell->xp + (s->first + r) * 3 * H;                          \
         const REAL *hp = s->hp + (int64_t)r * s->ld_hp;                                            \
         const REAL *h_prev = r < s->carried ? s->h_prev + (int64_t)r * s->ld_prev : s->h0 + (int64_t)r * H; \
         REAL *h_t = s->h_t + (int64_t)r * s->ld_out;                                               \
-        REAL *ws = cell->ws ? (REAL *)cell->ws + (s->first + r) * 4 * H : NULL;                    \
-        for (int j = 0; j < H; j++) {                                                              \
-            REAL hp_r = b ? hp[j] + b[j] : hp[j];                                                  \
-            REAL hp_z = b ? hp[H + j] + b[H + j] : hp[H + j];                                      \
-            REAL hp_n = b ? hp[2 * H + j] + b[2 * H + j] : hp[2 * H + j];                          \
-            REAL r_t = SIGMOID(xp[j] + hp_r);                                                      \
-            REAL z_t = SIGMOID(xp[H + j] + hp_z);                                                  \
-            REAL n_t = TANH(xp[2 * H + j] + r_t * hp_n);                                           \
-            h_t[j] = n_t + z_t * (h_prev[j] - n_t);                                                \
-            if (ws) {                                                                              \
-                ws[j] = r_t;                                                                       \
-                ws[H + j] = z_t;                                                                   \
-                ws[2 * H + j] = n_t;                                                               \
-                ws[3 * H + j] = hp_n;                                                              \
-            }                                                                                      \
-        }                                                                                          \
+        if (cell->ws)                                                                              \
+            gru_forward_row_##SUFFIX(H, xp, hp, cell->b_hh, h_prev, h_t,                           \
+                                     (REAL *)cell->ws + (s->first + r) * 4 * H, 1);                \
+        else                                                                                       \
+            gru_forward_row_##SUFFIX(H, xp, hp, cell->b_hh, h_prev, h_t, NULL, 0);                 \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+/* dh ⊙ z goes into dL/dh_{t-1} (`accumulate`: rows carried from the step before) or is the first \
+ * part of dL/dh_0 (rows that started from h0; the driver adds dhp W_hh to both). */               \
+static inline __attribute__((always_inline)) void gru_backward_row_##SUFFIX(                      \
+    int H, const REAL *restrict ws, const REAL *restrict h_prev, const REAL *restrict dh,          \
+    REAL *restrict dxp, REAL *restrict dhp, REAL *restrict dh_prev, int accumulate) {              \
+    for (int j = 0; j < H; j++) {                                                                  \
+        REAL r_t = ws[j], z_t = ws[H + j], n_t = ws[2 * H + j], hp_n = ws[3 * H + j];              \
+        REAL dn = dh[j] * (1 - z_t);                                                               \
+        REAL dz = dh[j] * (h_prev[j] - n_t);                                                       \
+        REAL da_n = dn * (1 - n_t * n_t);                                                          \
+        REAL da_r = da_n * hp_n * (r_t * (1 - r_t));                                               \
+        REAL da_z = dz * (z_t * (1 - z_t));                                                        \
+        dxp[j] = da_r;                                                                             \
+        dxp[H + j] = da_z;                                                                         \
+        dxp[2 * H + j] = da_n;                                                                     \
+        dhp[j] = da_r;                                                                             \
+        dhp[H + j] = da_z;                                                                         \
+        dhp[2 * H + j] = da_n * r_t;                                                               \
+        dh_prev[j] = accumulate ? dh_prev[j] + dh[j] * z_t : dh[j] * z_t;                          \
     }                                                                                              \
 }                                                                                                  \
                                                                                                    \
@@ -52,28 +84,15 @@ static const REAL *gru_backward_##SUFFIX(const void *state, const backward_step_
     REAL *dhp_t = (REAL *)cell->dhp + s->first * 3 * H;                                            \
     for (int r = 0; r < s->rows; r++) {                                                            \
         const REAL *ws = (const REAL *)cell->ws + (s->first + r) * 4 * H;                          \
-        int carried = r < s->carried;                                                              \
-        const REAL *h_prev = carried ? s->h_prev + (int64_t)r * s->ld_prev : s->h0 + (int64_t)r * H; \
-        /* dh ⊙ z: added to dL/dh_{t-1}, or the first part of dL/dh_0 for rows from h0 */          \
-        REAL *dh_prev = carried ? s->dh_prev + (int64_t)r * H : s->dh0 + (int64_t)r * H;           \
         const REAL *dh = s->dh_t + (int64_t)r * H;                                                 \
         REAL *dxp = (REAL *)cell->dxp + (s->first + r) * 3 * H;                                    \
         REAL *dhp = dhp_t + (int64_t)r * 3 * H;                                                    \
-        for (int j = 0; j < H; j++) {                                                              \
-            REAL r_t = ws[j], z_t = ws[H + j], n_t = ws[2 * H + j], hp_n = ws[3 * H + j];          \
-            REAL dn = dh[j] * (1 - z_t);                                                           \
-            REAL dz = dh[j] * (h_prev[j] - n_t);                                                   \
-            REAL da_n = dn * (1 - n_t * n_t);                                                      \
-            REAL da_r = da_n * hp_n * (r_t * (1 - r_t));                                           \
-            REAL da_z = dz * (z_t * (1 - z_t));                                                    \
-            dxp[j] = da_r;                                                                         \
-            dxp[H + j] = da_z;                                                                     \
-            dxp[2 * H + j] = da_n;                                                                 \
-            dhp[j] = da_r;                                                                         \
-            dhp[H + j] = da_z;                                                                     \
-            dhp[2 * H + j] = da_n * r_t;                                                           \
-            dh_prev[j] = carried ? dh_prev[j] + dh[j] * z_t : dh[j] * z_t;                         \
-        }                                                                                          \
+        if (r < s->carried)                                                                        \
+            gru_backward_row_##SUFFIX(H, ws, s->h_prev + (int64_t)r * s->ld_prev, dh, dxp, dhp,    \
+                                      s->dh_prev + (int64_t)r * H, 1);                             \
+        else                                                                                       \
+            gru_backward_row_##SUFFIX(H, ws, s->h0 + (int64_t)r * H, dh, dxp, dhp,                 \
+                                      s->dh0 + (int64_t)r * H, 0);                                 \
     }                                                                                              \
     return dhp_t;                                                                                  \
 }                                                                                                  \
@@ -96,10 +115,14 @@ int scratchrnn_gru_forward_##SUFFIX(int64_t T, const int64_t *sizes, const int64
         || (ws && !holds(ws, ws_len, rows, 4 * H, 4 * H)) || !W_hh || W_hh_len != 3 * H * H        \
         || (b_hh && b_hh_len != 3 * H))                                                            \
         return STEPS_BAD_BUFFER;                                                                   \
-    gru_state state = {xp, b_hh, ws, NULL, NULL};                                                  \
+    REAL *zeros = b_hh ? NULL : calloc((size_t)3 * H, sizeof(REAL)); /* b_hh = 0: one loop */    \
+    if (!b_hh && !zeros) return STEPS_NO_MEMORY;                                                   \
+    gru_state state = {xp, b_hh ? b_hh : zeros, ws, NULL, NULL};                                   \
     cell_##SUFFIX cell = {3, 0, 1, gru_forward_##SUFFIX, gru_backward_##SUFFIX, &state};           \
-    return forward_loop_##SUFFIX(&cell, (int)T, sizes, offsets, (int)H, out, (int)ld_out, h0, W_hh, \
-                                 h_n, reverse);                                                    \
+    int rc = forward_loop_##SUFFIX(&cell, (int)T, sizes, offsets, (int)H, out, (int)ld_out, h0,    \
+                                   W_hh, h_n, reverse);                                            \
+    free(zeros);                                                                                   \
+    return rc;                                                                                     \
 }                                                                                                  \
                                                                                                    \
 /* Backward: dh (rows x H, contiguous) holds dL/dh_t from the output with dL/dh_n added at each   \
