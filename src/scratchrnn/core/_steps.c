@@ -1,17 +1,26 @@
-/* The sequential part of the RNN — the per-step loops of layer_forward and layer_backward in
- * rnn.py — in C, for float32 and float64 on the CPU. The same equations, the same order, the same
- * packed-sequence bookkeeping as the Python loops there, which stay the reference and the fallback.
+/* The sequential part of a recurrent layer — the per-step loops of the cells' Python forward and
+ * backward (core/functional.py, core/cells/) — in C, for float32 and float64 on the CPU. The same
+ * equations, the same order, the same packed-sequence bookkeeping as the Python loops, which stay
+ * the reference and the fallback.
  *
- * Why: each step's work is small (an (N, H) x (H, H) GEMM and an elementwise pass), so in Python
+ * This file is the driver, generic over the cell: the step loops (padded and packed, both
+ * directions), the recurrent product of every step (W_hh is (G·H) x H: G = 1 for the Elman cell,
+ * 3 for the GRU) with its levers (the small kernel, MKL's packed GEMM, one BLAS thread for small
+ * steps), the checks of the sizes the loops rely on, and the shared math (tanh, sigmoid). Each
+ * cell's elementwise step, forward and backward, and its entry points live beside its Python twin
+ * in cells/<cell>.c, included at the end: one translation unit, so the steps inline their math.
+ *
+ * Why: each step's work is small (an (N, H) x (H, G·H) GEMM and an elementwise pass), so in Python
  * the cost of issuing ops dominates for small N and H. Here a step costs a BLAS call and a loop.
  * BLAS (sgemm_/dgemm_) is the one PyTorch's own CPU library carries; Python hands us its addresses
  * (see accel.py), so we link nothing. tanh is our own (tanh_f, tanh_d below): loops the compiler
  * turns into SIMD code, several times faster here than the scalar libm/VML tanh PyTorch calls.
  *
- * Layout (as in rnn.py): time-major rows, step t holding sizes[t] rows; row-major matrices, so a
- * BLAS (column-major) call sees every matrix transposed. `ld_out` is the row stride of the output
- * (H, or 2H when both directions of a bidirectional layer share one buffer).
+ * Layout (as in the Python loops): time-major rows, step t holding sizes[t] rows; row-major
+ * matrices, so a BLAS (column-major) call sees every matrix transposed. `ld_out` is the row stride
+ * of the output (H, or 2H when both directions of a bidirectional layer share one buffer).
  */
+#include <limits.h>
 #include <math.h> /* copysign, copysignf: compiler builtins, nothing linked */
 #include <stdint.h>
 #include <stdlib.h>
@@ -24,14 +33,47 @@ typedef void (*gemm_f64)(const char *, const char *, const int *, const int *, c
                          const double *, const double *, const int *, const double *,
                          const int *, const double *, double *, const int *);
 
-/* The small kernel replaces BLAS for steps of at most SMALL_MAX_ROWS rows with H <= SMALL_MAX_H,
- * rows * H <= SMALL_MAX_ROWS_H: where it measured faster than MKL on one thread (most at N = 1;
- * at N = 32 no better; at H = 512, where W^T no longer fits in L2 beside the rest, slower). It is
- * single-threaded: at these sizes a second thread costs more in synchronisation than it gives. */
+/* What the entry points return; accel.py turns each into an exception. */
+enum { STEPS_OK = 0, STEPS_BAD_SIZES = 1, STEPS_BAD_BUFFER = 2, STEPS_NO_MEMORY = 3 };
+
+/* The checks of what the loops rely on, made again here whoever the caller (accel.py checks the
+ * tensors first and says what is wrong; these only refuse). `sizes` (T entries) must be
+ * non-increasing and >= 0 and `offsets` their running sum; returns the total rows, or -1. */
+static int64_t checked_rows(int64_t T, const int64_t *sizes, const int64_t *offsets) {
+    if (T < 1 || !sizes || !offsets) return -1;
+    int64_t rows = 0;
+    for (int64_t t = 0; t < T; t++) {
+        if (sizes[t] < 0 || (t > 0 && sizes[t] > sizes[t - 1]) || offsets[t] != rows) return -1;
+        rows += sizes[t];
+        if (rows > INT_MAX) return -1;
+    }
+    return rows;
+}
+
+/* H >= 1, and G·H, G·H·H and a row stride `ld` >= `width` within what BLAS's int arguments hold. */
+static int good_width(int64_t H, int G, int64_t ld, int64_t width) {
+    return H >= 1 && (int64_t)G * H <= INT_MAX && (int64_t)G * H * H <= INT64_MAX / 8 && ld >= width
+        && ld <= INT_MAX;
+}
+
+/* A buffer of `len` elements holds `rows` rows of `cols` with row stride `ld` (NULL: only if empty). */
+static int holds(const void *p, int64_t len, int64_t rows, int64_t cols, int64_t ld) {
+    int64_t need = rows <= 0 ? 0 : (rows - 1) * ld + cols;
+    return need == 0 || (p != NULL && len >= need);
+}
+
+/* The small kernel replaces BLAS for a product (rows x K) @ (K x M) of at most SMALL_MAX_ROWS
+ * rows with K·M <= SMALL_MAX_KM, rows·M <= SMALL_MAX_ROWS_M: where it measured faster than MKL on
+ * one thread for the Elman cell (K = M = H <= 256; most at N = 1; at N = 32 no better; at H = 512,
+ * where W^T no longer fits in L2 beside the rest, slower). The GRU's (K·M = 3H²) takes the same
+ * bounds on the weight's size, not measured on their own. It is single-threaded: at these sizes a
+ * second thread costs more in synchronisation than it gives. */
 #define SMALL_MAX_ROWS 16
-#define SMALL_MAX_H 256
-#define SMALL_MAX_ROWS_H 2048
-#define USE_SMALL(rows, H) ((rows) <= SMALL_MAX_ROWS && (H) <= SMALL_MAX_H && (rows) * (H) <= SMALL_MAX_ROWS_H)
+#define SMALL_MAX_KM (256 * 256)
+#define SMALL_MAX_ROWS_M 2048
+#define USE_SMALL(rows, K, M)                                                                      \
+    ((rows) <= SMALL_MAX_ROWS && (int64_t)(K) * (M) <= SMALL_MAX_KM                                \
+     && (int64_t)(rows) * (M) <= SMALL_MAX_ROWS_M)
 
 /* MKL's packed-GEMM API (cblas_sgemm_pack / cblas_sgemm_compute, in libtorch_cpu too): W_hh is
  * packed into MKL's internal layout once per call and every step's product reuses it, instead
@@ -70,11 +112,11 @@ void scratchrnn_init(void *s_gemm, void *d_gemm, void *pack_size, void *pack, vo
     set_local_threads = (set_threads_f)set_threads;
 }
 
-/* One BLAS thread for this call's steps if they are small (see ONE_THREAD_MACS); returns what
- * restore_threads needs to undo it. */
-static int small_steps_one_thread(int N, int H) {
+/* One BLAS thread for this call's steps if they are small (see ONE_THREAD_MACS): N rows, each
+ * `macs_per_row` multiply-adds (G·H·H); returns what restore_threads needs to undo it. */
+static int small_steps_one_thread(int N, int64_t macs_per_row) {
     const int one = 1;
-    if (!set_local_threads || (int64_t)N * H * H >= ONE_THREAD_MACS) return -1;
+    if (!set_local_threads || (int64_t)N * macs_per_row >= ONE_THREAD_MACS) return -1;
     return set_local_threads(&one);
 }
 
@@ -82,29 +124,30 @@ static void restore_threads(int previous) {
     if (previous >= 0) set_local_threads(&previous); /* 0: back to the global setting */
 }
 
-/* W (H x H, row-major), or W^T when `trans`, as the B of a (rows x H) @ B product, packed; NULL
- * where the small kernel runs instead, or without the packed API, or in double. Freed by free(). */
-static float *pack_f32(int rows, int H, const float *W, int trans) {
-    if (!sgemm_pack || rows <= 0 || USE_SMALL(rows, H)) return NULL;
-    float *packed = malloc(sgemm_pack_size(B_MATRIX, rows, H, H));
-    if (packed) sgemm_pack(ROW_MAJOR, B_MATRIX, trans ? TRANS : NO_TRANS, rows, H, H, 1.0f, W, H, packed);
+/* The B (K x M) of a (rows x K) @ B product, packed: W^T when `trans` (W row-major M x K), else W
+ * (row-major K x M); W's row stride is `ldw` (H either way: W_hh is (G·H) x H). NULL where the
+ * small kernel runs instead, or without the packed API, or in double. Freed by free(). */
+static float *pack_f32(int rows, int K, int M, const float *W, int ldw, int trans) {
+    if (!sgemm_pack || rows <= 0 || USE_SMALL(rows, K, M)) return NULL;
+    float *packed = malloc(sgemm_pack_size(B_MATRIX, rows, M, K));
+    if (packed) sgemm_pack(ROW_MAJOR, B_MATRIX, trans ? TRANS : NO_TRANS, rows, M, K, 1.0f, W, ldw, packed);
     return packed;
 }
 
-static double *pack_f64(int rows, int H, const double *W, int trans) {
-    (void)rows, (void)H, (void)W, (void)trans;
+static double *pack_f64(int rows, int K, int M, const double *W, int ldw, int trans) {
+    (void)rows, (void)K, (void)M, (void)W, (void)ldw, (void)trans;
     return NULL;
 }
 
-/* C (rows x H) = beta C + A (rows x H, row stride lda) @ B, B packed by pack_f32 for these rows. */
-static void packed_gemm_f32(int rows, int H, const float *A, int lda, const float *packed, float beta,
-                            float *C, int ldc) {
-    sgemm_compute(ROW_MAJOR, NO_TRANS, PACKED, rows, H, H, A, lda, packed, H, beta, C, ldc);
+/* C (rows x M) = beta C + A (rows x K, row stride lda) @ B, B packed by pack_f32 for these rows. */
+static void packed_gemm_f32(int rows, int K, int M, const float *A, int lda, const float *packed, int ldw,
+                            float beta, float *C, int ldc) {
+    sgemm_compute(ROW_MAJOR, NO_TRANS, PACKED, rows, M, K, A, lda, packed, ldw, beta, C, ldc);
 }
 
-static void packed_gemm_f64(int rows, int H, const double *A, int lda, const double *packed, double beta,
-                            double *C, int ldc) {
-    (void)rows, (void)H, (void)A, (void)lda, (void)packed, (void)beta, (void)C, (void)ldc; /* never packed */
+static void packed_gemm_f64(int rows, int K, int M, const double *A, int lda, const double *packed, int ldw,
+                            double beta, double *C, int ldc) {
+    (void)rows, (void)K, (void)M, (void)A, (void)lda, (void)packed, (void)ldw, (void)beta, (void)C, (void)ldc;
 }
 
 /* tanh, branch-free so that loops over it vectorise (SIMD selects, no jumps). NaN in, NaN out
@@ -165,7 +208,61 @@ static inline float tanh_f(float x) {
     return copysignf(ax < 0.9f ? near_0 : far_from_0, x);
 }
 
-/* The array forms, for the tests (the loops below call tanh_f and tanh_d inline). */
+/* The logistic sigmoid, branch-free like tanh: σ(x) = 1 / (1 + e) for x >= 0 and e / (1 + e) for
+ * x < 0, e = exp(−|x|) = 2^k (expm1(r) + 1) as in tanh_d / tanh_f, with 2^k applied as two
+ * factors 2^k1 2^k2 so that e goes gradually into the subnormals and to 0 where exp does: σ(−inf)
+ * is 0, as torch's, not a tiny number (r ⊙ hp_n in the GRU must be NaN where torch's is, when
+ * hp_n is infinite). k comes out of t's bits by integer arithmetic (no float-to-int conversion,
+ * which is undefined for NaN). NaN in, NaN out, as torch.sigmoid. */
+static inline double sigmoid_d(double x) {
+    double ax = x < 0 ? -x : x;
+    ax = ax > 1100.0 ? 1100.0 : ax; /* e = 0 from here on; NaN fails the comparison, stays NaN */
+    double y = -ax;
+    double t = y * 1.4426950408889634 + 0x1.8p52; /* round(y / ln2) lands in t's low bits */
+    double k = t - 0x1.8p52;
+    double r = (y - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10;
+    double p = r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120
+             + r * (1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880
+             + r * (1.0 / 3628800 + r * (1.0 / 39916800 + r * (1.0 / 479001600
+             + r * (1.0 / 6227020800.0)))))))))))));
+    int64_t bits, bias_bits;
+    const double bias = 0x1.8p52;
+    memcpy(&bits, &t, sizeof bits);
+    memcpy(&bias_bits, &bias, sizeof bias_bits);
+    int64_t ki = bits - bias_bits, k1 = ki / 2, k2 = ki - k1; /* k1, k2 >= -794: normal */
+    uint64_t b1 = (uint64_t)(k1 + 1023) << 52, b2 = (uint64_t)(k2 + 1023) << 52;
+    double scale1, scale2;
+    memcpy(&scale1, &b1, sizeof scale1);
+    memcpy(&scale2, &b2, sizeof scale2);
+    double e = (scale1 * p + scale1) * scale2;
+    double s = 1.0 / (1.0 + e);
+    return x >= 0 ? s : e * s;
+}
+
+static inline float sigmoid_f(float x) {
+    float ax = x < 0 ? -x : x;
+    ax = ax > 160.0f ? 160.0f : ax; /* e = 0 from here on */
+    float y = -ax;
+    float t = y * 1.44269504f + 0x1.8p23f;
+    float k = t - 0x1.8p23f;
+    float r = (y - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
+    float p = r * (1.0f + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120
+            + r * (1.0f / 720 + r * (1.0f / 5040 + r * (1.0f / 40320))))))));
+    int32_t bits, bias_bits;
+    const float bias = 0x1.8p23f;
+    memcpy(&bits, &t, sizeof bits);
+    memcpy(&bias_bits, &bias, sizeof bias_bits);
+    int32_t ki = bits - bias_bits, k1 = ki / 2, k2 = ki - k1; /* k1, k2 >= -116: normal */
+    uint32_t b1 = (uint32_t)(k1 + 127) << 23, b2 = (uint32_t)(k2 + 127) << 23;
+    float scale1, scale2;
+    memcpy(&scale1, &b1, sizeof scale1);
+    memcpy(&scale2, &b2, sizeof scale2);
+    float e = (scale1 * p + scale1) * scale2;
+    float s = 1.0f / (1.0f + e);
+    return x >= 0 ? s : e * s;
+}
+
+/* The array forms, for the tests (the loops call the inline forms). */
 void scratchrnn_tanh_f32(int64_t n, float *a) {
     for (int64_t i = 0; i < n; i++) a[i] = tanh_f(a[i]);
 }
@@ -174,9 +271,17 @@ void scratchrnn_tanh_f64(int64_t n, double *a) {
     for (int64_t i = 0; i < n; i++) a[i] = tanh_d(a[i]);
 }
 
-/* The small GEMM, C (rows x H, row stride ldc) = beta C + A (rows x H, row stride lda) @ B, with
+void scratchrnn_sigmoid_f32(int64_t n, float *a) {
+    for (int64_t i = 0; i < n; i++) a[i] = sigmoid_f(a[i]);
+}
+
+void scratchrnn_sigmoid_f64(int64_t n, double *a) {
+    for (int64_t i = 0; i < n; i++) a[i] = sigmoid_d(a[i]);
+}
+
+/* The small GEMM, C (rows x M, row stride ldc) = beta C + A (rows x K, row stride lda) @ B, with
  * beta 0 or 1 (0: C is not read), without BLAS: for a few rows the call into BLAS costs more than
- * the arithmetic. B is the copy made by small_pack (row-major H x ldb, its rows padded with zeros
+ * the arithmetic. B is the copy made by small_pack (row-major K x ldb, its rows padded with zeros
  * to ldb, a multiple of SMALL_CB columns). One block of RB rows x CB columns of C stays in
  * registers over the whole sum (k in order, as in BLAS's own microkernel); RB and CB are
  * constants and the padding makes every block full width, so the j loop vectorises and the
@@ -187,13 +292,13 @@ void scratchrnn_tanh_f64(int64_t n, double *a) {
  * than at H = 96.) */
 #define SMALL_CB 32
 
-static int small_ldb(int H) { return (H + SMALL_CB - 1) / SMALL_CB * SMALL_CB; }
+static int small_ldb(int M) { return (M + SMALL_CB - 1) / SMALL_CB * SMALL_CB; }
 
 #define SMALL_BLOCK(SUFFIX, REAL, RB, CB)                                                          \
-static void block_##RB##x##CB##_##SUFFIX(int H, const REAL *A, int lda, const REAL *B, int ldb,   \
+static void block_##RB##x##CB##_##SUFFIX(int K, const REAL *A, int lda, const REAL *B, int ldb,   \
                                          REAL beta, REAL *C, int ldc, int nj) {                    \
     REAL acc[RB][CB] = {{0}};                                                                      \
-    for (int k = 0; k < H; k++)                                                                    \
+    for (int k = 0; k < K; k++)                                                                    \
         for (int r = 0; r < RB; r++)                                                               \
             for (int j = 0; j < CB; j++) acc[r][j] += A[(int64_t)r * lda + k] * B[(int64_t)k * ldb + j]; \
     for (int r = 0; r < RB; r++)                                                                   \
@@ -206,179 +311,209 @@ SMALL_BLOCK(SUFFIX, REAL, 4, 32)                                                
 SMALL_BLOCK(SUFFIX, REAL, 1, 128)                                                                  \
 SMALL_BLOCK(SUFFIX, REAL, 1, 32)                                                                   \
                                                                                                    \
-/* W (H x H, row-major), or W^T when `trans`, as the small kernel's B; NULL where no step of     \
- * `min_rows` rows (the narrowest) takes the small kernel, or out of memory (BLAS then takes     \
- * every step). Freed by free(). */                                                                \
-static REAL *small_pack_##SUFFIX(int min_rows, int H, const REAL *W, int trans) {                 \
-    if (!USE_SMALL(min_rows, H)) return NULL;                                                      \
-    int ldb = small_ldb(H);                                                                        \
+/* The small kernel's B (K x M): W^T when `trans` (W row-major M x K), else W (row-major K x M);  \
+ * NULL where no product of `min_rows` rows (the narrowest step) takes the small kernel, or out   \
+ * of memory (BLAS then takes every step). Freed by free(). */                                     \
+static REAL *small_pack_##SUFFIX(int min_rows, int K, int M, const REAL *W, int trans) {          \
+    if (!USE_SMALL(min_rows, K, M)) return NULL;                                                   \
+    int ldb = small_ldb(M);                                                                        \
     /* 64-byte aligned, as torch's tensors: vector loads that straddle cache lines cost twice */   \
-    size_t bytes = (size_t)H * ldb * sizeof(REAL); /* a multiple of 64: ldb is of SMALL_CB */      \
+    size_t bytes = (size_t)K * ldb * sizeof(REAL); /* a multiple of 64: ldb is of SMALL_CB */      \
     REAL *B = aligned_alloc(64, bytes);                                                            \
     if (!B) return NULL;                                                                           \
-    for (int k = 0; k < H; k++)                                                                    \
+    for (int k = 0; k < K; k++)                                                                    \
         for (int j = 0; j < ldb; j++)                                                              \
-            B[(int64_t)k * ldb + j] = j >= H ? 0 : trans ? W[(int64_t)j * H + k] : W[(int64_t)k * H + j]; \
+            B[(int64_t)k * ldb + j] = j >= M ? 0 : trans ? W[(int64_t)j * K + k] : W[(int64_t)k * M + j]; \
     return B;                                                                                      \
 }                                                                                                  \
                                                                                                    \
-static void small_gemm_##SUFFIX(int rows, int H, const REAL *A, int lda, const REAL *B, REAL beta, \
-                                REAL *C, int ldc) {                                                \
-    int ldb = small_ldb(H);                                                                        \
+static void small_gemm_##SUFFIX(int rows, int K, int M, const REAL *A, int lda, const REAL *B,    \
+                                REAL beta, REAL *C, int ldc) {                                     \
+    int ldb = small_ldb(M);                                                                        \
     int r0 = 0;                                                                                    \
     for (; r0 + 4 <= rows; r0 += 4)                                                                \
-        for (int j0 = 0; j0 < H; j0 += 32)                                                         \
-            block_4x32_##SUFFIX(H, A + (int64_t)r0 * lda, lda, B + j0, ldb, beta,                  \
-                                C + (int64_t)r0 * ldc + j0, ldc, H - j0 < 32 ? H - j0 : 32);       \
+        for (int j0 = 0; j0 < M; j0 += 32)                                                         \
+            block_4x32_##SUFFIX(K, A + (int64_t)r0 * lda, lda, B + j0, ldb, beta,                  \
+                                C + (int64_t)r0 * ldc + j0, ldc, M - j0 < 32 ? M - j0 : 32);       \
     for (; r0 < rows; r0++) {                                                                      \
         const REAL *a = A + (int64_t)r0 * lda;                                                     \
         REAL *c = C + (int64_t)r0 * ldc;                                                           \
         int j0 = 0;                                                                                \
         for (; j0 + 128 <= ldb; j0 += 128)                                                         \
-            block_1x128_##SUFFIX(H, a, lda, B + j0, ldb, beta, c + j0, ldc, H - j0 < 128 ? H - j0 : 128); \
-        for (; j0 < H; j0 += 32)                                                                   \
-            block_1x32_##SUFFIX(H, a, lda, B + j0, ldb, beta, c + j0, ldc, H - j0 < 32 ? H - j0 : 32); \
+            block_1x128_##SUFFIX(K, a, lda, B + j0, ldb, beta, c + j0, ldc, M - j0 < 128 ? M - j0 : 128); \
+        for (; j0 < M; j0 += 32)                                                                   \
+            block_1x32_##SUFFIX(K, a, lda, B + j0, ldb, beta, c + j0, ldc, M - j0 < 32 ? M - j0 : 32); \
     }                                                                                              \
 }
 
 DEFINE_SMALL_GEMM(f32, float)
 DEFINE_SMALL_GEMM(f64, double)
 
-/* The two templates below are instantiated for float (f32) and double (f64). */
-#define DEFINE_STEPS(SUFFIX, REAL, GEMM, TANH)                                                     \
+/* The step loops, generic over the cell; instantiated for float (f32) and double (f64). */
+#define DEFINE_STEPS(SUFFIX, REAL, GEMM)                                                           \
                                                                                                    \
-/* W_hh in the forms the step products read: as is (BLAS), padded for the small kernel (W_hh^T  \
- * in the forward, W_hh in the backward; NULL when unused), packed for `packed_rows`-row products \
- * (MKL's packed API; NULL without). */                                                            \
+/* W_hh ((G·H) x H, row-major) as the B of every step's product (rows x K) @ B -> (rows x M):     \
+ * W_hh^T in the forward (K = H, M = G·H), W_hh in the backward (K = G·H, M = H); as is (BLAS),   \
+ * padded for the small kernel (NULL when unused), packed for `packed_rows`-row products (MKL's   \
+ * packed API; NULL without). */                                                                   \
 typedef struct {                                                                                   \
     const REAL *W;                                                                                 \
     REAL *small, *packed;                                                                          \
-    int packed_rows;                                                                               \
+    int packed_rows, K, M, trans;                                                                  \
 } weights_##SUFFIX;                                                                                \
                                                                                                    \
-/* C (rows x H, row stride ldc) += A (rows x H, row stride lda) @ W^T, W row-major (H x H):       \
- * in column-major terms C^T += W A^T, so W is read transposed. */                                 \
-static void a_plus_h_WT_##SUFFIX(int rows, int H, const REAL *A, int lda, const weights_##SUFFIX *w, \
-                                 REAL *C, int ldc) {                                               \
+static weights_##SUFFIX weights_##SUFFIX##_new(const REAL *W_hh, int G, int H, int N, int narrowest, \
+                                               int trans) {                                        \
+    int K = trans ? H : G * H, M = trans ? G * H : H;                                              \
+    weights_##SUFFIX w = {W_hh, small_pack_##SUFFIX(narrowest, K, M, W_hh, trans),                 \
+                          pack_##SUFFIX(N, K, M, W_hh, H, trans), N, K, M, trans};                 \
+    return w;                                                                                      \
+}                                                                                                  \
+                                                                                                   \
+/* C (rows x M, row stride ldc) = beta C + A (rows x K, row stride lda) @ B. In column-major       \
+ * (BLAS) terms C^T = beta C^T + B^T A^T, and B^T is W_hh read as is (forward) or transposed. */  \
+static void product_##SUFFIX(int rows, const REAL *A, int lda, const weights_##SUFFIX *w, REAL beta, \
+                             REAL *C, int ldc) {                                                   \
     const REAL one = 1;                                                                            \
+    int K = w->K, M = w->M;                                                                        \
     if (rows <= 0) return;                                                                         \
-    if (w->small && USE_SMALL(rows, H))                                                            \
-        small_gemm_##SUFFIX(rows, H, A, lda, w->small, one, C, ldc);                               \
+    if (w->small && USE_SMALL(rows, K, M))                                                         \
+        small_gemm_##SUFFIX(rows, K, M, A, lda, w->small, beta, C, ldc);                           \
     else if (w->packed && rows == w->packed_rows)                                                  \
-        packed_gemm_##SUFFIX(rows, H, A, lda, w->packed, one, C, ldc);                             \
+        packed_gemm_##SUFFIX(rows, K, M, A, lda, w->packed, K < M ? K : M, beta, C, ldc);          \
+    else if (w->trans)                                                                             \
+        GEMM("T", "N", &M, &rows, &K, &one, w->W, &K, A, &lda, &beta, C, &ldc);                    \
     else                                                                                           \
-        GEMM("T", "N", &H, &rows, &H, &one, w->W, &H, A, &lda, &one, C, &ldc);                     \
+        GEMM("N", "N", &M, &rows, &K, &one, w->W, &M, A, &lda, &beta, C, &ldc);                    \
 }                                                                                                  \
                                                                                                    \
-/* C (rows x H, row stride ldc) = beta C + A (rows x H, contiguous) @ W (row-major H x H);        \
- * here w->small and w->packed hold W itself. */                                                 \
-static void da_W_##SUFFIX(int rows, int H, const REAL *A, const weights_##SUFFIX *w, REAL beta,   \
-                          REAL *C, int ldc) {                                                      \
-    const REAL one = 1;                                                                            \
-    if (rows <= 0) return;                                                                         \
-    if (w->small && USE_SMALL(rows, H))                                                            \
-        small_gemm_##SUFFIX(rows, H, A, H, w->small, beta, C, ldc);                                \
-    else if (w->packed && rows == w->packed_rows)                                                  \
-        packed_gemm_##SUFFIX(rows, H, A, H, w->packed, beta, C, ldc);                              \
-    else                                                                                           \
-        GEMM("N", "N", &H, &rows, &H, &one, w->W, &H, A, &H, &beta, C, &ldc);                      \
+static void weights_##SUFFIX##_free(weights_##SUFFIX *w) {                                         \
+    free(w->small);                                                                                \
+    free(w->packed);                                                                               \
 }                                                                                                  \
                                                                                                    \
-/* a_t += bias (when given), then h_t = f(a_t), in place, row by row (a row is in L1 by now). */     \
-static void activate_##SUFFIX(int rows, int H, REAL *a, int lda, const REAL *bias, int relu) {    \
-    for (int r = 0; r < rows; r++) {                                                               \
-        REAL *a_t = a + (int64_t)r * lda;                                                          \
-        if (bias)                                                                                  \
-            for (int j = 0; j < H; j++) a_t[j] += bias[j]; /* + b_ih + b_hh */                     \
-        if (relu) /* relu as torch's: NaN fails `< 0` and passes through (never becomes 0) */      \
-            for (int j = 0; j < H; j++) a_t[j] = a_t[j] < 0 ? 0 : a_t[j];                          \
-        else                                                                                       \
-            for (int j = 0; j < H; j++) a_t[j] = TANH(a_t[j]);                                     \
-    }                                                                                              \
-}                                                                                                  \
+/* One step of the forward as a cell's step sees it: rows [0, carried) continue from h_prev (row \
+ * stride ld_prev), rows [carried, rows) start here from h0 (reverse direction, packed); hp holds \
+ * h_{t-1} W_hh^T for all of them (row stride ld_hp); h_t (row stride ld_out) is to be written;  \
+ * `first` is the step's first row in the (rows x ·) buffers. */                                   \
+typedef struct {                                                                                   \
+    int H, rows, carried, ld_prev, ld_hp, ld_out;                                                  \
+    int64_t first;                                                                                 \
+    const REAL *h_prev, *h0;                                                                       \
+    REAL *hp, *h_t;                                                                                \
+} forward_step_##SUFFIX;                                                                           \
                                                                                                    \
-/* Forward. `out` already holds x_t W_ih^T for every row; each step adds h_{t-1} W_hh^T and the  \
- * bias = b_ih + b_hh (NULL: none) and applies the nonlinearity in place: the bias joins the     \
- * pass over a_t that the nonlinearity makes anyway, instead of a pass of its own over `out`.   \
- * h_n (N x H, contiguous) receives each sequence's last h_t.                                    \
- * `offsets[t]` is the first row of step t. */                                                     \
-void scratchrnn_forward_##SUFFIX(int T, const int64_t *sizes, const int64_t *offsets, int H,      \
-                                 REAL *out, int ld_out, const REAL *h0, const REAL *W_hh,          \
-                                 const REAL *bias, REAL *h_n, int reverse, int relu) {             \
+/* One step of the backward: dh_t (rows x H, contiguous) is dL/dh_t, complete; the cell's step   \
+ * returns dL/d(hp_t) (rows x G·H, contiguous), and adds what else flows into dL/dh_{t-1} (not    \
+ * through W_hh) to dh_prev (rows [0, carried), contiguous; NULL at the first step) and writes it \
+ * to dh0's rows [carried, rows) when the cell says so (dh0_direct). */                            \
+typedef struct {                                                                                   \
+    int H, rows, carried, ld_prev, ld_out;                                                         \
+    int64_t first;                                                                                 \
+    const REAL *h_prev, *h0, *h_t;                                                                 \
+    REAL *dh_t, *dh_prev, *dh0;                                                                    \
+} backward_step_##SUFFIX;                                                                          \
+                                                                                                   \
+/* A cell as the loops see it: the width G of its recurrent product, its two steps and their    \
+ * state, whether the product accumulates into the output buffer (the Elman cell: out already    \
+ * holds x_t W_ih^T, and a_t = out + h_{t-1} W_hh^T is formed in place, no buffer of its own),   \
+ * and whether its backward step writes a direct part of dL/dh_0 (dh0 is then accumulated into). */ \
+typedef struct {                                                                                   \
+    int G, product_into_out, dh0_direct;                                                           \
+    void (*forward)(const void *cell, const forward_step_##SUFFIX *s);                             \
+    const REAL *(*backward)(const void *cell, const backward_step_##SUFFIX *s);                    \
+    const void *state;                                                                             \
+} cell_##SUFFIX;                                                                                   \
+                                                                                                   \
+/* The forward loop: h_n (N x H, contiguous) receives each sequence's last h_t. */                 \
+static int forward_loop_##SUFFIX(const cell_##SUFFIX *cell, int T, const int64_t *sizes,          \
+                                 const int64_t *offsets, int H, REAL *out, int ld_out,             \
+                                 const REAL *h0, const REAL *W_hh, REAL *h_n, int reverse) {       \
+    int G = cell->G;                                                                               \
     const REAL *h_prev = h0;                                                                       \
     int ld_prev = H;                                                                               \
     int b_prev = (int)sizes[reverse ? T - 1 : 0];                                                  \
     int N = (int)sizes[0]; /* the widest step: every step of a padded batch */                     \
     int narrowest = (int)sizes[T - 1]; /* packed: the sizes never grow */                         \
-    weights_##SUFFIX w = {W_hh, small_pack_##SUFFIX(narrowest, H, W_hh, 1),                        \
-                          pack_##SUFFIX(N, H, W_hh, 1), N};                                        \
-    int threads = small_steps_one_thread(N, H);                                                    \
+    REAL *hp = NULL;                                                                               \
+    if (!cell->product_into_out && N > 0) {                                                        \
+        hp = malloc((size_t)N * G * H * sizeof(REAL));                                             \
+        if (!hp) return STEPS_NO_MEMORY;                                                           \
+    }                                                                                              \
+    weights_##SUFFIX w = weights_##SUFFIX##_new(W_hh, G, H, N, narrowest, 1);                      \
+    int threads = small_steps_one_thread(N, (int64_t)G * H * H);                                   \
     for (int k = 0; k < T; k++) {                                                                  \
         int t = reverse ? T - 1 - k : k;                                                           \
         int b = (int)sizes[t];                                                                     \
-        REAL *a_t = out + offsets[t] * ld_out;                                                     \
+        REAL *h_t = out + offsets[t] * ld_out;                                                     \
+        REAL *hp_t = cell->product_into_out ? h_t : hp;                                            \
+        int ld_hp = cell->product_into_out ? ld_out : G * H;                                       \
+        REAL beta = cell->product_into_out ? 1 : 0;                                                \
         int carried = b < b_prev ? b : b_prev;                                                     \
         for (int r = b; r < b_prev; r++) /* forward, packed: rows that ended at the step before */ \
             for (int j = 0; j < H; j++) h_n[(int64_t)r * H + j] = h_prev[(int64_t)r * ld_prev + j]; \
-        a_plus_h_WT_##SUFFIX(carried, H, h_prev, ld_prev, &w, a_t, ld_out);                        \
+        product_##SUFFIX(carried, h_prev, ld_prev, &w, beta, hp_t, ld_hp);                         \
         /* reverse, packed: rows that start here, from h0 */                                       \
-        a_plus_h_WT_##SUFFIX(b - carried, H, h0 + (int64_t)carried * H, H, &w,                     \
-                             a_t + (int64_t)carried * ld_out, ld_out);                             \
-        activate_##SUFFIX(b, H, a_t, ld_out, bias, relu);                                          \
-        h_prev = a_t;                                                                              \
+        product_##SUFFIX(b - carried, h0 + (int64_t)carried * H, H, &w, beta,                      \
+                         hp_t + (int64_t)carried * ld_hp, ld_hp);                                  \
+        forward_step_##SUFFIX s = {H, b, carried, ld_prev, ld_hp, ld_out, offsets[t],              \
+                                   h_prev, h0, hp_t, h_t};                                         \
+        cell->forward(cell->state, &s);                                                            \
+        h_prev = h_t;                                                                              \
         ld_prev = ld_out;                                                                          \
         b_prev = b;                                                                                \
     }                                                                                              \
     for (int r = 0; r < b_prev; r++)                                                               \
         for (int j = 0; j < H; j++) h_n[(int64_t)r * H + j] = h_prev[(int64_t)r * ld_prev + j];    \
     restore_threads(threads);                                                                      \
-    free(w.small);                                                                                 \
-    free(w.packed);                                                                                \
+    weights_##SUFFIX##_free(&w);                                                                   \
+    free(hp);                                                                                      \
+    return STEPS_OK;                                                                               \
 }                                                                                                  \
                                                                                                    \
-/* Backward. `dh` (rows x H, contiguous) holds dL/dh_t from the output, with dL/dh_n already added \
- * at each sequence's last step; it is overwritten with da_t. f'(a_t) is recomputed from h_t      \
- * (`out`) on the fly. dh0 (N x H) receives dL/dh_0. */                                            \
-void scratchrnn_backward_##SUFFIX(int T, const int64_t *sizes, const int64_t *offsets, int H,     \
-                                  REAL *dh, const REAL *out, int ld_out, const REAL *W_hh,         \
-                                  REAL *dh0, int reverse, int relu) {                              \
+/* The backward loop. `dh` (rows x H, contiguous) holds dL/dh_t from the output, with dL/dh_n    \
+ * already added at each sequence's last step; each step adds dL/dh_{t-1} into the step before's \
+ * rows. dh0 (N x H, contiguous) receives dL/dh_0. */                                              \
+static int backward_loop_##SUFFIX(const cell_##SUFFIX *cell, int T, const int64_t *sizes,         \
+                                  const int64_t *offsets, int H, REAL *dh, const REAL *out,        \
+                                  int ld_out, const REAL *h0, const REAL *W_hh, REAL *dh0,         \
+                                  int reverse) {                                                   \
+    int G = cell->G;                                                                               \
     int N = (int)sizes[0];                                                                         \
     int narrowest = (int)sizes[T - 1];                                                             \
-    weights_##SUFFIX w = {W_hh, small_pack_##SUFFIX(narrowest, H, W_hh, 0),                        \
-                          pack_##SUFFIX(N, H, W_hh, 0), N};                                        \
-    int threads = small_steps_one_thread(N, H);                                                    \
+    weights_##SUFFIX w = weights_##SUFFIX##_new(W_hh, G, H, N, narrowest, 0);                      \
+    int threads = small_steps_one_thread(N, (int64_t)G * H * H);                                   \
     for (int k = T - 1; k >= 0; k--) {                                                             \
         int t = reverse ? T - 1 - k : k;                                                           \
         int b = (int)sizes[t];                                                                     \
-        REAL *da_t = dh + offsets[t] * H;                                                          \
-        const REAL *h_t = out + offsets[t] * ld_out;                                               \
-        for (int r = 0; r < b; r++) { /* da_t = (dh_t + dh_next) * f'(a_t) */                      \
-            REAL *d = da_t + (int64_t)r * H;                                                       \
-            const REAL *h = h_t + (int64_t)r * ld_out;                                             \
-            if (relu) {                                                                            \
-                /* nn.RNN's relu backward (threshold_backward): 0 where h <= 0, else dh, so a   \
-                 * NaN h passes dh on and a NaN dh where h <= 0 becomes 0, as there */         \
-                for (int j = 0; j < H; j++) d[j] = h[j] <= 0 ? 0 : d[j];                           \
-            } else {                                                                               \
-                for (int j = 0; j < H; j++) d[j] *= 1 - h[j] * h[j];                               \
-            }                                                                                      \
-        }                                                                                          \
-        int carried = 0;                                                                           \
+        int carried = 0, ld_prev = H;                                                              \
+        const REAL *h_prev = NULL;                                                                 \
+        REAL *dh_prev = NULL;                                                                      \
         if (k > 0) {                                                                               \
             int t_prev = reverse ? T - k : k - 1;                                                  \
             int b_prev = (int)sizes[t_prev];                                                       \
             carried = b < b_prev ? b : b_prev;                                                     \
-            /* dh_next = da_t W_hh, added into dh_{t-1} */                                         \
-            da_W_##SUFFIX(carried, H, da_t, &w, 1, dh + offsets[t_prev] * H, H);                   \
+            h_prev = out + offsets[t_prev] * ld_out;                                               \
+            ld_prev = ld_out;                                                                      \
+            dh_prev = dh + offsets[t_prev] * H;                                                    \
         }                                                                                          \
-        /* rows that began at step t from h0: their dh_next is dL/dh_0 */                          \
-        da_W_##SUFFIX(b - carried, H, da_t + (int64_t)carried * H, &w, 0,                          \
-                      dh0 + (int64_t)carried * H, H);                                              \
+        backward_step_##SUFFIX s = {H, b, carried, ld_prev, ld_out, offsets[t], h_prev, h0,        \
+                                    out + offsets[t] * ld_out, dh + offsets[t] * H, dh_prev, dh0}; \
+        const REAL *dhp_t = cell->backward(cell->state, &s);                                       \
+        /* dL/dh_{t-1} += dL/dhp_t W_hh */                                                         \
+        product_##SUFFIX(carried, dhp_t, G * H, &w, 1, dh_prev, H);                                \
+        /* rows that began at step t from h0: their dL/dh_{t-1} is dL/dh_0 */                      \
+        product_##SUFFIX(b - carried, dhp_t + (int64_t)carried * G * H, G * H, &w,                 \
+                         cell->dh0_direct ? 1 : 0, dh0 + (int64_t)carried * H, H);                 \
     }                                                                                              \
     restore_threads(threads);                                                                      \
-    free(w.small);                                                                                 \
-    free(w.packed);                                                                                \
+    weights_##SUFFIX##_free(&w);                                                                   \
+    return STEPS_OK;                                                                               \
 }
 
-DEFINE_STEPS(f32, float, sgemm, tanh_f)
-DEFINE_STEPS(f64, double, dgemm, tanh_d)
+DEFINE_STEPS(f32, float, sgemm)
+DEFINE_STEPS(f64, double, dgemm)
+
+/* The cells: each one's elementwise steps and its entry points, beside its Python twin. */
+#include "cells/elman.c"
+#include "cells/gru.c"
