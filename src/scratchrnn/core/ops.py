@@ -57,6 +57,13 @@ def _rows(t: Tensor) -> Tensor:
     return t.reshape(-1, t.shape[-1])
 
 
+def _own(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """The kernels' outputs as tensors of their own, not views of a buffer: autograd forbids
+    in-place changes to an autograd.Function's outputs that are views ("Output 0 of _RNN is a
+    view and is being modified inplace"). ``detach`` gives the same memory, not tracked as a view."""
+    return tuple(t.detach() for t in tensors)
+
+
 def _layer_rows(inner: Tensor | None, output: Tensor | None = None) -> list:
     """The stacked inner layers' outputs (and the output) as the functions' list of (rows, F)."""
     if inner is None:
@@ -102,7 +109,7 @@ def _rnn_kernel(
         num_layers=num_layers, bidirectional=bidirectional, bias=bias, nonlinearity=nonlinearity,
     )
     shape = (*x.shape[:-1], result.output.shape[-1])
-    return result.output.view(shape), result.h_n, result.inner.view(num_layers - 1, *shape)
+    return _own(result.output.view(shape), result.h_n, result.inner.view(num_layers - 1, *shape))
 
 
 _rnn_op = torch.library.custom_op("scratchrnn::rnn", _rnn_kernel, mutates_args=())
@@ -189,6 +196,8 @@ def _save(ctx, saved: _Saved, batch_sizes: Tensor | None, config: RNNConfig) -> 
 
 def _backward(ctx, doutput, dh_n, dinner, need_dx: bool) -> tuple:
     """(dx, dhx, dweights) from the upstream gradients; None for dx unless ``need_dx``."""
+    if any(_legacy_batched(g) for g in (doutput, dh_n, dinner)):
+        return _backward_per_grad(ctx, doutput, dh_n, dinner, need_dx)
     saved = _Saved.unflat(ctx.saved_tensors, *ctx.counts)
     x, hx, output = saved.x, saved.hx, saved.output
     doutput = torch.zeros_like(output) if doutput is None else doutput
@@ -206,6 +215,34 @@ def _backward(ctx, doutput, dh_n, dinner, need_dx: bool) -> tuple:
         ctx.batch_sizes, *ctx.config, need_dx,
     )
     return (dx if need_dx else None), dhx, dweights
+
+
+def _legacy_batched(g: Tensor | None) -> bool:
+    return g is not None and torch._C._functorch.is_legacy_batchedtensor(g)
+
+
+def _backward_per_grad(ctx, doutput, dh_n, dinner, need_dx: bool) -> tuple:
+    """The backward of B gradients at once, one backward each, stacked.
+
+    ``autograd.grad(is_grads_batched=True)``, ``jacobian(vectorize=True)`` and gradcheck's
+    batched-gradient check run the backward under torch's legacy vmap, whose batched tensors
+    neither the C loops nor ``detach`` and the views of the PyTorch loops can take ("Batching
+    rule not implemented for aten::alias"): the batch dimension is taken off, and put back on
+    the results.
+    """
+    level = torch._C._vmapmode_increment_nesting() - 1  # the innermost legacy vmap's level
+    torch._C._vmapmode_decrement_nesting()
+    grads = (doutput, dh_n, dinner)
+    stacked = [torch._remove_batch_dim(g, level, 1, 0) if _legacy_batched(g) else None for g in grads]
+    B = next(s.shape[0] for s in stacked if s is not None)
+    pick = lambda b: (g if s is None else s[b] for g, s in zip(grads, stacked, strict=True))  # noqa: E731
+    per_grad = [_backward(ctx, *pick(b), need_dx) for b in range(B)]
+    dx, dhx, dweights = zip(*per_grad, strict=True)
+
+    def rebatch(ts):  # B results → one tensor batched at ``level``
+        return None if ts[0] is None else torch._add_batch_dim(torch.stack(ts), 0, level)
+
+    return rebatch(dx), rebatch(dhx), [rebatch(dw) for dw in zip(*dweights, strict=True)]
 
 
 def _op_setup_context(ctx, inputs, output) -> None:
@@ -327,4 +364,6 @@ def rnn(
         output, h_n, _ = _rnn_kernel(x, hx, weights, masks, batch_sizes, *config)
         return output, h_n
     output, h_n, _ = _RNN.apply(x, hx, batch_sizes, config, len(weights), *weights, *masks)
-    return output, h_n
+    # The backward reads the output it saved: the caller gets a copy it may change in place
+    # (`out += residual`, ReLU(inplace=True)), as nn.RNN's CPU output allows.
+    return output.clone(), h_n
