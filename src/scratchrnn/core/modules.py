@@ -203,7 +203,8 @@ class RNN(nn.Module):
 
     def _check_input(self, x: Tensor, hx: Tensor, expected_dim: int, N: int) -> None:
         weight = self.weight_ih_l0
-        if x.dtype != weight.dtype:
+        autocast = torch.is_autocast_enabled(x.device.type)  # mixed dtypes: autocast casts them
+        if x.dtype != weight.dtype and not autocast:
             raise ValueError(
                 f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
                 f"Convert input: input.to({weight.dtype}), or convert model: model.to({x.dtype})"
@@ -219,7 +220,7 @@ class RNN(nn.Module):
         expected = (self.num_layers * dirs, N, self.hidden_size)
         if hx.shape != expected:
             raise RuntimeError(f"Expected hidden size {expected}, got {list(hx.shape)}")
-        if hx.dtype != weight.dtype:
+        if hx.dtype != weight.dtype and not autocast:
             raise RuntimeError(f"Expected hx of dtype {weight.dtype}, got {hx.dtype}")
 
     def forward(self, input, hx: Tensor | None = None):
@@ -368,7 +369,8 @@ class RNNCell(nn.Module):
             raise RuntimeError(
                 f"RNNCell: Expected hidden of shape {(N, self.hidden_size)}, got {tuple(hx.shape)}"
             )
-        if x.dtype != self.weight_ih.dtype or hx.dtype != self.weight_ih.dtype:
+        if (x.dtype != self.weight_ih.dtype or hx.dtype != self.weight_ih.dtype) and \
+                not torch.is_autocast_enabled(x.device.type):  # mixed dtypes: autocast casts them
             raise RuntimeError(
                 f"RNNCell: Expected input and hidden of dtype {self.weight_ih.dtype}, "
                 f"got {x.dtype} and {hx.dtype}"

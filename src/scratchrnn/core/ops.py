@@ -336,6 +336,15 @@ class _RNN(torch.autograd.Function):
         return (unfold(output), unfold(h_n), unfold(inner)), (1, 1, 2)
 
 
+def _autocast(x: Tensor, hx: Tensor, weights: list[Tensor], masks: list[Tensor]) -> tuple:
+    """(x, hx, weights, masks) in the dtype of the enclosing ``torch.autocast`` region, which
+    lists nn.RNN's operators among those run in lower precision; as autocast does, float64
+    stays. The casts are differentiable: the gradients reach the float32 parameters as float32."""
+    dtype = torch.get_autocast_dtype(x.device.type)
+    cast = lambda t: t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t  # noqa: E731
+    return cast(x), cast(hx), [cast(w) for w in weights], [cast(m) for m in masks]
+
+
 def _needs_autograd(*tensors: Tensor) -> bool:
     """Whether the Function is needed: a gradient is wanted, or forward-mode AD or a torch.func
     transform (whose wrapped tensors look like plain ones) is active."""
@@ -356,6 +365,9 @@ def rnn(
 ) -> tuple[Tensor, Tensor]:
     """The RNN, (output, h_n), with our hand-written backward and forward mode (see the module
     docstring); arguments as for ``torch.ops.scratchrnn.rnn``."""
+    if torch.is_autocast_enabled(x.device.type):  # as nn.RNN: in autocast's dtype, cast back in backward
+        with torch.autocast(x.device.type, enabled=False):
+            return rnn(*_autocast(x, hx, weights, masks), batch_sizes, config)
     # Dynamo cannot trace an autograd.Function with a jvp; torch.jit.trace records operators.
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         output, h_n, _ = _rnn_op(x, hx, weights, masks, batch_sizes, *config)
