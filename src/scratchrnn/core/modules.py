@@ -203,7 +203,7 @@ class RNN(nn.Module):
 
     def _check_input(self, x: Tensor, hx: Tensor, expected_dim: int, N: int) -> None:
         weight = self.weight_ih_l0
-        autocast = torch.is_autocast_enabled(x.device.type)  # mixed dtypes: autocast casts them
+        autocast = torch._C._is_any_autocast_enabled()  # mixed dtypes: autocast casts them (as nn.RNN)
         if x.dtype != weight.dtype and not autocast:
             raise ValueError(
                 f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
@@ -370,7 +370,7 @@ class RNNCell(nn.Module):
                 f"RNNCell: Expected hidden of shape {(N, self.hidden_size)}, got {tuple(hx.shape)}"
             )
         if (x.dtype != self.weight_ih.dtype or hx.dtype != self.weight_ih.dtype) and \
-                not torch.is_autocast_enabled(x.device.type):  # mixed dtypes: autocast casts them
+                not torch._C._is_any_autocast_enabled():  # mixed dtypes: autocast casts them
             raise RuntimeError(
                 f"RNNCell: Expected input and hidden of dtype {self.weight_ih.dtype}, "
                 f"got {x.dtype} and {hx.dtype}"

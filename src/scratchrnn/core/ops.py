@@ -336,6 +336,11 @@ class _RNN(torch.autograd.Function):
         return (unfold(output), unfold(h_n), unfold(inner)), (1, 1, 2)
 
 
+def _autocasting(device_type: str) -> bool:
+    return torch._C._is_any_autocast_enabled() and torch.amp.is_autocast_available(device_type) \
+        and torch.is_autocast_enabled(device_type)
+
+
 def _autocast(x: Tensor, hx: Tensor, weights: list[Tensor], masks: list[Tensor]) -> tuple:
     """(x, hx, weights, masks) in the dtype of the enclosing ``torch.autocast`` region, which
     lists nn.RNN's operators among those run in lower precision; as autocast does, float64
@@ -365,7 +370,7 @@ def rnn(
 ) -> tuple[Tensor, Tensor]:
     """The RNN, (output, h_n), with our hand-written backward and forward mode (see the module
     docstring); arguments as for ``torch.ops.scratchrnn.rnn``."""
-    if torch.is_autocast_enabled(x.device.type):  # as nn.RNN: in autocast's dtype, cast back in backward
+    if _autocasting(x.device.type):  # as nn.RNN: in autocast's dtype, cast back in backward
         with torch.autocast(x.device.type, enabled=False):
             return rnn(*_autocast(x, hx, weights, masks), batch_sizes, config)
     # Dynamo cannot trace an autograd.Function with a jvp; torch.jit.trace records operators.
