@@ -241,6 +241,11 @@ def _ptr(t: Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
 
+def _const_ptr(t: Tensor) -> ctypes.c_void_p:
+    """For a tensor the C loop only reads: a copy-on-write tensor stays unmaterialised."""
+    return ctypes.c_void_p(t.const_data_ptr())
+
+
 def _steps(batch_sizes: Sequence[int]) -> tuple[Tensor, Tensor]:
     """Rows per step and each step's first row, as the int64 arrays the C loops read."""
     T, N = len(batch_sizes), batch_sizes[0]
@@ -278,5 +283,5 @@ def backward_steps(dh: Tensor, out: Tensor, W_hh: Tensor, batch_sizes: Sequence[
     W_hh = W_hh.contiguous()
     sizes, offsets = _steps(batch_sizes)
     fn = getattr(_library(), f"scratchrnn_backward_{_suffix(dh)}")
-    fn(len(batch_sizes), _ptr(sizes), _ptr(offsets), H, _ptr(dh), _ptr(out), out.stride(0),
+    fn(len(batch_sizes), _ptr(sizes), _ptr(offsets), H, _ptr(dh), _const_ptr(out), out.stride(0),
        _ptr(W_hh), _ptr(dh0), int(reverse), int(relu))

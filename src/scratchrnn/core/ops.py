@@ -350,6 +350,9 @@ def _autocast(x: Tensor, hx: Tensor, weights: list[Tensor], masks: list[Tensor])
     return cast(x), cast(hx), [cast(w) for w in weights], [cast(m) for m in masks]
 
 
+_copy_on_write = getattr(torch, "_lazy_clone", torch.clone)  # torch.clone where torch lacks it
+
+
 def _needs_autograd(*tensors: Tensor) -> bool:
     """Whether the Function is needed: a gradient is wanted, or forward-mode AD or a torch.func
     transform (whose wrapped tensors look like plain ones) is active."""
@@ -382,5 +385,7 @@ def rnn(
         return output, h_n
     output, h_n, _ = _RNN.apply(x, hx, batch_sizes, config, len(weights), *weights, *masks)
     # The backward reads the output it saved: the caller gets a copy it may change in place
-    # (`out += residual`, ReLU(inplace=True)), as nn.RNN's CPU output allows.
-    return output.clone(), h_n
+    # (`out += residual`, ReLU(inplace=True)), as nn.RNN's CPU output allows. A copy-on-write one:
+    # no memory and no time unless the caller does write to it (the C loops read it as const).
+    copy = torch.clone if torch._C._are_functorch_transforms_active() else _copy_on_write  # vmap: no rule
+    return copy(output), h_n
