@@ -57,15 +57,19 @@ def test_export_needs_no_argument(kwargs, table, tmp_path, diffs):
         assert rel_err(torch.from_numpy(got), want) <= REL_TOL_F32
 
 
-def test_importing_scratchrnn_loads_no_onnxscript_and_first_export_works(tmp_path):
-    # A fresh process: the translation is handed to the exporter when torch.onnx.export first
-    # loads it, not at import (onnxscript costs most of a second to import).
+@pytest.mark.parametrize("exporter_first", [False, True], ids=["scratchrnn_first", "exporter_first"])
+def test_first_export_in_a_fresh_process_needs_no_argument(exporter_first, tmp_path):
+    # Importing scratchrnn does not import onnxscript: the translation reaches the exporter when
+    # torch.onnx.export first loads its table, or at once if the program loaded it before.
+    first = "import torch.onnx._internal.exporter._registration" if exporter_first else ""
     program = f"""
-import sys, torch, scratchrnn
-assert "onnxscript" not in sys.modules
+import sys, torch
+{first}
+import scratchrnn
+assert ("onnxscript" in sys.modules) == {exporter_first}
 torch.onnx.export(scratchrnn.RNN(3, 4).eval(), (torch.randn(5, 2, 3),), {str(tmp_path / 'm.onnx')!r})
 """
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", program], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "m.onnx").exists()
+    assert _onnxruntime(tmp_path / "m.onnx", torch.randn(5, 2, 3))[0].shape == (5, 2, 4)
