@@ -170,6 +170,22 @@ def test_grads_batched_equal_one_by_one(case):
             assert max_abs(g_batched[b], g_one) < 1e-12
 
 
+@pytest.mark.parametrize("case", ["one_layer", "two_layers_bidirectional"])
+def test_func_vmap_over_autograd_grad_equals_one_by_one(case):
+    # torch.func's vmap (not the legacy one) around a plain autograd.grad, as nn.RNN allows.
+    kwargs, packed = GRID[case]
+    _, ours = pair(**kwargs)
+    x, h0, _ = _inputs(packed)
+    out, _ = _function(ours, packed)(x, h0)
+    leaves = (x, h0, *ours.parameters())
+    v_out = torch.randn(3, *out.shape, dtype=F64)
+    batched = torch.func.vmap(lambda v: torch.autograd.grad(out, leaves, v, retain_graph=True))(v_out)
+    for b in range(3):
+        one = torch.autograd.grad(out, leaves, v_out[b], retain_graph=True)
+        for g_batched, g_one in zip(batched, one, strict=True):
+            assert max_abs(g_batched[b], g_one) < 1e-12
+
+
 def test_jacobian_vectorized_equals_nn_rnn():
     theirs, ours = pair(num_layers=2)
     x = torch.randn(T, 2, D, dtype=F64)

@@ -196,7 +196,7 @@ def _save(ctx, saved: _Saved, batch_sizes: Tensor | None, config: RNNConfig) -> 
 
 def _backward(ctx, doutput, dh_n, dinner, need_dx: bool) -> tuple:
     """(dx, dhx, dweights) from the upstream gradients; None for dx unless ``need_dx``."""
-    if any(_legacy_batched(g) for g in (doutput, dh_n, dinner)):
+    if any(_batched(g) for g in (doutput, dh_n, dinner)):
         return _backward_per_grad(ctx, doutput, dh_n, dinner, need_dx)
     saved = _Saved.unflat(ctx.saved_tensors, *ctx.counts)
     x, hx, output = saved.x, saved.hx, saved.output
@@ -217,30 +217,43 @@ def _backward(ctx, doutput, dh_n, dinner, need_dx: bool) -> tuple:
     return (dx if need_dx else None), dhx, dweights
 
 
-def _legacy_batched(g: Tensor | None) -> bool:
-    return g is not None and torch._C._functorch.is_legacy_batchedtensor(g)
+def _batched(g: Tensor | None) -> bool:
+    F = torch._C._functorch
+    return g is not None and (F.is_legacy_batchedtensor(g) or F.is_batchedtensor(g))
 
 
 def _backward_per_grad(ctx, doutput, dh_n, dinner, need_dx: bool) -> tuple:
     """The backward of B gradients at once, one backward each, stacked.
 
     ``autograd.grad(is_grads_batched=True)``, ``jacobian(vectorize=True)`` and gradcheck's
-    batched-gradient check run the backward under torch's legacy vmap, whose batched tensors
-    neither the C loops nor ``detach`` and the views of the PyTorch loops can take ("Batching
-    rule not implemented for aten::alias"): the batch dimension is taken off, and put back on
-    the results.
+    batched-gradient check run the backward under torch's legacy vmap, ``torch.func.vmap`` over
+    ``autograd.grad`` under torch.func's: their batched tensors neither the C loops nor ``detach``
+    and the views of the PyTorch loops can take ("Batching rule not implemented for aten::alias",
+    "Cannot access data pointer"). The batch dimension is taken off, and put back on the results.
     """
-    level = torch._C._vmapmode_increment_nesting() - 1  # the innermost legacy vmap's level
-    torch._C._vmapmode_decrement_nesting()
+    F = torch._C._functorch
     grads = (doutput, dh_n, dinner)
-    stacked = [torch._remove_batch_dim(g, level, 1, 0) if _legacy_batched(g) else None for g in grads]
+    if any(g is not None and F.is_legacy_batchedtensor(g) for g in grads):
+        level = torch._C._vmapmode_increment_nesting() - 1  # the innermost legacy vmap's level
+        torch._C._vmapmode_decrement_nesting()
+        unbatch = lambda g: torch._remove_batch_dim(g, level, 1, 0)  # noqa: E731
+        add_batch_dim = torch._add_batch_dim
+    else:
+        level = max(F.maybe_get_level(g) for g in grads if _batched(g))
+
+        def unbatch(g):  # None where g is batched at another level only
+            t, dim = F._unwrap_batched(g, level)
+            return None if dim is None else t.movedim(dim, 0)
+
+        add_batch_dim = F._add_batch_dim
+    stacked = [unbatch(g) if _batched(g) else None for g in grads]
     B = next(s.shape[0] for s in stacked if s is not None)
     pick = lambda b: (g if s is None else s[b] for g, s in zip(grads, stacked, strict=True))  # noqa: E731
     per_grad = [_backward(ctx, *pick(b), need_dx) for b in range(B)]
     dx, dhx, dweights = zip(*per_grad, strict=True)
 
     def rebatch(ts):  # B results → one tensor batched at ``level``
-        return None if ts[0] is None else torch._add_batch_dim(torch.stack(ts), 0, level)
+        return None if ts[0] is None else add_batch_dim(torch.stack(ts), 0, level)
 
     return rebatch(dx), rebatch(dhx), [rebatch(dw) for dw in zip(*dweights, strict=True)]
 
