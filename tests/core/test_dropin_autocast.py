@@ -111,3 +111,20 @@ def test_autocast_under_torch_compile():
         want, _ = rnn(x)
         got, _ = torch.compile(rnn, backend="aot_eager", fullgraph=True)(x)
     assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
+@pytest.mark.filterwarnings("ignore:The tensor attributes self._flat_weights:UserWarning")  # nn.RNN's export
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_exported_program_under_autocast_like_nn_rnn(dtype):
+    # An exported program calls torch.ops.scratchrnn.rnn itself (not the module's wrapper): the
+    # operator's own autocast rule gives nn.RNN's dtypes there too, and the same values as eager.
+    torch.manual_seed(0)
+    theirs = nn.RNN(3, 8, 2)
+    ours = scratchrnn.RNN.from_torch(theirs)
+    x = torch.randn(6, 2, 3)
+    programs = [torch.export.export(m, (x,)).module() for m in (theirs, ours)]
+    with torch.autocast("cpu", dtype=DTYPES[dtype]):
+        (out_t, h_t), (out_o, h_o) = (p(x) for p in programs)
+        eager, _ = ours(x)
+    assert out_o.dtype == h_o.dtype == out_t.dtype == h_t.dtype == DTYPES[dtype]
+    assert torch.equal(out_o, eager)

@@ -272,6 +272,25 @@ def _op_backward(ctx, doutput, dh_n, dinner):
 _rnn_op.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 
+def _register_operator_autocast(lib: torch.library.Library, device_type: str) -> None:
+    """The operator's own autocast rule, for callers that reach ``torch.ops.scratchrnn.rnn``
+    without :func:`rnn` (an exported program run under autocast): what
+    ``torch.library.register_autocast`` registers, with the region's dtype instead of a fixed one."""
+    key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+    keys = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+    def kernel(_keyset, x, hx, weights, masks, batch_sizes, *config):
+        with torch._C._ExcludeDispatchKeyGuard(keys):
+            return _rnn_op(*_autocast(x, hx, weights, masks), batch_sizes, *config)
+
+    lib.impl("rnn", kernel, key, with_keyset=True)
+
+
+_LIB = torch.library.Library("scratchrnn", "IMPL")  # kept alive: it owns the registrations
+for _device_type in ("cpu", "cuda"):
+    _register_operator_autocast(_LIB, _device_type)
+
+
 # --------------------------------------------------------------------------------------------
 # The eager path: an autograd.Function with the forward mode and the vmap rule.
 # --------------------------------------------------------------------------------------------
