@@ -9,3 +9,10 @@ hand-written optimizers (:mod:`~scratchrnn.core.optim`) and the optional acceler
 
 Nothing here knows of the language model or the applications.
 """
+
+# On import: our module classes join torch.load's weights_only allow-list (serialization.py), and
+# torch.onnx.export translates our operator with no extra argument (onnx.py).
+from scratchrnn.core import serialization  # noqa: F401
+from scratchrnn.core.onnx import register_with_exporter
+
+register_with_exporter()

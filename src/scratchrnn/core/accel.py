@@ -401,8 +401,9 @@ def _suffix(t: Tensor) -> str:
 # do not fit, ValueError for step sizes), never with `assert`, which `python -O` removes.
 # How the loop reads each tensor: CONTIGUOUS (as is), ROWS ((rows, H) with unit column stride,
 # rows at least H apart: a column slice of a wider buffer; its row stride follows its length),
-# COPIED (any strides: made contiguous here, a weight or bias read once per call).
-_CONTIGUOUS, _ROWS, _COPIED = "contiguous", "rows", "copied"
+# READ_ROWS (the same, only read: handed over by its const address), COPIED (any strides: made
+# contiguous here, a weight or bias read once per call).
+_CONTIGUOUS, _ROWS, _READ_ROWS, _COPIED = "contiguous", "rows", "read rows", "copied"
 
 
 def _refuse(name: str, t, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
@@ -437,8 +438,10 @@ def _door(dtype: torch.dtype, *specs: tuple[str, Tensor | None, tuple[int, ...],
             keep.append(t)
         elif read == _CONTIGUOUS and not t.is_contiguous():
             raise RuntimeError(f"Expected {name} contiguous for the C loops, got strides {t.stride()}")
-        args += (t.data_ptr(), _extent(t))
-        if read == _ROWS:
+        # A tensor C only reads goes by its const address: the saved output the backward reads
+        # may be a copy-on-write clone (ops.py), which data_ptr() would materialise (copy).
+        args += (t.const_data_ptr() if read == _READ_ROWS else t.data_ptr(), _extent(t))
+        if read in (_ROWS, _READ_ROWS):
             args.append(_row_stride(name, t, shape[1]))
     return args, keep
 
@@ -495,7 +498,7 @@ def backward_steps(dh: Tensor, out: Tensor, W_hh: Tensor, batch_sizes: Sequence[
     """
     sizes, offsets, N, rows = _steps(batch_sizes)
     H = _width(dh, "dh")
-    args, _keep = _door(dh.dtype, ("dh", dh, (rows, H), _CONTIGUOUS), ("out", out, (rows, H), _ROWS),
+    args, _keep = _door(dh.dtype, ("dh", dh, (rows, H), _CONTIGUOUS), ("out", out, (rows, H), _READ_ROWS),
                         ("weight_hh", W_hh, (H, H), _COPIED), ("dh0", dh0, (N, H), _CONTIGUOUS))
     if H > 0:  # H = 0 (RNNCell(n, 0), as torch allows): nothing to compute
         _call("backward", dh, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, int(reverse),
@@ -533,7 +536,7 @@ def gru_backward_steps(dh: Tensor, out: Tensor, h0: Tensor, W_hh: Tensor, ws: Te
     H = _width(dh, "dh")
     if ws is None:
         raise RuntimeError("gru_backward_steps needs the ws the forward saved, got None")
-    args, _keep = _door(dh.dtype, ("dh", dh, (rows, H), _CONTIGUOUS), ("out", out, (rows, H), _ROWS),
+    args, _keep = _door(dh.dtype, ("dh", dh, (rows, H), _CONTIGUOUS), ("out", out, (rows, H), _READ_ROWS),
                         ("h0", h0, (N, H), _CONTIGUOUS), ("weight_hh", W_hh, (3 * H, H), _COPIED),
                         ("ws", ws, (rows, 4 * H), _CONTIGUOUS), ("dxp", dxp, (rows, 3 * H), _CONTIGUOUS),
                         ("dhp", dhp, (rows, 3 * H), _CONTIGUOUS), ("dh0", dh0, (N, H), _CONTIGUOUS))

@@ -81,7 +81,8 @@ class _Stacked:
 
     def _check_input(self, x: Tensor, hx: Tensor, expected_dim: int, N: int) -> None:
         weight = getattr(self, self._flat_weights_names[0])
-        if x.dtype != weight.dtype:
+        autocast = torch._C._is_any_autocast_enabled()  # mixed dtypes: autocast casts them (as nn.RNN)
+        if x.dtype != weight.dtype and not autocast:
             raise ValueError(
                 f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
                 f"Convert input: input.to({weight.dtype}), or convert model: model.to({x.dtype})"
@@ -97,7 +98,7 @@ class _Stacked:
         expected = (self.num_layers * dirs, N, self.hidden_size)
         if hx.shape != expected:
             raise RuntimeError(f"Expected hidden size {expected}, got {list(hx.shape)}")
-        if hx.dtype != weight.dtype:  # torch's words: its first product is h_{t−1} W_hhᵀ
+        if hx.dtype != weight.dtype and not autocast:  # torch's words: its first product is h_{t−1} W_hhᵀ
             raise RuntimeError(_dtype_error(hx.dtype, weight.dtype))
         for name in self._flat_weights_names:  # as nn.RNN, whose products mix no dtypes (b_ih + b_hh
             other = getattr(self, name)  # would promote a float32 bias silently): issue 18, the fuzz
@@ -276,7 +277,7 @@ class _OneStep:
                 f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, expected {self.hidden_size}"
             )
         for a in (x, hx):
-            if a.dtype != self.weight_ih.dtype:
+            if a.dtype != self.weight_ih.dtype and not torch._C._is_any_autocast_enabled():
                 raise RuntimeError(_dtype_error(a.dtype, self.weight_ih.dtype))
         params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         weights = [p for p in params if p is not None]

@@ -1,7 +1,11 @@
 """ONNX export: ``torch.ops.scratchrnn.rnn`` translated into ONNX's own ``RNN`` or ``GRU`` operator,
 one per layer.
 
-    >>> torch.onnx.export(model, (x,), "model.onnx", custom_translation_table=onnx_translation_table())
+    >>> torch.onnx.export(model, (x,), "model.onnx")
+
+needs no extra argument, as with nn.RNN: while ``torch.onnx.export`` captures the model, the
+operator wrapper hands our translation to the exporter (:func:`register_with_exporter`). Passing it
+explicitly, ``custom_translation_table=onnx_translation_table()``, still works.
 
 ONNX's RNN computes, per direction, H_t = f(X_t Wᵀ + H_{t-1} Rᵀ + Wb + Rb) with W (dirs, H, D),
 R (dirs, H, H), B = [Wb | Rb] (dirs, 2H) and outputs Y (T, dirs, N, H), Y_h (dirs, N, H): our
@@ -16,9 +20,64 @@ scratchrnn[onnx]``).
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 from scratchrnn.core.stack import Layout
 
-__all__ = ["onnx_translation_table"]
+__all__ = ["onnx_translation_table", "register_with_exporter"]
+
+# torch.onnx.export builds its table of translations from this module's list, ``_registry``.
+_EXPORTER_TABLE = "torch.onnx._internal.exporter._registration"
+_registered = False
+
+
+def register_with_exporter() -> None:
+    """Make ``torch.onnx.export`` translate our operator with no ``custom_translation_table``.
+
+    The exporter builds its table from a list in torch (the one ``custom_translation_table``
+    entries join, ``ONNXRegistry.register_op``); our entry is added to it once. Importing that
+    part of torch imports onnxscript (most of a second), so importing scratchrnn does not: if it
+    is not loaded yet, the entry is added right after it is (the first ``torch.onnx.export``).
+    """
+    global _registered
+    if _registered:
+        return
+    if _EXPORTER_TABLE not in sys.modules:
+        if not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+            sys.meta_path.insert(0, _AfterImport(_EXPORTER_TABLE, register_with_exporter))
+        return
+    from torch.onnx._internal.exporter._registration import OnnxDecompMeta
+    from torch.onnx._internal.exporter._torchlib._torchlib_registry import _registry
+
+    for target, function in onnx_translation_table().items():
+        _registry.append(OnnxDecompMeta(onnx_function=function, fx_target=target, signature=None,
+                                        is_custom=True))
+    _registered = True
+
+
+class _AfterImport:
+    """An import-system finder that runs ``then()`` once the module ``name`` has been executed
+    (found and loaded by the ordinary finders; this one steps aside after its one use)."""
+
+    def __init__(self, name: str, then) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then(module) -> None:
+            exec_module(module)
+            self.then()
+
+        spec.loader.exec_module = exec_then
+        return spec
 
 
 def onnx_translation_table() -> dict:

@@ -60,6 +60,13 @@ def _rows(t: Tensor) -> Tensor:
     return t.reshape(-1, t.shape[-1])
 
 
+def _own(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """The kernels' outputs as tensors of their own, not views of a buffer: autograd forbids
+    in-place changes to an autograd.Function's outputs that are views ("Output 0 of _RNN is a
+    view and is being modified inplace"). ``detach`` gives the same memory, not tracked as a view."""
+    return tuple(t.detach() for t in tensors)
+
+
 def _layer_rows(inner: Tensor | None, output: Tensor | None = None) -> list:
     """The stacked inner layers' outputs (and the output) as the functions' list of (rows, F)."""
     if inner is None:
@@ -105,7 +112,7 @@ def _rnn_kernel(
         num_layers=num_layers, bidirectional=bidirectional, bias=bias, cell=cell,
     )
     shape = (*x.shape[:-1], result.output.shape[-1])
-    return result.output.view(shape), result.h_n, result.inner.view(num_layers - 1, *shape)
+    return _own(result.output.view(shape), result.h_n, result.inner.view(num_layers - 1, *shape))
 
 
 _rnn_op = torch.library.custom_op("scratchrnn::rnn", _rnn_kernel, mutates_args=())
@@ -192,6 +199,8 @@ def _save(ctx, saved: _Saved, batch_sizes: Tensor | None, config: RNNConfig) -> 
 
 def _backward(ctx, doutput, dh_n, dinner, need_dx: bool) -> tuple:
     """(dx, dhx, dweights) from the upstream gradients; None for dx unless ``need_dx``."""
+    if any(_batched(g) for g in (doutput, dh_n, dinner)):
+        return _backward_per_grad(ctx, doutput, dh_n, dinner, need_dx)
     saved = _Saved.unflat(ctx.saved_tensors, *ctx.counts)
     x, hx, output = saved.x, saved.hx, saved.output
     doutput = torch.zeros_like(output) if doutput is None else doutput
@@ -211,6 +220,47 @@ def _backward(ctx, doutput, dh_n, dinner, need_dx: bool) -> tuple:
     return (dx if need_dx else None), dhx, dweights
 
 
+def _batched(g: Tensor | None) -> bool:
+    F = torch._C._functorch
+    return g is not None and (F.is_legacy_batchedtensor(g) or F.is_batchedtensor(g))
+
+
+def _backward_per_grad(ctx, doutput, dh_n, dinner, need_dx: bool) -> tuple:
+    """The backward of B gradients at once, one backward each, stacked.
+
+    ``autograd.grad(is_grads_batched=True)``, ``jacobian(vectorize=True)`` and gradcheck's
+    batched-gradient check run the backward under torch's legacy vmap, ``torch.func.vmap`` over
+    ``autograd.grad`` under torch.func's: their batched tensors neither the C loops nor ``detach``
+    and the views of the PyTorch loops can take ("Batching rule not implemented for aten::alias",
+    "Cannot access data pointer"). The batch dimension is taken off, and put back on the results.
+    """
+    F = torch._C._functorch
+    grads = (doutput, dh_n, dinner)
+    if any(g is not None and F.is_legacy_batchedtensor(g) for g in grads):
+        level = torch._C._vmapmode_increment_nesting() - 1  # the innermost legacy vmap's level
+        torch._C._vmapmode_decrement_nesting()
+        unbatch = lambda g: torch._remove_batch_dim(g, level, 1, 0)  # noqa: E731
+        add_batch_dim = torch._add_batch_dim
+    else:
+        level = max(F.maybe_get_level(g) for g in grads if _batched(g))
+
+        def unbatch(g):  # None where g is batched at another level only
+            t, dim = F._unwrap_batched(g, level)
+            return None if dim is None else t.movedim(dim, 0)
+
+        add_batch_dim = F._add_batch_dim
+    stacked = [unbatch(g) if _batched(g) else None for g in grads]
+    B = next(s.shape[0] for s in stacked if s is not None)
+    pick = lambda b: (g if s is None else s[b] for g, s in zip(grads, stacked, strict=True))  # noqa: E731
+    per_grad = [_backward(ctx, *pick(b), need_dx) for b in range(B)]
+    dx, dhx, dweights = zip(*per_grad, strict=True)
+
+    def rebatch(ts):  # B results → one tensor batched at ``level``
+        return None if ts[0] is None else add_batch_dim(torch.stack(ts), 0, level)
+
+    return rebatch(dx), rebatch(dhx), [rebatch(dw) for dw in zip(*dweights, strict=True)]
+
+
 def _op_setup_context(ctx, inputs, output) -> None:
     x, hx, weights, masks, batch_sizes, *config = inputs
     out, _, inner = output
@@ -223,6 +273,25 @@ def _op_backward(ctx, doutput, dh_n, dinner):
 
 
 _rnn_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+
+
+def _register_operator_autocast(lib: torch.library.Library, device_type: str) -> None:
+    """The operator's own autocast rule, for callers that reach ``torch.ops.scratchrnn.rnn``
+    without :func:`rnn` (an exported program run under autocast): what
+    ``torch.library.register_autocast`` registers, with the region's dtype instead of a fixed one."""
+    key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+    keys = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+    def kernel(_keyset, x, hx, weights, masks, batch_sizes, *config):
+        with torch._C._ExcludeDispatchKeyGuard(keys):
+            return _rnn_op(*_autocast(x, hx, weights, masks), batch_sizes, *config)
+
+    lib.impl("rnn", kernel, key, with_keyset=True)
+
+
+_LIB = torch.library.Library("scratchrnn", "IMPL")  # kept alive: it owns the registrations
+for _device_type in ("cpu", "cuda"):
+    _register_operator_autocast(_LIB, _device_type)
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,6 +371,23 @@ class _RNN(torch.autograd.Function):
         return (unfold(output), unfold(h_n), unfold(inner)), (1, 1, 2)
 
 
+def _autocasting(device_type: str) -> bool:
+    return torch._C._is_any_autocast_enabled() and torch.amp.is_autocast_available(device_type) \
+        and torch.is_autocast_enabled(device_type)
+
+
+def _autocast(x: Tensor, hx: Tensor, weights: list[Tensor], masks: list[Tensor]) -> tuple:
+    """(x, hx, weights, masks) in the dtype of the enclosing ``torch.autocast`` region, which
+    lists nn.RNN's operators among those run in lower precision; as autocast does, float64
+    stays. The casts are differentiable: the gradients reach the float32 parameters as float32."""
+    dtype = torch.get_autocast_dtype(x.device.type)
+    cast = lambda t: t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t  # noqa: E731
+    return cast(x), cast(hx), [cast(w) for w in weights], [cast(m) for m in masks]
+
+
+_copy_on_write = getattr(torch, "_lazy_clone", torch.clone)  # torch.clone where torch lacks it
+
+
 def _needs_autograd(*tensors: Tensor) -> bool:
     """Whether the Function is needed: a gradient is wanted, or forward-mode AD or a torch.func
     transform (whose wrapped tensors look like plain ones) is active."""
@@ -322,6 +408,9 @@ def rnn(
 ) -> tuple[Tensor, Tensor]:
     """The RNN, (output, h_n), with our hand-written backward and forward mode (see the module
     docstring); arguments as for ``torch.ops.scratchrnn.rnn``."""
+    if _autocasting(x.device.type):  # as nn.RNN: in autocast's dtype, cast back in backward
+        with torch.autocast(x.device.type, enabled=False):
+            return rnn(*_autocast(x, hx, weights, masks), batch_sizes, config)
     # Dynamo cannot trace an autograd.Function with a jvp; torch.jit.trace records operators.
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         output, h_n, _ = _rnn_op(x, hx, weights, masks, batch_sizes, *config)
@@ -330,4 +419,8 @@ def rnn(
         output, h_n, _ = _rnn_kernel(x, hx, weights, masks, batch_sizes, *config)
         return output, h_n
     output, h_n, _ = _RNN.apply(x, hx, batch_sizes, config, len(weights), *weights, *masks)
-    return output, h_n
+    # The backward reads the output it saved: the caller gets a copy it may change in place
+    # (`out += residual`, ReLU(inplace=True)), as nn.RNN's CPU output allows. A copy-on-write one:
+    # no memory and no time unless the caller does write to it (the C loops read it as const).
+    copy = torch.clone if torch._C._are_functorch_transforms_active() else _copy_on_write  # vmap: no rule
+    return copy(output), h_n

@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from scratchrnn.apps.bench import autocast as autocast_bench
 from scratchrnn.apps.bench import peers as peer_bench
 from scratchrnn.apps.bench.harness import (
     fmt_ms,
@@ -707,6 +708,7 @@ class Measured:
     load_before: float
     load_after: float
     elapsed: float  # seconds
+    autocast: list = dataclasses.field(default_factory=list)  # autocast_bench rows
 
 
 def run_benchmark(
@@ -753,8 +755,9 @@ def measure_all(shapes: Sequence[Shape], threads: Sequence[int], rounds: int, me
     peer_results = (
         peer_bench.measure(threads, peer_shapes, peers, rounds, progress) if peers and peer_shapes else []
     )
+    autocast = autocast_bench.measure_autocast(shapes, threads, rounds, progress)
     return Measured(samples, memory, peers, peer_results, started, load_before, os.getloadavg()[0],
-                    time.perf_counter() - t0)
+                    time.perf_counter() - t0, autocast)
 
 
 def report(m: Measured, shapes: Sequence[Shape], threads: Sequence[int], rounds: int,
@@ -811,6 +814,9 @@ def report(m: Measured, shapes: Sequence[Shape], threads: Sequence[int], rounds:
             peer_bench.compile_and_missing(m.peer_results),
             "",
         ]
+    if m.autocast:
+        parts += ["## Under autocast: scratchrnn against nn.RNN, with the error against float64", "",
+                  autocast_bench.AUTOCAST_METHOD, "", autocast_bench.autocast_table(m.autocast), ""]
     if m.memory is not None:
         parts += [
             f"## Peak memory of one training step at {memory_shape}",
