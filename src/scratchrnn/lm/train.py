@@ -186,6 +186,8 @@ def _open_run(files: RunDir, world: World, config: TrainConfig, resume: bool, fo
         refuse(changes_refused(ckpt["train_config"], asdict(config)), files.path)
         schedule = resumed_schedule(config, ckpt, files.path)
     corpus = load_corpus(config.data, Vocab(ckpt["vocab"]) if ckpt else None)
+    if resume:  # the text it trained on, or --allow-data-change
+        files.check_data_file(ckpt, corpus.data_file, config.allow_data_change)
     StreamBatches(corpus.train, config.batch_size, config.seq_len, "the training split")
     eval_batches(corpus.val, config.eval_streams, config.seq_len, "the validation split")
     check_memory(config, len(corpus.vocab), world)
@@ -446,6 +448,7 @@ class Trainer:
             "val_loss": self.val_loss,
             "schedule": asdict(self.schedule),
             "finished": self._finished,  # run() reached its end: resuming needs a later one
+            "data_file": self.corpus.data_file and self.corpus.data_file.to_dict(),  # size and hash
         })
         if path == self.files.checkpoint:
             self.files.commit()  # the new run has started cleanly: a run it replaces may go
