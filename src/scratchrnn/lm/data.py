@@ -171,6 +171,8 @@ class Vocab:
     """
 
     def __init__(self, chars: str) -> None:
+        if not isinstance(chars, str):  # a list could hold whole strings: markup, escapes
+            raise ValueError(f"the vocabulary must be a string of characters, got {type(chars).__name__}")
         if not chars:
             raise ValueError("the vocabulary is empty")
         if len(set(chars)) != len(chars):
