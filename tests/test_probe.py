@@ -124,7 +124,8 @@ def test_a_checkpoint_claiming_a_huge_model_is_refused_before_any_allocation(run
 def test_huge_lengths_are_one_line(run, capsys, tmp_path):
     """Case 6: the sample's ids were allocated first (a RuntimeError traceback)."""
     ckpt = str(run / "checkpoint.pt")
-    fails(capsys, ["sample", "--checkpoint", ckpt, "--length", str(10**12)], "length must be from 0 to")
+    fails(capsys, ["sample", "--checkpoint", ckpt, "--length", str(10**12)],
+          "length must be ≥ 0 and at most 10,000,000")
     fails(capsys, ["train", "--out", str(tmp_path / "r"), *TINY, "--sample-length", str(10**12)],
           "sample_length must be at most 10,000,000")
     assert not (tmp_path / "r").exists()

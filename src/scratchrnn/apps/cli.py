@@ -283,7 +283,7 @@ def _cmd_sample(args) -> None:
     from scratchrnn.lm.model import generate
 
     if not 0 <= args.length <= MAX_SAMPLE_LENGTH:
-        raise ValueError(f"length must be from 0 to {MAX_SAMPLE_LENGTH:,}, got {args.length:,}")
+        raise ValueError(f"length must be ≥ 0 and at most {MAX_SAMPLE_LENGTH:,}, got {args.length:,}")
     if args.temperature > 0 and not args.temperature >= MIN_TEMPERATURE:
         raise ValueError(f"temperature must be ≥ {MIN_TEMPERATURE:g} (below, the logits divided by it "
                          f"overflow float32, and sampling is greedy already), got {args.temperature:g}")

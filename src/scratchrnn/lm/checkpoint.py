@@ -37,10 +37,10 @@ import torch
 from scratchrnn.lm.config import TrainConfig
 from scratchrnn.lm.data import Vocab, available_memory
 from scratchrnn.lm.files import atomic_write, read_regular
-from scratchrnn.lm.model import CharRNN
+from scratchrnn.lm.model import CharRNN, CharRNNConfig
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "MAX_CHECKPOINT_BYTES", "RESUME_REQUIRED",
-           "check_fields", "check_finite", "check_shapes", "load_checkpoint", "load_model",
+           "check_fields", "check_finite", "check_resumable", "check_shapes", "load_checkpoint", "load_model",
            "save_checkpoint", "saved_hidden"]
 
 CHECKPOINT_FORMAT = "scratchrnn.charlm"
@@ -143,15 +143,20 @@ def _check_train_config(saved) -> None:
 
 def _check_model_config(config, vocab) -> None:
     _want(isinstance(config, dict), "model_config", "a dict of the model's sizes", config)
-    for name in ("vocab_size", "hidden_size", "num_layers"):
-        _want(_is_int(config.get(name)) and config.get(name) > 0, f"model_config.{name}",
-              "a positive integer", config.get(name))
+    fields = {f.name for f in dataclasses.fields(CharRNNConfig)}
+    unknown = sorted(set(config) - fields, key=str)
+    _want(not unknown, "model_config", f"a dict of {', '.join(sorted(fields))}", f"also {unknown[:3]}")
+    for name in ("vocab_size", "hidden_size", "num_layers"):  # vocab_size required, the others defaulted
+        if name == "vocab_size" or name in config:
+            _want(_is_int(config.get(name)) and config.get(name) > 0, f"model_config.{name}",
+                  "a positive integer", config.get(name))
     E = config.get("embedding_dim", 0)
     _want(_is_int(E) and E >= 0, "model_config.embedding_dim", "an integer ≥ 0", E)
     p = config.get("dropout", 0.0)
     _want(_is_real(p) and 0 <= p < 1, "model_config.dropout", "a number in [0, 1)", p)
-    _want(config["vocab_size"] == len(vocab), "model_config.vocab_size",
-          f"the vocabulary's size, {len(vocab)}", config["vocab_size"])
+    if config["vocab_size"] != len(vocab):
+        raise _Bad(f"its vocabulary has {len(vocab)} characters but the model predicts "
+                   f"{config['vocab_size']} (model_config.vocab_size)")
 
 
 def _check_vocab(vocab) -> None:
@@ -254,6 +259,24 @@ def check_shapes(ckpt: dict, path: str | os.PathLike) -> None:
     if available is not None and needed > available:
         raise ValueError(f"{where}: its model needs {needed / 1e9:.3g} GB and {available / 1e9:.3g} GB of "
                          "memory is available")
+
+
+def check_resumable(ckpt: dict, path: str | os.PathLike) -> None:
+    """What resuming needs besides :func:`check_fields`: the fields it reads, the run's settings
+    agreeing with the model's sizes (the run builds its model from the settings), and
+    :func:`check_shapes` — all before the model is built."""
+    where = os.fspath(path)
+    missing = [k for k in RESUME_REQUIRED if k not in ckpt]
+    if missing:
+        raise ValueError(f"{where} cannot be resumed: an incomplete checkpoint "
+                         f"(missing {', '.join(missing)})")
+    sizes = CharRNNConfig(**ckpt["model_config"])
+    for name in ("embedding_dim", "hidden_size", "num_layers", "dropout"):
+        setting = ckpt["train_config"].get(name, getattr(TrainConfig, name))
+        if setting != getattr(sizes, name):
+            raise ValueError(f"{where} is not a valid checkpoint: train_config.{name} is {setting!r} but "
+                             f"model_config.{name} is {getattr(sizes, name)!r}")
+    check_shapes(ckpt, path)
 
 
 def check_finite(state_dict: dict, path: str | os.PathLike) -> None:

@@ -44,7 +44,7 @@ import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from scratchrnn.lm.checkpoint import load_checkpoint
+from scratchrnn.lm.checkpoint import check_resumable, load_checkpoint
 from scratchrnn.lm.config import RESUME_CHANGEABLE, TrainConfig
 from scratchrnn.lm.data import DataFile, resolve_data, same_data
 from scratchrnn.lm.files import append_text, atomic_write, disk_full_said, file_version, os_error
@@ -459,6 +459,7 @@ def read_run(out: str | os.PathLike, **given) -> SavedRun:
                          f"TrainConfig has {', '.join(sorted(known))}")
     version = file_version(checkpoint)  # before the read: a rewrite during it shows as a change
     ckpt = load_checkpoint(checkpoint)
+    check_resumable(ckpt, checkpoint)
     saved = {k: v for k, v in ckpt["train_config"].items() if k in known}
     refuse(changes_refused(saved, given), run.path)
     changes = {k: v for k, v in given.items() if k in RESUME_CHANGEABLE and k != "out"}
