@@ -116,9 +116,9 @@ def test_a_checkpoint_claiming_a_huge_model_is_refused_before_any_allocation(run
         err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
+    assert usage.ru_maxrss * 1024 < 2e9  # torch itself is ~0.5 GB; the model would be 3.8 GB
     assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
     assert "rnn.weight_ih_l0 is (16, 4), and model_config says (30000, 4)" in err
-    assert usage.ru_maxrss * 1024 < 2e9  # torch itself is ~0.5 GB; the model would be 3.8 GB
 
 
 def test_huge_lengths_are_one_line(run, capsys, tmp_path):
