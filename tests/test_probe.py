@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scratchrnn import RNN
+from scratchrnn import RNN, RNNCell
 from scratchrnn.apps import cli
 from scratchrnn.lm import data
 
@@ -236,5 +236,7 @@ def test_a_cpu_module_refuses_a_meta_input_as_nn_rnn_does():
     with pytest.raises(RuntimeError, match="not at the same device, found input tensor at meta") as ours:
         RNN(4, 8)(x)
     assert type(ours.value) is type(theirs.value)
+    with pytest.raises(RuntimeError, match="not at the same device"):  # the cell goes through the same door
+        RNNCell(4, 8)(torch.empty(2, 4, device="meta"))
     with torch.device("meta"):  # a meta module with a meta input: shapes only, as for nn.RNN
         assert RNN(4, 8)(torch.empty(3, 2, 4))[0].device.type == "meta"
