@@ -89,6 +89,9 @@ BAD_FIELDS = {
     "vocab-repeats": (lambda c: c.__setitem__("vocab", c["vocab"][0] * len(c["vocab"])), "repeats some"),
     "step-a-float": (field("step", 2.5), "step must be an integer ≥ 0, got 2.5"),
     "elapsed-nan": (field("elapsed", float("nan")), "elapsed must be a number ≥ 0, got nan"),
+    "time_budget-10**400": (setting("time_budget", 10**400), "train_config.time_budget must be of type"),
+    "hidden_size-10**30": (lambda c: c["model_config"].__setitem__("hidden_size", 10**30),
+                           "model_config.hidden_size must be a positive integer ≤ 2147483647"),
 }
 
 

@@ -49,6 +49,7 @@ MAX_CHECKPOINT_BYTES = 2**36  # 64 GiB: far above any model this CPU library tra
 REQUIRED = ("model_config", "train_config", "vocab", "model", "step")
 # What resuming reads besides: a checkpoint without them can be evaluated or sampled, not resumed.
 RESUME_REQUIRED = ("optimizer", "elapsed", "rng", "hidden", "best_val")
+MAX_SIZE = 2**31 - 1  # any one size of a model (V, E, H, L): a tensor's dimensions stay in range
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -96,7 +97,8 @@ def _is_int(value) -> bool:
 
 
 def _is_real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    # an int past float's range would raise OverflowError in the range checks, not a ValueError
+    return isinstance(value, float) or (_is_int(value) and abs(value) < 2**1000)
 
 
 def _fits(value, annotation) -> bool:
@@ -110,7 +112,6 @@ def _fits(value, annotation) -> bool:
     if annotation is float:
         return _is_real(value)
     return type(value) is annotation  # str, bool
-
 
 
 class _Bad(ValueError):
@@ -148,10 +149,12 @@ def _check_model_config(config, vocab) -> None:
     _want(not unknown, "model_config", f"a dict of {', '.join(sorted(fields))}", f"also {unknown[:3]}")
     for name in ("vocab_size", "hidden_size", "num_layers"):  # vocab_size required, the others defaulted
         if name == "vocab_size" or name in config:
-            _want(_is_int(config.get(name)) and config.get(name) > 0, f"model_config.{name}",
-                  "a positive integer", config.get(name))
+            value = config.get(name)
+            _want(_is_int(value) and 0 < value <= MAX_SIZE, f"model_config.{name}",
+                  f"a positive integer ≤ {MAX_SIZE}", value)
     E = config.get("embedding_dim", 0)
-    _want(_is_int(E) and E >= 0, "model_config.embedding_dim", "an integer ≥ 0", E)
+    _want(_is_int(E) and 0 <= E <= MAX_SIZE, "model_config.embedding_dim", f"an integer from 0 to {MAX_SIZE}",
+          E)
     p = config.get("dropout", 0.0)
     _want(_is_real(p) and 0 <= p < 1, "model_config.dropout", "a number in [0, 1)", p)
     if config["vocab_size"] != len(vocab):
