@@ -209,7 +209,7 @@ def test_a_changed_data_file_is_said_on_resume(corpus, tmp_path, capsys, caplog)
     out = tmp_path / "run"
     assert cli.main(["train", "--data", str(text), "--out", str(out), *TINY]) == 0
     saved = torch.load(out / "checkpoint.pt", weights_only=True)["data_file"]
-    assert saved["bytes"] == text.stat().st_size and len(saved["blake2b"]) == 32
+    assert saved["bytes"] == text.stat().st_size and len(saved["sha256"]) == 64
     with open(text, "a") as f:
         f.write("A new line of text.\n")
     before = contents(out)

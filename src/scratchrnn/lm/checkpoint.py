@@ -190,7 +190,7 @@ def _check_data_file(data_file) -> None:
     if data_file is None:
         return
     _want(isinstance(data_file, dict) and _is_int(data_file.get("bytes")) and data_file["bytes"] >= 0
-          and isinstance(data_file.get("blake2b"), str), "data_file", "a dict of bytes and blake2b",
+          and isinstance(data_file.get("sha256"), str), "data_file", "a dict of bytes and sha256",
           data_file)
 
 

@@ -357,8 +357,8 @@ class RunDir:
             return
         name = ckpt["train_config"].get("data") or "the bundled corpus"
         what = (f"the data file {name} changed since the checkpoint of step {ckpt['step']} "
-                f"({saved['bytes']:,} bytes, hash {saved['blake2b'][:12]}; now {data_file.bytes:,} bytes, "
-                f"hash {data_file.blake2b[:12]})")
+                f"({saved['bytes']:,} bytes, hash {saved['sha256'][:12]}; now {data_file.bytes:,} bytes, "
+                f"hash {data_file.sha256[:12]})")
         if not allow:
             raise ValueError(f"{what}: resuming would train on other text; restore the file, or pass "
                              "--allow-data-change to go on over the new one")
