@@ -64,6 +64,27 @@ def test_no_script_of_the_data_runs(tmp_path):
 
 
 @needs_chromium
+def test_a_page_from_a_hostile_checkpoint_and_text_runs_nothing(tmp_path, capsys):
+    """End to end: a checkpoint that loads (its vocabulary one string of distinct characters, all
+    the markup characters among them) under a file name that is markup, a text of markup under
+    another; `scratchrnn inspect` writes the page, and nothing of it runs in Chromium."""
+    text = (PLAY + "".join(ATTACKS) + "\n") * 4
+    vocab = Vocab.from_text(text)
+    model = model_for(vocab)
+    ckpt = tmp_path / "<img src=x onerror=window.pwned=5>.pt"
+    save_checkpoint(ckpt, {"model_config": model.config.to_dict(), "train_config": {}, "vocab": vocab.chars,
+                           "model": model.state_dict(), "step": 1})
+    source = tmp_path / "<svg onload=window.pwned=6>.txt"
+    source.write_text(text)
+    page = tmp_path / "page.html"
+    assert main(["inspect", "--checkpoint", str(ckpt), "--text", str(source), "--out", str(page)]) == 0
+    report = load(page, {"tip": EVERYTHING, "pwned": "window.pwned === undefined ? null : window.pwned",
+                         "title": "document.getElementById('title').textContent"})
+    assert report.values["pwned"] is None and report.errors == []
+    assert str(source) in report.values["title"]  # shown, as text
+
+
+@needs_chromium
 def test_the_policy_stops_markup_that_gets_in_anyway(tmp_path):
     """A second wall: were some data ever put in as markup, its handlers and scripts would not run
     (the Content-Security-Policy allows the page's own script only, by its hash)."""
