@@ -12,6 +12,8 @@ with ``torch.load(weights_only=True)``, so it runs no code)::
     hidden            the state carried into the next chunk, all N streams: (L, N, H), or None
     rng, rng_ranks, rng_device, world_size     the generators, to resume exactly
     best_val, val_loss, schedule               the best and last validation loss; the schedule's end
+    finished          whether the run reached its end
+    data_file         the text's size and SHA-256, {"bytes", "sha256"} (None: not recorded)
 
 It is serialised in memory and then written by :func:`scratchrnn.lm.files.atomic_write`, so a
 kill or a full disk leaves the previous checkpoint whole.
