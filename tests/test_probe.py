@@ -25,6 +25,8 @@ import torch
 from scratchrnn import RNN, RNNCell
 from scratchrnn.apps import cli
 from scratchrnn.lm import data
+from scratchrnn.lm.config import TrainConfig
+from scratchrnn.lm.train import Trainer
 
 TINY = ["--hidden-size", "16", "--embedding-dim", "4", "--batch-size", "4", "--seq-len", "8",
         "--max-steps", "4", "--time-budget", "0", "--eval-interval", "2", "--eval-streams", "4",
@@ -122,6 +124,20 @@ def test_a_checkpoint_claiming_a_huge_model_is_refused_before_any_allocation(run
     assert usage.ru_maxrss * 1024 < 2e9  # torch itself is ~0.5 GB; the model would be 3.8 GB
     assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
     assert "rnn.weight_ih_l0 is (16, 4), and model_config says (30000, 4)" in err
+
+
+def test_resuming_through_the_python_api_checks_the_sizes_before_building(run, tmp_path):
+    """The same door without the command line: settings and model_config both claiming H = 30000."""
+    def claim(ckpt):
+        ckpt["model_config"]["hidden_size"] = ckpt["train_config"]["hidden_size"] = 30000
+
+    out = hostile(run, tmp_path, claim)
+    before = contents(out)
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)["train_config"]
+    config = TrainConfig(**{**saved, "max_steps": 6, "out": str(out)})
+    with pytest.raises(ValueError, match=r"weight_ih_l0 is \(16, 4\), and model_config says \(30000, 4\)"):
+        Trainer(config, resume=True)
+    assert contents(out) == before
 
 
 def test_huge_lengths_are_one_line(run, capsys, tmp_path):

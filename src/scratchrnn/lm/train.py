@@ -48,6 +48,7 @@ from scratchrnn.lm.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     check_finite,
+    check_resumable,
     load_checkpoint,
     load_model,
     save_checkpoint,
@@ -166,7 +167,9 @@ def _resumed_checkpoint(files: RunDir, saved: SavedRun | None) -> dict:
     the version it was read from (another process may have carried the run on meanwhile)."""
     if saved is not None and saved.version is not None and saved.version == file_version(files.checkpoint):
         return saved.checkpoint
-    return load_checkpoint(files.checkpoint)
+    ckpt = load_checkpoint(files.checkpoint)
+    check_resumable(ckpt, files.checkpoint)  # whole, and its sizes its tensors', before any build
+    return ckpt
 
 
 def _open_run(files: RunDir, world: World, config: TrainConfig, resume: bool, force: bool,
