@@ -3,7 +3,6 @@ page's data, the command line, and the page in a real browser (headless Chromium
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 
@@ -13,7 +12,7 @@ import torch
 from chromium import find_chromium, load, record
 
 from scratchrnn.apps.cli import main
-from scratchrnn.apps.inspect import collect, decode_activations, render, write
+from scratchrnn.apps.inspect import collect, decode_activations, decode_top_ids, render, write
 from scratchrnn.apps.inspect.data import layer_states
 from scratchrnn.apps.inspect.features import (
     FOUND_R2,
@@ -117,7 +116,7 @@ def test_collect_predictions_and_surprise_match_the_model():
     with torch.no_grad():
         logits, _ = model(vocab.encode(text).view(-1, 1))
     p = torch.softmax(logits[:, 0].double(), -1)
-    top = np.frombuffer(base64.b64decode(data["top"]["ids"]), np.uint8).reshape(len(text), -1)
+    top = decode_top_ids(data["top"])
     assert top.shape[1] == 5 and (top[:, 0] == p.argmax(-1).numpy()).all()
     want = -torch.log(p[:-1].gather(1, vocab.encode(text)[1:, None]))[:, 0].mean().item()
     assert data["mean_surprise_nats"] == pytest.approx(want)

@@ -60,7 +60,7 @@ KILLED_WRITER = textwrap.dedent("""
     import torch
     from scratchrnn.lm.checkpoint import load_checkpoint, save_checkpoint
     path, rounds = sys.argv[1], int(sys.argv[2])
-    state = {"model_config": {}, "train_config": {}, "vocab": "ab", "step": 0,
+    state = {"model_config": {"vocab_size": 2}, "train_config": {}, "vocab": "ab", "step": 0,
              "model": {"w": torch.randn(256, 256)}}  # 256 kB: a write takes a while
     random.seed(0)
     last = -1

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from scratchrnn.lm.checkpoint import save_checkpoint
 from scratchrnn.lm.config import TrainConfig
+from scratchrnn.lm.model import CharRNN
 from scratchrnn.lm.rundir import (
     LOCK_NAME,
     REPLACED,
@@ -133,8 +136,11 @@ def saved_run(tmp_path, data) -> str:
     out = tmp_path / "run"
     out.mkdir()
     config = TrainConfig(data=str(data), out=str(out), hidden_size=64, batch_size=16, eval_interval=6)
-    save_checkpoint(out / "checkpoint.pt", {"model_config": {}, "train_config": dataclasses.asdict(config),
-                                            "vocab": "ab", "model": {}, "step": 6})
+    model = CharRNN(2, config.embedding_dim, config.hidden_size)  # a checkpoint must be whole to resume
+    save_checkpoint(out / "checkpoint.pt", {
+        "model_config": model.config.to_dict(), "train_config": dataclasses.asdict(config), "vocab": "ab",
+        "model": model.state_dict(), "step": 6, "optimizer": {}, "elapsed": 1.0,
+        "rng": torch.get_rng_state(), "hidden": None, "best_val": math.inf})
     return str(out)
 
 

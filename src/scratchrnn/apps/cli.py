@@ -27,7 +27,7 @@ import torch
 
 from scratchrnn.apps import inspect as inspect_page
 from scratchrnn.core.modules import RNN
-from scratchrnn.lm.config import SEED_MAX, TrainConfig, check_count
+from scratchrnn.lm.config import MAX_SAMPLE_LENGTH, SEED_MAX, TrainConfig, check_count
 from scratchrnn.lm.distributed import STOP_SIGNALS, raised_on_every_rank
 
 log = logging.getLogger("scratchrnn")
@@ -282,8 +282,8 @@ def _cmd_sample(args) -> None:
     from scratchrnn.lm.checkpoint import load_model
     from scratchrnn.lm.model import generate
 
-    if args.length < 0:
-        raise ValueError(f"length must be ≥ 0, got {args.length}")
+    if not 0 <= args.length <= MAX_SAMPLE_LENGTH:
+        raise ValueError(f"length must be ≥ 0 and at most {MAX_SAMPLE_LENGTH:,}, got {args.length:,}")
     if args.temperature > 0 and not args.temperature >= MIN_TEMPERATURE:
         raise ValueError(f"temperature must be ≥ {MIN_TEMPERATURE:g} (below, the logits divided by it "
                          f"overflow float32, and sampling is greedy already), got {args.temperature:g}")

@@ -398,6 +398,16 @@ def _needs_autograd(*tensors: Tensor) -> bool:
     )
 
 
+def _check_devices(x: Tensor, hx: Tensor, weights: list[Tensor]) -> None:
+    """nn.RNN's rule, as its error says it: input, state and parameters on one device. Without it a
+    meta input to a CPU module gives a meta output, having computed nothing."""
+    device = weights[0].device
+    for name, t in (("input", x), ("hidden", hx)):
+        if t.device != device:
+            raise RuntimeError(f"Input and parameter tensors are not at the same device, found {name} tensor "
+                               f"at {t.device} and parameter tensor at {device}")
+
+
 def rnn(
     x: Tensor,
     hx: Tensor,
@@ -415,6 +425,7 @@ def rnn(
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         output, h_n, _ = _rnn_op(x, hx, weights, masks, batch_sizes, *config)
         return output, h_n
+    _check_devices(x, hx, weights)
     if not _needs_autograd(x, hx, *weights) and _direct(x, hx):  # no derivative of any kind wanted
         output, h_n, _ = _rnn_kernel(x, hx, weights, masks, batch_sizes, *config)
         return output, h_n

@@ -13,15 +13,17 @@ from dataclasses import dataclass, field
 
 from scratchrnn.core import optim
 
-__all__ = ["BACKENDS", "GROUPS", "RESUME_CHANGEABLE", "SEED_MAX", "TrainConfig", "check_count", "setting"]
+__all__ = ["BACKENDS", "GROUPS", "MAX_SAMPLE_LENGTH", "RESUME_CHANGEABLE", "SEED_MAX", "TrainConfig",
+           "check_count", "setting"]
 
 BACKENDS = ("scratch", "torch")
 GROUPS = ("data", "model", "optimisation", "output")
 # What may differ from the saved settings when a run is resumed: the stopping rule and the
 # output's cadence. Everything else fixes the model, the data or the updates.
 RESUME_CHANGEABLE = ("max_steps", "time_budget", "out", "eval_interval", "eval_streams", "log_interval",
-                     "sample_length", "progress")
+                     "sample_length", "progress", "allow_data_change")
 SEED_MAX = 2**64 - 1  # torch.manual_seed takes a 64-bit seed
+MAX_SAMPLE_LENGTH = 10**7  # characters of one sample: ~80 MB of ids, hours of sampling
 _FLOAT32_MAX = 3.4028234663852886e38  # the updates run in float32: larger factors overflow
 
 
@@ -47,6 +49,8 @@ class TrainConfig:
     """
 
     data: str | None = setting(None, "UTF-8 text file (None: the bundled tiny Shakespeare)", "data")
+    allow_data_change: bool = setting(False, "with --resume: go on although the data file changed since "
+                                      "the run saved its checkpoint (said in the log)", "data")
     embedding_dim: int = setting(64, "E; 0 for one-hot input", "model")
     hidden_size: int = setting(640, "H, hidden units", "model")
     num_layers: int = setting(1, "L, stacked RNN layers", "model")
@@ -83,6 +87,9 @@ class TrainConfig:
             check_count(name, getattr(self, name))
         for name in ("embedding_dim", "warmup_steps", "sample_length"):
             check_count(name, getattr(self, name), zero_ok=True)
+        if self.sample_length > MAX_SAMPLE_LENGTH:
+            raise ValueError(f"sample_length must be at most {MAX_SAMPLE_LENGTH:,}, "
+                             f"got {self.sample_length:,}")
         if self.max_steps is not None:
             check_count("max_steps", self.max_steps)
         if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget >= 0):

@@ -44,9 +44,9 @@ import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from scratchrnn.lm.checkpoint import load_checkpoint
+from scratchrnn.lm.checkpoint import check_resumable, load_checkpoint
 from scratchrnn.lm.config import RESUME_CHANGEABLE, TrainConfig
-from scratchrnn.lm.data import resolve_data, same_data
+from scratchrnn.lm.data import DataFile, resolve_data, same_data
 from scratchrnn.lm.files import append_text, atomic_write, disk_full_said, file_version, os_error
 
 __all__ = ["LOCK_NAME", "REPLACED", "REPLACING", "RUN_FILES", "RunDir", "RunInUseError", "SavedRun",
@@ -66,11 +66,46 @@ class RunInUseError(OSError):
 
 
 def read_log(run_dir: str | os.PathLike) -> list[dict]:
-    """The records of ``run_dir``/log.jsonl, in order (none if there is no log)."""
+    """The records of ``run_dir``/log.jsonl, in order (none if there is no log).
+
+    A partial last line (a write cut short by a kill or a full disk) is skipped with a warning;
+    a resume rewrites the log without it. Any other line that is not a JSON record with an integer
+    ``step`` (and numbers where the plot reads them) is a ValueError naming the file and the line.
+    """
     path = Path(run_dir) / "log.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:  # also a UnicodeDecodeError
+            if number == len(lines):  # no newline after it: the last write was cut short
+                log.warning("%s, line %d: skipped a partial last record (%d bytes; a write cut short)",
+                            path, number, len(line))
+                continue
+            raise ValueError(f"{path}, line {number}: not a JSON record") from None
+        _check_record(record, path, number)
+        records.append(record)
+    return records
+
+
+def _check_record(record, path: Path, number: int) -> None:
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}, line {number}: not a record (a JSON object), got {type(record).__name__}")
+    step = record.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{path}, line {number}: a record without an integer step ≥ 0 ({step!r})")
+    for key in ("time", "train_loss", "val_loss", "val_bpc", "lr"):
+        value = record.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{path}, line {number}: {key} must be a number, got {value!r}")
+    if ("train_loss" in record or "val_loss" in record) and "time" not in record:
+        raise ValueError(f"{path}, line {number}: a loss record without its time")
 
 
 class _Lock:
@@ -313,6 +348,23 @@ class RunDir:
         kept = [r for r in self.read_log() if r["step"] <= step]
         atomic_write(self.path / "log.jsonl", "".join(json.dumps(r) + "\n" for r in kept).encode())
 
+    def check_data_file(self, ckpt: dict, data_file: DataFile | None, allow: bool) -> None:
+        """Refuse to resume the run of ``ckpt`` over a data file that is not the one it saved (its size
+        or hash differ), unless ``allow``: then the change is logged and recorded in log.jsonl.
+        A checkpoint that recorded no data file (older versions) is not checked."""
+        saved = ckpt.get("data_file")
+        if saved is None or data_file is None or saved == data_file.to_dict():
+            return
+        name = ckpt["train_config"].get("data") or "the bundled corpus"
+        what = (f"the data file {name} changed since the checkpoint of step {ckpt['step']} "
+                f"({saved['bytes']:,} bytes, hash {saved['sha256'][:12]}; now {data_file.bytes:,} bytes, "
+                f"hash {data_file.sha256[:12]})")
+        if not allow:
+            raise ValueError(f"{what}: resuming would train on other text; restore the file, or pass "
+                             "--allow-data-change to go on over the new one")
+        log.warning("%s: going on over the new text (--allow-data-change)", what)
+        self.log({"step": ckpt["step"], "data_changed": {"was": saved, "now": data_file.to_dict()}})
+
     def add_sample(self, header: str, text: str) -> None:
         append_text(self.path / "samples.txt", f"--- {header} ---\n{text}\n\n")
 
@@ -407,9 +459,13 @@ def read_run(out: str | os.PathLike, **given) -> SavedRun:
                          f"TrainConfig has {', '.join(sorted(known))}")
     version = file_version(checkpoint)  # before the read: a rewrite during it shows as a change
     ckpt = load_checkpoint(checkpoint)
+    check_resumable(ckpt, checkpoint)
     saved = {k: v for k, v in ckpt["train_config"].items() if k in known}
     refuse(changes_refused(saved, given), run.path)
     changes = {k: v for k, v in given.items() if k in RESUME_CHANGEABLE and k != "out"}
+    # allow_data_change holds for this command only, never for the resumes after it
+    changes.setdefault("allow_data_change", False)
     config = dataclasses.replace(TrainConfig(**saved), **changes, out=os.path.abspath(out),
                                  data=resolve_data(saved.get("data")))
     return SavedRun(config, ckpt, version)
+

@@ -48,6 +48,7 @@ from scratchrnn.lm.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     check_finite,
+    check_resumable,
     load_checkpoint,
     load_model,
     save_checkpoint,
@@ -166,7 +167,9 @@ def _resumed_checkpoint(files: RunDir, saved: SavedRun | None) -> dict:
     the version it was read from (another process may have carried the run on meanwhile)."""
     if saved is not None and saved.version is not None and saved.version == file_version(files.checkpoint):
         return saved.checkpoint
-    return load_checkpoint(files.checkpoint)
+    ckpt = load_checkpoint(files.checkpoint)
+    check_resumable(ckpt, files.checkpoint)  # whole, and its sizes its tensors', before any build
+    return ckpt
 
 
 def _open_run(files: RunDir, world: World, config: TrainConfig, resume: bool, force: bool,
@@ -186,6 +189,8 @@ def _open_run(files: RunDir, world: World, config: TrainConfig, resume: bool, fo
         refuse(changes_refused(ckpt["train_config"], asdict(config)), files.path)
         schedule = resumed_schedule(config, ckpt, files.path)
     corpus = load_corpus(config.data, Vocab(ckpt["vocab"]) if ckpt else None)
+    if resume:  # the text it trained on, or --allow-data-change
+        files.check_data_file(ckpt, corpus.data_file, config.allow_data_change)
     StreamBatches(corpus.train, config.batch_size, config.seq_len, "the training split")
     eval_batches(corpus.val, config.eval_streams, config.seq_len, "the validation split")
     check_memory(config, len(corpus.vocab), world)
@@ -446,6 +451,7 @@ class Trainer:
             "val_loss": self.val_loss,
             "schedule": asdict(self.schedule),
             "finished": self._finished,  # run() reached its end: resuming needs a later one
+            "data_file": self.corpus.data_file and self.corpus.data_file.to_dict(),  # size and hash
         })
         if path == self.files.checkpoint:
             self.files.commit()  # the new run has started cleanly: a run it replaces may go

@@ -11,25 +11,43 @@ data for notebooks (decode the activations with :func:`decode_activations`).
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
-from scratchrnn.apps.inspect.data import collect, decode_activations
+from scratchrnn.apps.inspect.data import collect, decode_activations, decode_top_ids
 from scratchrnn.lm.checkpoint import load_model
 from scratchrnn.lm.data import read_text, split_text
 
-__all__ = ["add_parser", "collect", "decode_activations", "describe", "digest", "main", "render", "write"]
+__all__ = ["add_parser", "collect", "content_security_policy", "decode_activations", "decode_top_ids",
+           "describe", "digest", "main", "render", "write"]
 
 DEFAULT_CHARS = 5000
 
 
+def _sha256(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def content_security_policy(template: str) -> str:
+    """The page's policy: its own inline script and style (by their hashes) and nothing else — no
+    other script, no inline event handler, no request of any kind."""
+    script = re.search(r"<script>(.*?)</script>", template, re.S).group(1)
+    style = re.search(r"<style>(.*?)</style>", template, re.S).group(1)
+    return (f"default-src 'none'; script-src {_sha256(script)}; style-src {_sha256(style)}; "
+            "base-uri 'none'; form-action 'none'")
+
+
 def render(data: dict) -> str:
     """The page: the template with ``data`` inlined as JSON (every ``<`` escaped, so no text can
-    close the script element)."""
+    close the script element) and its Content-Security-Policy."""
     template = (resources.files(__package__) / "page.html").read_text(encoding="utf-8")
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
-    return template.replace("/*DATA*/", payload, 1)
+    page = template.replace("/*CSP*/", content_security_policy(template), 1)
+    return page.replace("/*DATA*/", payload, 1)
 
 
 def digest(data: dict, page_bytes: int | None = None) -> dict:

@@ -4,8 +4,9 @@ predictions, the surprise, the saturation and the found units.
 Encoding (the page and ``--json`` share it): the activations of a tanh layer lie in [−1, 1] and are
 stored as int8 q = round(127·h), unit-major ((H, T) bytes, so one unit's row is contiguous), then
 base64. 1/254 is finer than any colour map shows and keeps a 20k-character, 640-unit page at about
-17 MB instead of ~100 MB of JSON floats. The top-5 predictions are character ids and probabilities
-quantised to 1/255; the surprise −log p(c_t) is quantised to 1/16 nat (clamped at 15.9).
+17 MB instead of ~100 MB of JSON floats. The top-5 predictions are character ids (little-endian
+unsigned integers of ``id_bytes`` bytes: 1, 2 or 4, as wide as the vocabulary needs) and
+probabilities quantised to 1/255; the surprise −log p(c_t) is quantised to 1/16 nat (clamped at 15.9).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from scratchrnn.core.functional import rnn_forward
 from scratchrnn.lm.data import Vocab
 from scratchrnn.lm.model import CharRNN
 
-__all__ = ["SATURATED", "collect", "decode_activations"]
+__all__ = ["SATURATED", "collect", "decode_activations", "decode_top_ids"]
 
 SATURATED = 0.9  # |h| above this counts as saturated (the paper's threshold)
 TOP = 5
@@ -37,6 +38,20 @@ def decode_activations(encoded: dict) -> np.ndarray:
     """The (T, H) float32 activations back from the page's / the JSON's ``activations`` entry."""
     q = np.frombuffer(base64.b64decode(encoded["data"]), dtype=np.int8)
     return (q.reshape(encoded["units"], encoded["chars"]).T / encoded["scale"]).astype(np.float32)
+
+
+def _id_dtype(vocab_size: int) -> np.dtype:
+    """The narrowest little-endian unsigned integer that holds ids 0 … vocab_size − 1."""
+    for dtype in ("<u1", "<u2", "<u4"):
+        if vocab_size - 1 <= np.iinfo(np.dtype(dtype)).max:
+            return np.dtype(dtype)
+    raise ValueError(f"Expected a vocabulary of at most 2**32 characters, got {vocab_size}")
+
+
+def decode_top_ids(top: dict) -> np.ndarray:
+    """The (T, k) top-k character ids back from the page's / the JSON's ``top`` entry."""
+    dtype = np.dtype(f"<u{top.get('id_bytes', 1)}")
+    return np.frombuffer(base64.b64decode(top["ids"]), dtype=dtype).reshape(-1, top["k"])
 
 
 @torch.no_grad()
@@ -113,7 +128,8 @@ def _collect(model: CharRNN, vocab: Vocab, text: str, layer: int, source: str) -
         "num_layers": L,
         "vocab": vocab.chars,
         "activations": {"chars": T, "units": H, "scale": 127, "data": _b64(q.T)},
-        "top": {"k": top_id.shape[1], "ids": _b64(top_id.astype(np.uint8)),
+        "top": {"k": top_id.shape[1], "id_bytes": _id_dtype(len(vocab)).itemsize,
+                "ids": _b64(top_id.astype(_id_dtype(len(vocab)))),
                 "probs": _b64(np.rint(top_p * 255).astype(np.uint8))},
         "surprise": {"step": SURPRISE_STEP,
                      "data": _b64(np.clip(np.rint(surprise / SURPRISE_STEP), 0, 255).astype(np.uint8))},
