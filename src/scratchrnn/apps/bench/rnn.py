@@ -126,24 +126,55 @@ def naive_forward(x: Tensor, h0: Tensor, weights: Sequence[Tensor], shape: Shape
     time-major form (layer l + 1 needs layer l's reverse direction, which ends at step 0), so each
     layer and direction is one call of the same loop, the reverse one on the time-flipped input.
     """
-    dirs = 2 if shape.bidirectional else 1
-    cells = [(w[0], w[1], w[2] + w[3]) for w in _per_cell(weights, 4)]  # b = b_ih + b_hh
+    cells = walk(weights, shape)
     if not shape.bidirectional:
-        return time_major_rnn(x, h0, cells)[0]
-    layer_in = x
-    for layer in range(shape.layers):
-        outs = []
-        for d in range(dirs):
-            idx = layer * dirs + d
-            seq = layer_in if d == 0 else layer_in.flip(0)
-            out, _ = time_major_rnn(seq, h0[idx : idx + 1], [cells[idx]])
-            outs.append(out if d == 0 else out.flip(0))
-        layer_in = torch.cat(outs, dim=-1)
+        return time_major_rnn(x, h0, [(c.W_ih, c.W_hh, c.b_ih + c.b_hh) for c in cells])[0]
+    layer_in, outs = x, []
+    for c in cells:
+        seq = layer_in if c.direction == 0 else layer_in.flip(0)
+        out, _ = time_major_rnn(seq, h0[c.index : c.index + 1], [(c.W_ih, c.W_hh, c.b_ih + c.b_hh)])
+        outs.append(out if c.direction == 0 else out.flip(0))
+        if c.last_of_layer:
+            layer_in, outs = torch.cat(outs, dim=-1), []
     return layer_in
 
 
-def _per_cell(flat: Sequence[Tensor], per: int) -> list[list[Tensor]]:
-    return [list(flat[i : i + per]) for i in range(0, len(flat), per)]
+@dataclasses.dataclass(frozen=True)
+class LayerDirection:
+    """One layer and direction of a stack, with its weights: what the variants below iterate over."""
+
+    index: int  # layer · dirs + direction: its place in nn.RNN's weight list and in hx
+    layer: int
+    direction: int  # 0 forward in time, 1 reverse
+    last_of_layer: bool  # the layer's last direction: its output is complete after this one
+    cols: slice  # its H columns of the layer's (rows, dirs · H) output
+    W_ih: Tensor  # (H, D_l)
+    W_hh: Tensor  # (H, H)
+    b_ih: Tensor  # (H,)
+    b_hh: Tensor  # (H,)
+
+
+def walk(weights: Sequence[Tensor], shape: Shape) -> list[LayerDirection]:
+    """nn.RNN's flat weight list (4 per layer and direction, biases included) as the stack's
+    layers × directions, in nn's order (layer 0 forward, layer 0 reverse, layer 1 ...).
+
+    The benchmark's one copy of this walk (issue 17 item 8; it was written out three times here).
+    The core's layout object of the cell refactor (issue 17 item 2) will describe the same thing
+    for every cell; when it lands, this becomes a thin use of it.
+    """
+    dirs = 2 if shape.bidirectional else 1
+    if len(weights) != 4 * shape.layers * dirs:
+        raise ValueError(f"expected {4 * shape.layers * dirs} weights for {shape}, got {len(weights)}")
+    cells = []
+    for index in range(shape.layers * dirs):
+        layer, direction = divmod(index, dirs)
+        W_ih, W_hh, b_ih, b_hh = weights[4 * index : 4 * index + 4]
+        cells.append(LayerDirection(
+            index=index, layer=layer, direction=direction, last_of_layer=direction == dirs - 1,
+            cols=slice(direction * shape.H, (direction + 1) * shape.H),
+            W_ih=W_ih, W_hh=W_hh, b_ih=b_ih, b_hh=b_hh,
+        ))
+    return cells
 
 
 @dataclasses.dataclass
@@ -212,14 +243,13 @@ class GemmFloor:
         self.shape = shape
         self.x = x.reshape(rows, x.shape[-1])  # (rows, D), time-major
         self.h0 = x.new_zeros(N, H)
-        cells = [[w.detach() for w in cell] for cell in _per_cell(weights, 4)]
+        cells = walk([w.detach() for w in weights], shape)
         self.outs = [x.new_empty(rows, dirs * H) for _ in range(shape.layers)]  # (rows, dirs*H)
-        self.dxs = [x.new_empty(rows, c[0].shape[1]) for c in cells[::dirs]]  # (rows, D_l)
+        self.dxs = [x.new_empty(rows, c.W_ih.shape[1]) for c in cells if c.direction == 0]  # (rows, D_l)
         self.dout = x.new_ones(rows, dirs * H)  # ∂(output.sum())/∂output
         self.cells = []
-        for idx, (W_ih, W_hh, b_ih, b_hh) in enumerate(cells):
-            layer, d = divmod(idx, dirs)
-            cols = slice(d * H, (d + 1) * H)
+        for cell in cells:
+            layer, d, cols, W_ih, W_hh = cell.layer, cell.direction, cell.cols, cell.W_ih, cell.W_hh
             out = self.outs[layer][:, cols]
             layer_in = self.x if layer == 0 else self.outs[layer - 1]
             dout = self.dout[:, cols] if layer == shape.layers - 1 else self.dxs[layer + 1][:, cols]
@@ -234,7 +264,7 @@ class GemmFloor:
             prev = slice(0, rows - N) if d == 0 else slice(N, rows)
             self.cells.append(
                 FloorCell(
-                    layer=layer, first_back=d == dirs - 1, W_ih=W_ih, W_hh=W_hh, b=b_ih + b_hh,
+                    layer=layer, first_back=cell.last_of_layer, W_ih=W_ih, W_hh=W_hh, b=cell.b_ih + cell.b_hh,
                     layer_in=layer_in, out=out,
                     fwd_steps=[(a_steps[t], h) for t, h in zip(order, h_prevs, strict=True)],
                     bwd_steps=[
@@ -310,23 +340,24 @@ class BatchedGemms:
         rows = T * N
         x_flat = x.reshape(rows, x.shape[-1])
         h0 = x.new_zeros(1, N, H)
-        cells = [[w.detach() for w in cell] for cell in _per_cell(weights, 4)]
+        cells = walk([w.detach() for w in weights], shape)
         self.outs = [x.new_empty(rows, dirs * H) for _ in range(shape.layers)]
-        self.dxs = [x.new_empty(rows, c[0].shape[1]) for c in cells[::dirs]]
+        self.dxs = [x.new_empty(rows, c.W_ih.shape[1]) for c in cells if c.direction == 0]
         self.cells = []
-        for idx, (W_ih, W_hh, b_ih, b_hh) in enumerate(cells):
-            layer, d = divmod(idx, dirs)
-            cols = slice(d * H, (d + 1) * H)
+        for cell in cells:
+            layer, d, cols, idx = cell.layer, cell.direction, cell.cols, cell.index
             h = layer_outputs[layer][:, cols].detach().reshape(T, N, H)
             # h_{t-1} of every step: h0, then the states shifted by one step (the other way in reverse)
             h_prev = torch.cat([h0, h[:-1]]) if d == 0 else torch.cat([h[1:], h0])  # (T, N, H)
             self.cells.append(
                 BatchedCell(
-                    layer=layer, first_back=d == dirs - 1, W_ih=W_ih, W_hh_steps=W_hh.expand(T, H, H),
-                    b=b_ih + b_hh, layer_in=x_flat if layer == 0 else layer_outputs[layer - 1].detach(),
+                    layer=layer, first_back=cell.last_of_layer, W_ih=cell.W_ih,
+                    W_hh_steps=cell.W_hh.expand(T, H, H), b=cell.b_ih + cell.b_hh,
+                    layer_in=x_flat if layer == 0 else layer_outputs[layer - 1].detach(),
                     out=self.outs[layer][:, cols], h_prev=h_prev, h_prev_rows=h_prev.reshape(rows, H),
                     da=x.new_ones(rows, H) if da is None else da[idx].contiguous(),
-                    dh_next=x.new_empty(T, N, H), dW_ih=torch.empty_like(W_ih), dW_hh=torch.empty_like(W_hh),
+                    dh_next=x.new_empty(T, N, H), dW_ih=torch.empty_like(cell.W_ih),
+                    dW_hh=torch.empty_like(cell.W_hh),
                 )
             )
 
