@@ -2,21 +2,27 @@
 
 Every variant the benchmark times is checked here on small shapes in float64: scratchrnn.RNN and
 the naive loop against torch.nn.RNN (output and every gradient), and the GEMM floor against an
-autograd loop of the linear RNN it computes. Letters: T steps, N batch, D inputs, H hidden, L layers.
+autograd loop of the linear RNN it computes; the GRU peers against torch.nn.GRU. Letters: T steps,
+N batch, D inputs, H hidden, L layers.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from scratchrnn.apps import cli
+from scratchrnn.apps.bench import gru as gru_bench
 from scratchrnn.apps.bench import peers
 from scratchrnn.apps.bench import rnn as bench
 from scratchrnn.apps.bench.rnn import Case, Shape
+from scratchrnn.core import modules
 from scratchrnn.core.functional import rnn_forward
+
+TARGETS = Path(__file__).resolve().parents[2] / "benchmarks" / "targets.toml"
 
 SHAPES = [
     Shape(5, 3, 4, 6, 1),
@@ -140,10 +146,11 @@ def _parse_table(text: str, heading: str) -> tuple[list[str], list[list[str]]]:
 
 def test_quick_bench_writes_a_well_formed_report(tmp_path, capsys):
     out = tmp_path / "RESULTS.md"
-    assert cli.main(["bench", "--quick", "--threads", "1", "--out", str(out)]) == 0
+    argv = ["--quick", "--threads", "1", "--cells", "rnn", "--targets", str(TARGETS), "--out", str(out)]
+    assert cli.main(["bench", *argv]) == 0
     text = out.read_text()
     assert capsys.readouterr().out.strip() == text.strip()
-    assert f"Written by `scratchrnn bench --quick --threads 1 --out {out}`" in text
+    assert f"Written by `scratchrnn bench {' '.join(argv)}`" in text
     assert torch.__version__ in text
 
     head, rows = _parse_table(text, "## Speed")
@@ -177,6 +184,7 @@ def test_quick_bench_writes_a_well_formed_report(tmp_path, capsys):
         ["--shape", "1,2,3"],
         ["--shape", "4,2,3,5,1,uni"],
         ["--out", "no/such/dir/RESULTS.md"],
+        ["--targets", "no/such/targets.toml"],
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, capsys):
@@ -245,3 +253,131 @@ def test_flops_count_the_gemms():
 def test_fma_peak_is_a_plausible_rate():
     rate = _peer_or_skip(lambda: peers.fma_peak(1, rounds=1, seconds=0.02))
     assert 1e8 < rate < 1e13  # flop/s of one core: from an old laptop to far beyond any CPU today
+
+
+# --------------------------------------------------------------------------------------------
+# The targets file, the GRU rows and the GRU peers
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_targets_file_loads_and_a_bad_one_is_refused(tmp_path):
+    targets = bench.load_targets(TARGETS)
+    assert targets["threads"] == 2 and targets["rnn"]["fwd_bwd_geomean_speedup"] == 2.5
+    assert set(targets["gru"]) == set(bench.TARGET_KEYS["gru"])
+    bad = tmp_path / "targets.toml"
+    bad.write_text(TARGETS.read_text().replace("memory_max_ratio = 1.0", "memory_ratio = 1.0"))
+    with pytest.raises(ValueError, match=r"\[gru\] expected"):
+        bench.load_targets(bad)
+    bad.write_text(TARGETS.read_text().replace("fwd_min_speedup = 1.3", 'fwd_min_speedup = "1.3"'))
+    with pytest.raises(ValueError, match="must be numbers"):
+        bench.load_targets(bad)
+
+
+def test_quick_gru_bench_writes_its_rows(tmp_path, capsys):
+    """The GRU rows, their peers and memory; with no scratchrnn.GRU built, nn.GRU's alone and a note."""
+    out = tmp_path / "RESULTS.md"
+    assert cli.main(["bench", "--quick", "--threads", "1", "--cells", "gru", "--targets", str(TARGETS),
+                     "--out", str(out)]) == 0
+    text = out.read_text()
+    capsys.readouterr()
+    ours = gru_bench.available_variants() == gru_bench.VARIANTS
+    gru_section = text.split("## GRU: scratchrnn.GRU vs torch.nn.GRU", 1)[1]
+    head, rows = _parse_table(gru_section, "Median ms per call")
+    assert head[:3] == ["threads", "shape (T, N, D, H, L)", "mode"]
+    assert head[3:-2] == [f"{v} ms" for v in gru_bench.available_variants()]
+    assert len(rows) == len(bench.QUICK_SHAPES) * len(bench.MODES)
+    assert all(float(c) > 0 for r in rows for c in r[3:-2])
+    _, checks = _parse_table(text, "## Targets")
+    assert len(checks) == 3 and all(c[0].startswith("GRU") for c in checks)
+    assert all(c[2] in (("yes", "**no**") if ours else ("n/a",)) for c in checks)
+    head, peer_rows = _parse_table(text.split("## GRU peers", 1)[1], "Median ms per call")
+    assert "nn.GRU ms" in head and len(peer_rows) == len(bench.MODES)
+    _, memory = _parse_table(text, "## GRU: peak memory")
+    assert [r[0] for r in memory] == list(gru_bench.available_variants())
+    if not ours:
+        assert gru_bench.NO_GRU in text
+
+
+class _StandInGRU(torch.nn.GRU):
+    """Stands in for scratchrnn.GRU to show the bench picks ours up where the core has one."""
+
+
+def test_the_gru_rows_light_up_when_scratchrnn_has_a_gru(monkeypatch):
+    monkeypatch.setattr(modules, "GRU", _StandInGRU, raising=False)
+    assert gru_bench.available_variants() == gru_bench.VARIANTS
+    samples = bench.run_timings(bench.QUICK_SHAPES, [1], 1, min_sample_s=0, max_reps=1, cells=["gru"])
+    assert {k[3] for k in samples} == set(gru_bench.VARIANTS)
+    table = gru_bench.speed_table(samples, bench.QUICK_SHAPES, [1])
+    assert "scratchrnn.GRU ms" in table and "–" not in table
+    assert "×" in gru_bench.geomean_table(samples, bench.QUICK_SHAPES, [1])
+    memory = {v: {"bytes": 100} for v in gru_bench.VARIANTS}
+    targets = bench.load_targets(TARGETS)["gru"]
+    checks = gru_bench.target_checks(samples, bench.QUICK_SHAPES, [1], memory, targets)
+    assert [ok is not None for _, _, ok in checks] == [True] * 3
+    assert checks[-1][1:] == ("1.00×", True)
+
+
+def test_a_gru_that_differs_from_nn_gru_is_not_timed(monkeypatch):
+    class Wrong(_StandInGRU):
+        def forward(self, x, hx=None):
+            output, h_n = super().forward(x, hx)
+            return output + 1e-3, h_n
+
+    monkeypatch.setattr(modules, "GRU", Wrong, raising=False)
+    with pytest.raises(RuntimeError, match=r"differs from nn\.GRU"):
+        gru_bench.GruCase(Shape(5, 3, 4, 6, 1)).check()
+
+
+def _gru_oracle(w: peers.Weights):
+    """nn.GRU's output and gradients of output.sum() for the peers' weights."""
+    gru = torch.nn.GRU(w.x.shape[2], w.W_hh.shape[1])
+    gru.load_state_dict(w.state_dict)
+    x = w.x.clone().requires_grad_()
+    y = gru(x)[0]
+    y.sum().backward()
+    grads = {"dx": x.grad, "dW_ih": gru.weight_ih_l0.grad, "dW_hh": gru.weight_hh_l0.grad,
+             "db_ih": gru.bias_ih_l0.grad, "db_hh": gru.bias_hh_l0.grad}
+    return y.detach(), grads
+
+
+def test_onednn_gru_peer_computes_nn_gru():
+    """oneDNN's linear-before-reset GRU, gates and biases rearranged, is nn.GRU, gradients included."""
+    w = peers.Weights.make((7, 3, 4, 5), cell="gru")
+    onednn = _peer_or_skip(lambda: peers.OneDnnPeer(w, 1))
+    y, want = _gru_oracle(w)
+    torch.testing.assert_close(onednn.forward(), y, **PEER_TOL)
+    for _ in range(2):  # twice: the weight gradients are zeroed, not accumulated
+        grads = onednn.forward_backward()
+        for name, expected in want.items():
+            torch.testing.assert_close(grads[name], expected, **PEER_TOL)
+
+
+def test_jax_gru_peer_computes_nn_gru():
+    w = peers.Weights.make((7, 3, 4, 5), cell="gru")
+    jax_peer = _peer_or_skip(lambda: peers.JaxPeer(w))
+    y, want = _gru_oracle(w)
+    torch.testing.assert_close(jax_peer.output(), y, **PEER_TOL)
+    (g_W_ih, g_W_hh, g_b_ih, g_b_hh), g_x = jax_peer.grad(jax_peer.params, jax_peer.x)
+    got = {"dx": g_x, "dW_ih": g_W_ih, "dW_hh": g_W_hh, "db_ih": g_b_ih, "db_hh": g_b_hh}
+    for name, expected in want.items():
+        torch.testing.assert_close(torch.from_numpy(jax_peer.jax.device_get(got[name]).copy()), expected,
+                                   **PEER_TOL)
+
+
+def test_the_gru_loop_torch_compile_is_given_computes_nn_gru():
+    w = peers.Weights.make((7, 3, 4, 5), cell="gru")
+    h0 = w.x.new_zeros(3, 5)
+    got = peers.hoisted_gru_loop(w.x, h0, w.W_ih, w.W_hh, w.b_ih, w.b_hh)
+    torch.testing.assert_close(got, _gru_oracle(w)[0], **PEER_TOL)
+
+
+def test_a_peer_whose_output_differs_is_reported_not_timed(monkeypatch):
+    _peer_or_skip(lambda: peers.OneDnnPeer(peers.Weights.make((3, 2, 4, 5), cell="gru"), 1))
+    monkeypatch.setattr(peers.OneDnnPeer, "output", lambda self: self.forward().clone() + 1e-2)
+    cell = peers.build_cell((3, 2, 4, 5), ["nn.GRU", "oneDNN"], 1, "gru")
+    assert "differs from nn.GRU's" in cell.missing["oneDNN"]
+    assert {p for p, _ in cell.runners} == {"nn.GRU"}
+
+
+def test_gru_flops_count_three_gates():
+    assert peers.flops((3, 2, 4, 5), "fwd", "gru") == 3 * peers.flops((3, 2, 4, 5), "fwd")

@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from scratchrnn.apps.cli import main
-from scratchrnn.apps.lab import EXPERIMENTS
+from scratchrnn.apps.lab import EXPERIMENTS, gradflow
 from scratchrnn.apps.lab.adding import BASELINE_MSE, adding_batch
 from scratchrnn.apps.lab.concat import concat_weights, split_weights
+from scratchrnn.apps.ours import gru_class
+from scratchrnn.core import modules
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,28 @@ def test_gradflow_small_init_vanishes_orders_of_magnitude_below_default(lab_all)
     for case in cases.values():  # our chained BPTT agrees with a full call and with autograd
         assert case["dh0_rel_diff_full_call"] < 1e-12
         assert case["dh0_rel_diff_autograd_reference"] < 1e-12
+
+
+class _StandInGRU(torch.nn.GRU):
+    """Stands in for scratchrnn.GRU: gradflow measures through ours where the core has one."""
+
+
+@pytest.mark.parametrize("ours", [False, True], ids=["nn.GRU", "stand-in scratchrnn.GRU"])
+def test_gradflow_gru_keeps_more_gradient_than_elman_and_most_with_the_gate_open(tmp_path, monkeypatch, ours):
+    if ours:
+        monkeypatch.setattr(modules, "GRU", _StandInGRU, raising=False)
+    elif gru_class() is not None:
+        pytest.skip("this build has scratchrnn.GRU: the nn.GRU fallback is not reachable")
+    numbers = gradflow.run(tmp_path, quick=True).numbers
+    gru, elman = numbers["gru"], numbers["cases"]["PyTorch default"]
+    assert {g["implementation"] for g in gru.values()} == {"scratchrnn.GRU" if ours else "nn.GRU"}
+    assert elman["norm_at_1"] < gru["default"]["norm_at_1"] < gru["open"]["norm_at_1"]
+    assert gru["default"]["mean_update_gate"] < 0.6 and gru["open"]["mean_update_gate"] > 0.9
+    assert gru["open"]["per_step_factor"] > 0.9
+    for g in gru.values():
+        assert g["norm_at_T"] == pytest.approx(1.0)
+        assert g["dh0_rel_diff_full_call"] < 1e-12 and g["dh0_rel_diff_nn_gru"] < 1e-12
+    assert "## The GRU" in (tmp_path / "summary.md").read_text()
 
 
 def test_looporder_swapped_loops_give_the_same_numbers(lab_all):

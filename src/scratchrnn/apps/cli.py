@@ -81,9 +81,11 @@ def _cmd_demo(args) -> None:
 def _add_bench(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="time scratchrnn.RNN against torch.nn.RNN, the naive loop and the GEMM floor",
-        description="Times forward and forward+backward of four variants in interleaved rounds, "
-        "measures the peak memory of a training step, and prints a markdown report.",
+        help="time scratchrnn.RNN against torch.nn.RNN, the naive loop and the GEMM floor, "
+        "scratchrnn.GRU against torch.nn.GRU, and both against their peers",
+        description="Times forward and forward+backward of each variant in interleaved rounds, "
+        "measures the peak memory of a training step, times the peers (JAX, torch.compile, oneDNN), "
+        "checks the project's targets and prints a markdown report.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="tiny shapes and 2 rounds: a smoke test")
@@ -98,6 +100,11 @@ def _add_bench(sub) -> None:
         help="benchmark only this shape, repeatable (default: the issue's grid; tiny ones with --quick)",
     )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--cells", nargs="+", choices=["rnn", "gru"], default=["rnn", "gru"],
+                   help="the rows to run: the RNN's, the GRU's (scratchrnn.GRU vs nn.GRU), or both")
+    p.add_argument("--targets", type=Path, default=argparse.SUPPRESS, metavar="TOML",
+                   help="the project's goals that the report checks (default: benchmarks/targets.toml "
+                   "of the repository, when run from its root; none otherwise)")
 
 
 def _cmd_bench(args) -> None:
@@ -112,16 +119,24 @@ def _cmd_bench(args) -> None:
         shapes = bench.QUICK_SHAPES if args.quick else bench.SHAPES
     rounds = rounds_flag if rounds_flag is not None else (2 if args.quick else 7)
     memory_shape = bench.QUICK_MEMORY_SHAPE if args.quick else bench.MEMORY_SHAPE
+    targets_path = getattr(args, "targets", None)
+    if targets_path is not None and not targets_path.is_file():
+        raise FileNotFoundError(f"no targets file {str(targets_path)!r}")
+    if targets_path is None and bench.TARGETS_FILE.is_file():
+        targets_path = bench.TARGETS_FILE
+    targets = bench.load_targets(targets_path) if targets_path is not None else None
     command = ["scratchrnn bench"]
     command += ["--quick"] if args.quick else []
     command += ["--threads", *map(str, args.threads)] if args.threads != [1, 2] else []
     command += ["--rounds", str(rounds_flag)] if rounds_flag is not None else []
     command += [f"--shape {spec}" for spec in specs]
     command += ["--no-memory"] if args.no_memory else []
+    command += ["--cells", *args.cells] if args.cells != ["rnn", "gru"] else []
+    command += ["--targets", str(args.targets)] if getattr(args, "targets", None) is not None else []
     command += ["--out", str(args.out)] if args.out is not None else []
     report = bench.run_benchmark(
         shapes, args.threads, rounds, None if args.no_memory else memory_shape,
-        command=" ".join(command), progress=log.info,
+        command=" ".join(command), progress=log.info, targets=targets, cells=args.cells,
     )
     print(report)
     if args.out is not None:

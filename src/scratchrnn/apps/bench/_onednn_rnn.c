@@ -1,11 +1,16 @@
-/* oneDNN's fused vanilla-RNN primitive (forward and backward) for the peer benchmark: one layer,
- * one direction, tanh, float32, through oneDNN's C API (libdnnl from the onednn-cpu-gomp package).
+/* oneDNN's fused RNN primitives (forward and backward) for the peer benchmark: one layer, one
+ * direction, float32, through oneDNN's C API (libdnnl from the onednn-cpu-gomp package), for two
+ * cells: the vanilla tanh RNN (nn.RNN's), and the linear-before-reset GRU (dnnl_lbr_gru), which is
+ * nn.GRU's: n_t = tanh(W_in x_t + b_in + r_t ⊙ (W_hn h_{t-1} + b_hn)). (dnnl_vanilla_gru applies
+ * r_t before the recurrent product, another function, so it cannot be checked against nn.GRU.)
  *
  * Every buffer is the caller's (torch tensors), in plain layouts, so the same weights and inputs
  * as the other peers go in and their results can be checked: src/dst (T, N, C) "tnc"; states
- * (1, 1, N, H) "ldnc"; the forward's weights W^T (1, 1, C, 1, H) "ldigo"; the backward wants them
- * as W (1, 1, 1, H, C) "ldgoi"; one bias b_ih + b_hh (1, 1, 1, H) "ldgo". The workspace that the
- * training forward leaves for the backward is oneDNN's own.
+ * (1, 1, N, H) "ldnc"; the forward's weights W^T (1, 1, C, G, H) "ldigo"; the backward wants them
+ * as W (1, 1, G, H, C) "ldgoi"; the bias (1, 1, G', H) "ldgo". G = 1 and G' = 1 (b_ih + b_hh) for
+ * the RNN; for the GRU G = 3 gates in oneDNN's order (update z, reset r, candidate n: the caller
+ * reorders PyTorch's r, z, n) and G' = 4: b_z, b_r (each b_ih + b_hh), b_in and b_hn apart. The
+ * workspace that the training forward leaves for the backward is oneDNN's own.
  */
 #include <oneapi/dnnl/dnnl.h>
 #include <stdlib.h>
@@ -39,9 +44,13 @@ static dnnl_memory_desc_t desc(int ndims, const dnnl_dims_t dims, dnnl_format_ta
 
 void onednn_rnn_set_threads(int n) { omp_set_num_threads(n); }
 
-/* Creates the three primitives over the caller's buffers (see the enum for their order). Returns
- * 0 or a dnnl_status_t. */
-int onednn_rnn_create(onednn_rnn **out, int T, int N, int C, int H, float **buffers) {
+enum { CELL_RNN_TANH, CELL_LBR_GRU };
+
+/* Creates the three primitives of `cell` over the caller's buffers (see the enum for their
+ * order). Returns 0 or a dnnl_status_t. */
+int onednn_rnn_create(onednn_rnn **out, int cell, int T, int N, int C, int H, float **buffers) {
+    if (cell != CELL_RNN_TANH && cell != CELL_LBR_GRU) return dnnl_invalid_arguments;
+    const int G = cell == CELL_LBR_GRU ? 3 : 1, G_bias = cell == CELL_LBR_GRU ? 4 : 1;
     onednn_rnn *r = calloc(1, sizeof *r);
     if (!r) return dnnl_out_of_memory;
     *out = r;
@@ -51,11 +60,11 @@ int onednn_rnn_create(onednn_rnn **out, int T, int N, int C, int H, float **buff
     md[X] = md[DX] = desc(3, (dnnl_dims_t){T, N, C}, dnnl_tnc);
     md[Y] = md[DY] = desc(3, (dnnl_dims_t){T, N, H}, dnnl_tnc);
     md[H0] = md[HN] = md[DHN] = md[DH0] = desc(4, (dnnl_dims_t){1, 1, N, H}, dnnl_ldnc);
-    md[WX] = md[DWX] = desc(5, (dnnl_dims_t){1, 1, C, 1, H}, dnnl_ldigo);
-    md[WH] = md[DWH] = desc(5, (dnnl_dims_t){1, 1, H, 1, H}, dnnl_ldigo);
-    md[WX_T] = desc(5, (dnnl_dims_t){1, 1, C, 1, H}, dnnl_ldgoi);
-    md[WH_T] = desc(5, (dnnl_dims_t){1, 1, H, 1, H}, dnnl_ldgoi);
-    md[B] = md[DB] = desc(4, (dnnl_dims_t){1, 1, 1, H}, dnnl_ldgo);
+    md[WX] = md[DWX] = desc(5, (dnnl_dims_t){1, 1, C, G, H}, dnnl_ldigo);
+    md[WH] = md[DWH] = desc(5, (dnnl_dims_t){1, 1, H, G, H}, dnnl_ldigo);
+    md[WX_T] = desc(5, (dnnl_dims_t){1, 1, C, G, H}, dnnl_ldgoi);
+    md[WH_T] = desc(5, (dnnl_dims_t){1, 1, H, G, H}, dnnl_ldgoi);
+    md[B] = md[DB] = desc(4, (dnnl_dims_t){1, 1, G_bias, H}, dnnl_ldgo);
     for (int i = 0; i < N_BUFFERS; i++) {
         if (!md[i]) return dnnl_invalid_arguments;
         CHECK(dnnl_memory_create(&r->mem[i], md[i], r->engine, buffers[i]));
@@ -63,13 +72,25 @@ int onednn_rnn_create(onednn_rnn **out, int T, int N, int C, int H, float **buff
     dnnl_primitive_desc_t pd_infer, pd_train, pd_back;
     const dnnl_alg_kind_t tanh = dnnl_eltwise_tanh;
     const dnnl_rnn_direction_t dir = dnnl_unidirectional_left2right;
-    CHECK(dnnl_vanilla_rnn_forward_primitive_desc_create(&pd_infer, r->engine, dnnl_forward_inference,
-        tanh, dir, md[X], md[H0], md[WX], md[WH], md[B], md[Y], md[HN], 0, 0.f, 0.f, NULL));
-    CHECK(dnnl_vanilla_rnn_forward_primitive_desc_create(&pd_train, r->engine, dnnl_forward_training,
-        tanh, dir, md[X], md[H0], md[WX], md[WH], md[B], md[Y], md[HN], 0, 0.f, 0.f, NULL));
-    CHECK(dnnl_vanilla_rnn_backward_primitive_desc_create(&pd_back, r->engine, dnnl_backward, tanh,
-        dir, md[X], md[H0], md[WX_T], md[WH_T], md[B], md[Y], md[HN], md[DX], md[DH0], md[DWX],
-        md[DWH], md[DB], md[DY], md[DHN], 0, 0.f, 0.f, pd_train, NULL));
+    if (cell == CELL_RNN_TANH) {
+        CHECK(dnnl_vanilla_rnn_forward_primitive_desc_create(&pd_infer, r->engine,
+            dnnl_forward_inference, tanh, dir, md[X], md[H0], md[WX], md[WH], md[B], md[Y], md[HN], 0,
+            0.f, 0.f, NULL));
+        CHECK(dnnl_vanilla_rnn_forward_primitive_desc_create(&pd_train, r->engine,
+            dnnl_forward_training, tanh, dir, md[X], md[H0], md[WX], md[WH], md[B], md[Y], md[HN], 0,
+            0.f, 0.f, NULL));
+        CHECK(dnnl_vanilla_rnn_backward_primitive_desc_create(&pd_back, r->engine, dnnl_backward,
+            tanh, dir, md[X], md[H0], md[WX_T], md[WH_T], md[B], md[Y], md[HN], md[DX], md[DH0],
+            md[DWX], md[DWH], md[DB], md[DY], md[DHN], 0, 0.f, 0.f, pd_train, NULL));
+    } else {
+        CHECK(dnnl_lbr_gru_forward_primitive_desc_create(&pd_infer, r->engine, dnnl_forward_inference,
+            dir, md[X], md[H0], md[WX], md[WH], md[B], md[Y], md[HN], 0, NULL));
+        CHECK(dnnl_lbr_gru_forward_primitive_desc_create(&pd_train, r->engine, dnnl_forward_training,
+            dir, md[X], md[H0], md[WX], md[WH], md[B], md[Y], md[HN], 0, NULL));
+        CHECK(dnnl_lbr_gru_backward_primitive_desc_create(&pd_back, r->engine, dnnl_backward, dir,
+            md[X], md[H0], md[WX_T], md[WH_T], md[B], md[Y], md[HN], md[DX], md[DH0], md[DWX],
+            md[DWH], md[DB], md[DY], md[DHN], 0, pd_train, NULL));
+    }
     CHECK(dnnl_primitive_create(&r->infer, pd_infer));
     CHECK(dnnl_primitive_create(&r->train, pd_train));
     CHECK(dnnl_primitive_create(&r->backward, pd_back));
@@ -96,7 +117,7 @@ int onednn_rnn_create(onednn_rnn **out, int T, int N, int C, int H, float **buff
     r->backward_args[14] = (dnnl_exec_arg_t){DNNL_ARG_WORKSPACE, r->workspace};
     /* the backward accumulates into the weight gradients: they are zeroed before each call */
     const int diff[3] = {DWX, DWH, DB};
-    const size_t count[3] = {(size_t)C * H, (size_t)H * H, (size_t)H};
+    const size_t count[3] = {(size_t)C * G * H, (size_t)H * G * H, (size_t)G_bias * H};
     for (int i = 0; i < 3; i++) {
         r->diff_weights[i] = buffers[diff[i]];
         r->diff_weight_bytes[i] = count[i] * sizeof(float);

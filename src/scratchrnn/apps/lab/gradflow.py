@@ -16,6 +16,16 @@ autograd node whose backward is ``scratchrnn.core.functional.rnn_backward``, and
 keeps the dh it hands to the step before. The chained result at t = 0 is checked against ∂L/∂h_0 of
 a single full-length call (our BPTT over all T steps) and of autograd on the tutorial's loop
 (``scratchrnn.core.reference.time_major_rnn``).
+
+The GRU, one row beside PyTorch's default init: the same measurement on a GRU layer (nn.GRU's
+equations and init, same H, inputs and loss). Its BPTT has a path that the Elman cell lacks,
+
+    dh_{t-1} = dh_t ⊙ z_t + (the gates' terms, through W_hh)
+
+through the update gate z_t: no W_hh and no tanh′ on it, so where z_t ≈ 1 the gradient passes back
+almost unchanged. Measured through our hand-written BPTT when this build has scratchrnn.GRU
+(apps/ours.py), else through nn.GRU (autograd), which the summary names; the chained ∂L/∂h_0 is
+checked against one full-length call, and ours against nn.GRU's.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import torch
 
 from scratchrnn.apps.bench.harness import fmt, md_table
 from scratchrnn.apps.lab._common import CASES, LabResult, finish, new_figure, prepare_out, save
+from scratchrnn.apps.ours import gru_class
 from scratchrnn.core.init import init_rnn_
 from scratchrnn.core.modules import RNN
 from scratchrnn.core.reference import time_major_rnn, tutorial_weights
@@ -47,6 +58,60 @@ def _row_norms(g: torch.Tensor) -> torch.Tensor:
 def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a − b| / max |b|: the error relative to the size of the gradient."""
     return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def _chained(module: torch.nn.Module, x: torch.Tensor, u: torch.Tensor) -> tuple[np.ndarray, list]:
+    """‖∂L/∂h_t‖ (t = 0 … T, mean over the batch), L = Σ_n u · h_T[n], one step per call of
+    ``module`` (an RNN or a GRU, one layer), and the states h_0 … h_T (their .grad is ∂L/∂h_t)."""
+    N, H = x.shape[1], module.hidden_size
+    h0 = x.new_zeros(1, N, H, requires_grad=True)
+    states, h = [h0], h0
+    for t in range(x.shape[0]):
+        _, h = module(x[t : t + 1], h)  # one step: one call, one node of the module's backward
+        h.retain_grad()  # keep the dh_t the backward computes for this step
+        states.append(h)
+    (h[0] @ u).sum().backward()
+    return np.array([_row_norms(s.grad[0]).mean().item() for s in states]), states
+
+
+def _dh0_full_call(module: torch.nn.Module, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """∂L/∂h_0 from one call of ``module`` over all T steps."""
+    h0 = x.new_zeros(1, x.shape[1], module.hidden_size, requires_grad=True)
+    _, h_n = module(x, h0)
+    (h_n[0] @ u).sum().backward()
+    module.zero_grad(set_to_none=True)
+    return h0.grad
+
+
+def gru_gradient_norms(D: int, H: int, x: torch.Tensor, u: torch.Tensor, seed: int, z_bias: float = 0.0
+                       ) -> tuple[np.ndarray, dict]:
+    """‖∂L/∂h_t‖ (t = 0 … T) through a one-layer GRU with PyTorch's default init (plus ``z_bias``
+    on the update gate's b_hz, which opens it: z_t → 1 keeps h_{t-1}), as :func:`gradient_norms`
+    does for the RNN; and the mean update gate z_t over all steps, which the path
+    dh_{t-1} ∋ dh_t ⊙ z_t multiplies by. Through scratchrnn.GRU where built, else nn.GRU."""
+    torch.manual_seed(seed)
+    reference = torch.nn.GRU(D, H, dtype=x.dtype)
+    with torch.no_grad():
+        reference.bias_hh_l0[H : 2 * H] += z_bias
+    ours = gru_class()
+    module = reference
+    if ours is not None:
+        module = ours(D, H, dtype=x.dtype)
+        module.load_state_dict(reference.state_dict())
+    norms, states = _chained(module, x, u)
+    h_prev = torch.cat(states[:-1]).detach()  # (T, N, H): h_{t-1} of every step
+    W_iz, W_hz = (w.detach()[H : 2 * H] for w in (module.weight_ih_l0, module.weight_hh_l0))
+    b_z = (module.bias_ih_l0 + module.bias_hh_l0).detach()[H : 2 * H]
+    z = torch.sigmoid(x @ W_iz.t() + h_prev @ W_hz.t() + b_z)  # nn.GRU's update gate, every step
+    module.zero_grad(set_to_none=True)
+    dh0 = states[0].grad
+    checks = {
+        "implementation": "scratchrnn.GRU" if ours is not None else "nn.GRU",
+        "mean_update_gate": z.mean().item(),
+        "dh0_rel_diff_full_call": _rel_diff(dh0, _dh0_full_call(module, x, u)),
+        "dh0_rel_diff_nn_gru": _rel_diff(dh0, _dh0_full_call(reference, x, u)),
+    }
+    return norms, checks
 
 
 def gradient_norms(rnn: RNN, x: torch.Tensor, u: torch.Tensor) -> tuple[np.ndarray, dict]:
@@ -92,8 +157,14 @@ def gradient_norms(rnn: RNN, x: torch.Tensor, u: torch.Tensor) -> tuple[np.ndarr
     return norms, checks
 
 
-def measure(T: int, N: int, D: int, H: int, seed: int) -> tuple[dict, dict, dict]:
-    """Per init of :data:`CASES`: the numbers, the curve ‖∂L/∂h_t‖ (t = 0 … T), W_hh's eigenvalues."""
+GRU_LABEL = "GRU (PyTorch default)"
+GRU_Z_BIAS = 3.0  # b_hz + 3: σ(3) ≈ 0.95, an update gate that mostly keeps h_{t-1}
+GRU_OPEN_LABEL = f"GRU, update-gate bias +{GRU_Z_BIAS:g}"
+
+
+def measure(T: int, N: int, D: int, H: int, seed: int) -> tuple[dict, dict, dict, dict]:
+    """Per init of :data:`CASES`: the numbers, the curve ‖∂L/∂h_t‖ (t = 0 … T), W_hh's eigenvalues;
+    then the GRU's numbers (its curve joins the others under :data:`GRU_LABEL`)."""
     dtype = torch.float64  # the ×0.01 gradients fall below float32's smallest number (~1e-38)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(T, N, D, generator=gen, dtype=dtype)
@@ -118,7 +189,20 @@ def measure(T: int, N: int, D: int, H: int, seed: int) -> tuple[dict, dict, dict
         }
         curves[label] = norms
         eigs[label] = torch.linalg.eigvals(rnn.weight_hh_l0.detach()).numpy()
-    return cases, curves, eigs
+    gru = {}
+    for key, label, z_bias in (("default", GRU_LABEL, 0.0), ("open", GRU_OPEN_LABEL, GRU_Z_BIAS)):
+        norms, checks = gru_gradient_norms(D, H, x, u, seed, z_bias)
+        curves[label] = norms
+        gru[key] = {
+            "label": label,
+            "z_bias": z_bias,
+            "norm_at_T": float(norms[T]),
+            "norm_at_mid": float(norms[T // 2]),
+            "norm_at_1": float(norms[1]),
+            "per_step_factor": (norms[1] / norms[T]) ** (1.0 / (T - 1)) if norms[1] > 0 else 0.0,
+            **checks,
+        }
+    return cases, curves, eigs, gru
 
 
 def plot(numbers: dict, curves: dict, eigs: dict, out: Path) -> Path:
@@ -127,7 +211,9 @@ def plot(numbers: dict, curves: dict, eigs: dict, out: Path) -> Path:
     fig, (ax, ax_eig) = new_figure(2)
     t = np.arange(T + 1)
     for label, norms in curves.items():
-        ax.semilogy(t[1:], np.where(norms[1:] > 0, norms[1:], np.nan), label=label)
+        style = {"color": "black", "linestyle": {GRU_LABEL: "--", GRU_OPEN_LABEL: ":"}[label]} if (
+            label in (GRU_LABEL, GRU_OPEN_LABEL)) else {}
+        ax.semilogy(t[1:], np.where(norms[1:] > 0, norms[1:], np.nan), label=label, **style)
     ax.set_title(f"Gradient flowing back through time (T = {T}, H = {H}, float64)")
     ax.set_xlabel("time step t  (the gradient travels from t = T leftwards)")
     ax.set_ylabel("‖∂L/∂h_t‖  (L depends on h_T only; ‖∂L/∂h_T‖ = 1)")
@@ -177,21 +263,51 @@ def summarise(numbers: dict) -> str:
             f"At t = 1 the ×0.01 init's gradient is {fmt(numbers['small_over_default_at_1'])} times "
             "PyTorch default's.",
             "",
+            *_gru_summary(numbers),
+            "",
             "![gradflow](gradflow.png)",
         ]
     )
+
+
+def _gru_summary(numbers: dict) -> list[str]:
+    """The GRU's paragraph and table: its curve against the Elman cell's with the same init."""
+    T, gru, elman = numbers["T"], numbers["gru"], numbers["cases"][CASES[1][0]]
+    rows = [("Elman RNN, PyTorch default", "–", elman["per_step_factor"], elman["norm_at_mid"],
+             elman["norm_at_1"])]
+    rows += [(g["label"], g["mean_update_gate"], g["per_step_factor"], g["norm_at_mid"], g["norm_at_1"])
+             for g in gru.values()]
+    header = ["cell", "mean z_t", "factor per step", f"‖∂L/∂h_{{{T // 2}}}‖", "‖∂L/∂h_1‖"]
+    worst = max(max(g["dh0_rel_diff_full_call"], g["dh0_rel_diff_nn_gru"]) for g in gru.values())
+    return [
+        "## The GRU",
+        "",
+        f"A GRU layer with the same H, inputs and loss, PyTorch's default init, and again with "
+        f"+{GRU_Z_BIAS:g} on the update gate's bias b_hz, through {gru['default']['implementation']} "
+        f"(the chained ∂L/∂h_0 matches one full-length call and nn.GRU's to a relative {fmt(worst)} "
+        "at worst). Its BPTT passes dh_t ⊙ z_t straight back to h_{t-1}, with no W_hh and no tanh′ "
+        "on that path; z_t is the update gate, which training can open or close per unit.",
+        "",
+        md_table(header, rows),
+        "",
+        f"At t = 1 the GRU's gradient is {fmt(numbers['gru_over_elman_at_1'])} times the Elman "
+        f"cell's with PyTorch's default init, and {fmt(numbers['open_gru_over_elman_at_1'])} times "
+        "with the update gate opened.",
+    ]
 
 
 def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
     """Measure ‖∂L/∂h_t‖ for every init in :data:`CASES`; write the plot and summary to ``out``."""
     out = prepare_out(out)
     T, N, D, H = (100, 8, 8, 32) if quick else (200, 32, 16, 128)
-    cases, curves, eigs = measure(T, N, D, H, seed)
+    cases, curves, eigs, gru = measure(T, N, D, H, seed)
     small, default = cases[CASES[0][0]], cases[CASES[1][0]]
     worst_check = max(
         max(c["dh0_rel_diff_full_call"], c["dh0_rel_diff_autograd_reference"]) for c in cases.values()
     )
     numbers = {"T": T, "N": N, "D": D, "H": H, "cases": cases,
                "small_over_default_at_1": small["norm_at_1"] / default["norm_at_1"],
-               "worst_dh0_check": worst_check}
+               "worst_dh0_check": worst_check,
+               "gru": gru, "gru_over_elman_at_1": gru["default"]["norm_at_1"] / default["norm_at_1"],
+               "open_gru_over_elman_at_1": gru["open"]["norm_at_1"] / default["norm_at_1"]}
     return finish("gradflow", out, numbers, summarise(numbers), [plot(numbers, curves, eigs, out)])
