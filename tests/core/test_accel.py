@@ -274,19 +274,42 @@ def test_a_corrupt_cached_library_is_rebuilt(fresh_cache):
 
 
 @needs_accel
-def test_a_cached_library_that_computes_wrong_is_rebuilt(fresh_cache):
+@pytest.mark.parametrize("function", ["tanh", "sigmoid"])  # sigmoid: only the GRU's step uses it
+def test_a_cached_library_that_computes_wrong_is_rebuilt(fresh_cache, function):
+    """The load-time self-test runs each cell: a build whose Elman step (tanh) or GRU step
+    (sigmoid) computes wrong is rebuilt, though it loads and links."""
     target = _cached_target(fresh_cache)
     fresh_cache.mkdir(parents=True)
-    wrong = fresh_cache / "wrong.c"  # a foreign build: loads and links, but its tanh is the identity
+    wrong = fresh_cache / "wrong.c"  # a foreign build: loads and links, but `function` is the identity
     source = accel._SOURCE.read_text()
-    for head in ("static inline float tanh_f(float x) {", "static inline double tanh_d(double x) {"):
+    heads = f"static inline float {function}_f(float x) {{", f"static inline double {function}_d(double x) {{"
+    for head in heads:
         assert head in source  # else this test would build the right library and prove nothing
         source = source.replace(head, head + " return x;")
     wrong.write_text(source)
-    subprocess.run([accel._compiler()[0], *accel._CFLAGS, str(wrong), "-o", str(target)], check=True)
+    subprocess.run([accel._compiler()[0], *accel._CFLAGS, f"-I{accel._SOURCE.parent}", str(wrong), "-o",
+                    str(target)], check=True)
+    accel._sidecar(target).write_text(accel._fingerprint(target))  # intact: only the self-test can tell
     built = target.stat().st_mtime_ns
     _new_process_uses_the_c_loops(fresh_cache)
     assert target.stat().st_mtime_ns != built
+
+
+def test_every_c_source_is_in_the_build_key(monkeypatch, tmp_path):
+    """A change to the driver or to any cell's C file makes another library (issue 17 item 4)."""
+    copy = tmp_path / "core"
+    (copy / "cells").mkdir(parents=True)
+    for source in accel._SOURCES:
+        (copy / source.relative_to(accel._SOURCE.parent)).write_bytes(source.read_bytes())
+    assert {p.name for p in accel._SOURCES} >= {"_steps.c", "elman.c", "gru.c"}
+    monkeypatch.setattr(accel, "_SOURCE", copy / "_steps.c")
+    monkeypatch.setattr(accel, "_SOURCES", (copy / "_steps.c", *sorted(copy.glob("cells/*.c"))))
+    cc = ("cc", "version")
+    keys = {accel._build_key(cc)}
+    for source in accel._SOURCES:
+        source.write_text(source.read_text() + "\n/* changed */\n")
+        keys.add(accel._build_key(cc))
+    assert len(keys) == 1 + len(accel._SOURCES)
 
 
 @needs_accel

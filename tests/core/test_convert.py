@@ -27,7 +27,7 @@ def test_from_torch_and_back_keep_everything(config):
     theirs = nn.RNN(3, 4, dtype=F64, **config).eval()
     theirs.weight_hh_l0.requires_grad_(False)
     ours = RNN.from_torch(theirs)
-    assert type(ours) is RNN and repr(ours) == repr(theirs) and not ours.training
+    assert type(ours) is RNN and repr(ours) == "scratchrnn." + repr(theirs) and not ours.training
     assert not ours.weight_hh_l0.requires_grad and ours.weight_ih_l0.requires_grad
     x = torch.randn(2, 5, 3, dtype=F64)
     assert max_abs(ours(x)[0], theirs(x)[0]) <= 1e-10

@@ -1,5 +1,4 @@
-"""Drop-in checks that need the `stack` branch's modules (issue 21, to be enabled by the lead after
-the merge: remove the module-level skip below): our classes ARE torch's (isinstance), repr names
+"""Drop-in checks on the modules (issue 21): our classes are torch's bases (isinstance), repr names
 scratchrnn, RNNCell's errors are torch's word for word, RNNCell(n, 0), an empty PackedSequence
 raises IndexError, convert() draws no random numbers."""
 
@@ -12,18 +11,20 @@ from torch.nn.utils.rnn import PackedSequence
 
 import scratchrnn
 
-pytestmark = pytest.mark.skip(reason="needs the stack branch's modules.py (issue 21); enable after the merge")
-
 
 @pytest.mark.parametrize(
     ("ours", "bases"),
-    [(lambda: scratchrnn.RNN(3, 4), (nn.RNN, nn.RNNBase)),
+    [(lambda: scratchrnn.RNN(3, 4), (nn.RNNBase,)),
+     (lambda: scratchrnn.GRU(3, 4), (nn.RNNBase,)),
+     (lambda: scratchrnn.GRUCell(3, 4), (nn.GRUCell, nn.RNNCellBase)),
      (lambda: scratchrnn.RNNCell(3, 4), (nn.RNNCell, nn.RNNCellBase))],
-    ids=["RNN", "RNNCell"],
+    ids=["RNN", "GRU", "GRUCell", "RNNCell"],
 )
 def test_isinstance_of_torch_classes(ours, bases):
     module = ours()
     assert all(isinstance(module, b) for b in bases)
+    # not nn.RNN / nn.GRU themselves: torch.compile refuses to trace those (core/modules.py)
+    assert not isinstance(module, (nn.RNN, nn.GRU))
 
 
 def test_rnn_attributes_users_rely_on_after_subclassing():

@@ -259,9 +259,11 @@ def test_functional_call_like_nn_rnn():
 def test_torch_compile_fullgraph_of_a_model_holding_ours():
     # Dynamo refuses to wrap any instance of nn.RNN / nn.GRU / nn.LSTM (torch/_dynamo/variables/
     # builder.py, "Attempted to wrap RNN, GRU, or LSTM", unless config.allow_rnn): a guard for
-    # the subclassing decision (issue 21), as ours compiles whole today.
+    # the subclassing decision (issue 21: nn.RNNBase, not nn.RNN), and that the library leaves
+    # allow_rnn as torch sets it.
     _, ours = pair(num_layers=2)
     model = nn.Sequential(ours)
     x = torch.randn(T, N, D, dtype=F64)
     got = torch.compile(model, backend="aot_eager", fullgraph=True)(x)
     assert all(max_abs(g, w) < TOL for g, w in zip(got, model(x), strict=True))
+    assert torch._dynamo.config.allow_rnn is False

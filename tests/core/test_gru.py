@@ -188,8 +188,9 @@ def test_same_init_and_state_dict_both_ways(config):
 
 def test_isinstance_repr_and_pickle():
     ours = GRU(D, H, num_layers=2)
-    assert isinstance(ours, nn.GRU) and isinstance(GRUCell(D, H), nn.GRUCell)
-    assert isinstance(RNN(D, H), nn.RNN) and isinstance(RNNCell(D, H), nn.RNNCell)
+    assert isinstance(ours, nn.RNNBase) and isinstance(GRUCell(D, H), nn.GRUCell)
+    assert isinstance(RNN(D, H), nn.RNNBase) and isinstance(RNNCell(D, H), nn.RNNCell)
+    assert not isinstance(ours, nn.GRU) and not isinstance(RNN(D, H), nn.RNN)  # see modules.py
     assert repr(ours) == "scratchrnn." + repr(nn.GRU(D, H, num_layers=2))
     assert repr(GRUCell(D, H, bias=False)) == "scratchrnn." + repr(nn.GRUCell(D, H, bias=False))
     again = pickle.loads(pickle.dumps(ours))

@@ -1,6 +1,6 @@
-"""torch.onnx.export of models using scratchrnn.RNN, and of CharRNN, run by onnxruntime: outputs
-equal PyTorch's (float32, ≤ 1e-5 relative), with dynamic sequence length and batch size. Our
-operator becomes ONNX's RNN operator (scratchrnn.core.onnx). Needs the ``onnx`` extra."""
+"""torch.onnx.export of models using scratchrnn.RNN or GRU, and of CharRNN, run by onnxruntime:
+outputs equal PyTorch's (float32, ≤ 1e-5 relative), with dynamic sequence length and batch size.
+Our operator becomes ONNX's RNN or GRU operator (scratchrnn.core.onnx). Needs the ``onnx`` extra."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from helpers import rel_err
 from torch import nn
 
-from scratchrnn import RNN, CharRNN
+from scratchrnn import GRU, RNN, CharRNN
 from scratchrnn.core.onnx import onnx_translation_table
 
 ort = pytest.importorskip("onnxruntime")
@@ -25,10 +25,10 @@ REL_TOL_F32 = 1e-5
 
 
 class Tagger(nn.Module):
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, cell: str = "rnn", **kwargs) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.rnn = RNN(3, 4, **kwargs)
+        self.rnn = (GRU if cell == "gru" else RNN)(3, 4, **kwargs)
         self.out = nn.Linear(4 * (1 + self.rnn.bidirectional), 2)
 
     def forward(self, x, hx):
@@ -49,8 +49,10 @@ def export(model, args, dynamic_shapes, path):
 @pytest.mark.parametrize(
     "config",
     [{}, {"num_layers": 2, "bidirectional": True}, {"num_layers": 3, "nonlinearity": "relu"},
-     {"num_layers": 2, "bias": False, "batch_first": True}],
-    ids=["L1", "L2-bi", "L3-relu", "L2-nobias-NTD"],
+     {"num_layers": 2, "bias": False, "batch_first": True}, {"cell": "gru"},
+     {"cell": "gru", "num_layers": 2, "bidirectional": True},
+     {"cell": "gru", "num_layers": 2, "bias": False, "batch_first": True}],
+    ids=["L1", "L2-bi", "L3-relu", "L2-nobias-NTD", "gru", "gru-L2-bi", "gru-L2-nobias-NTD"],
 )
 def test_rnn_model_runs_in_onnxruntime_like_pytorch(config, tmp_path, diffs):
     model = Tagger(**config).eval()

@@ -5,6 +5,9 @@ shapes). Outputs and gradients equal eager mode's; float64 unless the compiler's
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from functorch.compile import make_boxed_func
@@ -13,7 +16,7 @@ from torch import nn
 from torch._functorch.aot_autograd import aot_module_simplified
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from scratchrnn import RNN, RNNCell
+from scratchrnn import GRU, RNN, GRUCell, RNNCell
 from scratchrnn.core import ops
 from scratchrnn.core.functional import dropout_masks
 
@@ -24,12 +27,15 @@ CONFIGS = {
     "L1": {},
     "L2-bi-relu": {"num_layers": 2, "bidirectional": True, "nonlinearity": "relu"},
     "L3-bi-nobias": {"num_layers": 3, "bidirectional": True, "bias": False},
+    "L2-bi-gru": {"cell": "gru", "num_layers": 2, "bidirectional": True},
+    "L1-gru-nobias": {"cell": "gru", "bias": False},
 }
 
 
-def model(**kwargs) -> RNN:
+def model(cell: str = "rnn", **kwargs) -> RNN | GRU:
+    """Our module of a cell ("rnn" or "gru")."""
     torch.manual_seed(0)
-    return RNN(D, H, dtype=F64, **kwargs)
+    return (GRU if cell == "gru" else RNN)(D, H, dtype=F64, **kwargs)
 
 
 def op_args(rnn: RNN, packed: bool, dropout: float = 0.0):
@@ -45,7 +51,7 @@ def op_args(rnn: RNN, packed: bool, dropout: float = 0.0):
     masks = dropout_masks(x, dirs * H, rnn.num_layers, dropout)
     weights = [w.detach().clone().requires_grad_() for w in rnn._flat_weights]
     return (x.requires_grad_(), hx.requires_grad_(), weights, masks, batch_sizes,
-            rnn.num_layers, rnn.bidirectional, rnn.bias, rnn.nonlinearity)
+            rnn.num_layers, rnn.bidirectional, rnn.bias, rnn.mode.lower())
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,10 +66,11 @@ def test_opcheck_forward(config, packed, dropout, loops):
     torch.library.opcheck(torch.ops.scratchrnn.rnn.default, op_args(model(**config), packed, dropout))
 
 
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
 @pytest.mark.parametrize("need_dx", [True, False])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_opcheck_backward(packed, need_dx, loops):
-    rnn = model(num_layers=2, bidirectional=True)
+def test_opcheck_backward(packed, need_dx, cell, loops):
+    rnn = model(cell, num_layers=2, bidirectional=True)
     args = op_args(rnn, packed, dropout=0.5)
     output, h_n, inner = torch.ops.scratchrnn.rnn(*args)
     x, hx, weights, masks, batch_sizes, *config = args
@@ -82,7 +89,7 @@ def test_fake_implementation_touches_no_data():
         x = torch.empty(7, 5, D, dtype=F64)
         weights = [torch.empty(w.shape, dtype=F64) for w in rnn._flat_weights]
         output, h_n, inner = torch.ops.scratchrnn.rnn(x, torch.empty(4, 5, H, dtype=F64), weights, [],
-                                                     None, 2, True, True, "tanh")
+                                                     None, 2, True, True, "rnn_tanh")
     assert output.shape == (7, 5, 2 * H) and h_n.shape == (4, 5, H) and len(inner) == 1
 
 
@@ -94,10 +101,10 @@ def test_fake_implementation_touches_no_data():
 class Tagger(nn.Module):
     """A model using scratchrnn.RNN among other layers."""
 
-    def __init__(self, rnn_cls=RNN, **kwargs) -> None:
+    def __init__(self, rnn_cls=RNN, cell: str = "rnn", **kwargs) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.rnn = rnn_cls(D, H, dtype=F64, **kwargs)
+        self.rnn = (GRU if cell == "gru" else rnn_cls)(D, H, dtype=F64, **kwargs)
         self.out = nn.Linear(H * (1 + self.rnn.bidirectional), 2, dtype=F64)
 
     def forward(self, x, hx=None):
@@ -135,6 +142,8 @@ LAYOUTS = {
     "L2-NTD": ({"num_layers": 2, "batch_first": True}, (2, 5, D)),
     "unbatched": ({}, (5, D)),
     "relu-dropout-eval": ({"num_layers": 2, "nonlinearity": "relu", "dropout": 0.3}, (5, 2, D)),
+    "gru-L2-bi": ({"cell": "gru", "num_layers": 2, "bidirectional": True}, (5, 2, D)),
+    "gru-unbatched-nobias": ({"cell": "gru", "bias": False}, (5, D)),
 }
 
 
@@ -158,10 +167,11 @@ def test_compiled_forward_and_backward_equal_eager(config, shape, diffs):
     assert worst <= ABS_TOL_F64
 
 
-def test_compiled_cell_and_packed_input_equal_eager(diffs):
+@pytest.mark.parametrize("cell_cls,rnn_cls", [(RNNCell, RNN), (GRUCell, GRU)], ids=["rnn", "gru"])
+def test_compiled_cell_and_packed_input_equal_eager(cell_cls, rnn_cls, diffs):
     torch._dynamo.reset()
     torch.manual_seed(0)
-    cell, rnn = RNNCell(D, H, dtype=F64), RNN(D, H, 2, dtype=F64)
+    cell, rnn = cell_cls(D, H, dtype=F64), rnn_cls(D, H, 2, dtype=F64)
     x = torch.randn(3, D, dtype=F64)
     packed = pack_padded_sequence(torch.randn(4, 3, D, dtype=F64), [4, 2, 1])
     eager = [cell(x), rnn(packed)[0].data]
@@ -183,6 +193,8 @@ EXPORTS = {
     "L3-relu": ({"num_layers": 3, "nonlinearity": "relu"}, (5, 2, D), True),
     "L2-bi-NTD": ({"num_layers": 2, "bidirectional": True, "batch_first": True}, (2, 5, D), True),
     "unbatched": ({"num_layers": 2}, (5, D), False),
+    "gru-L2-bi-NTD": ({"cell": "gru", "num_layers": 2, "bidirectional": True, "batch_first": True},
+                      (2, 5, D), True),
 }
 
 
@@ -206,9 +218,10 @@ def test_export_save_load_run_equals_eager(config, shape, with_hx, tmp_path, dif
     assert worst <= ABS_TOL_F64
 
 
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_export_with_dynamic_sequence_length_and_batch(batch_first, tmp_path, diffs):
-    tagger = Tagger(num_layers=2, bidirectional=True, batch_first=batch_first).eval()
+def test_export_with_dynamic_sequence_length_and_batch(batch_first, cell, tmp_path, diffs):
+    tagger = Tagger(cell=cell, num_layers=2, bidirectional=True, batch_first=batch_first).eval()
     T, N = torch.export.Dim("T", min=1), torch.export.Dim("N", min=1)
     x_dims = {0: N, 1: T} if batch_first else {0: T, 1: N}
     torch.manual_seed(5)
@@ -228,7 +241,23 @@ def test_export_with_dynamic_sequence_length_and_batch(batch_first, tmp_path, di
 
 def test_rnn_wrapper_is_the_operator_under_compile():
     # Under torch.compile the module calls the operator (register_autograd); in eager the
-    # autograd.Function that also carries the forward mode. Both give one node.
+    # autograd.Function that also carries the forward mode. Both give one node (the output is
+    # then copied, so that the caller may change it in place: h_n is the node's own).
     rnn = model()
     x = torch.randn(2, 1, D, dtype=F64, requires_grad=True)
-    assert type(rnn(x)[0].grad_fn).__name__ == f"{ops._RNN.__name__}Backward"
+    assert type(rnn(x)[1].grad_fn).__name__ == f"{ops._RNN.__name__}Backward"
+
+
+def test_dynamo_traces_ours_and_the_library_leaves_its_config_alone():
+    # Ours are nn.RNNBase subclasses, not nn.RNN / nn.GRU (which Dynamo refuses unless allow_rnn
+    # is set): they compile whole, and importing scratchrnn neither imports Dynamo nor changes how
+    # torch.compile treats the user's own RNNs.
+    code = (
+        "import sys, torch, scratchrnn\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        "gru = scratchrnn.GRU(3, 4)\n"
+        "x = torch.randn(5, 2, 3)\n"
+        "y = torch.compile(gru, backend='eager', fullgraph=True)(x)[0]\n"
+        "assert not torch._dynamo.config.allow_rnn and torch.equal(y, gru(x)[0])\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

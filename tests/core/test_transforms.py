@@ -1,4 +1,5 @@
-"""scratchrnn.RNN under PyTorch's function transforms, against nn.RNN (CPU, float64, ≤ 1e-10).
+"""scratchrnn.RNN and GRU under PyTorch's function transforms, against nn.RNN and nn.GRU (CPU,
+float64, ≤ 1e-10): every test over CONFIGS runs for each built-in cell.
 
 Forward mode is our hand-written tangent recurrence (``functional.rnn_jvp``); reverse mode our BPTT;
 second derivatives (hessian, gradgradcheck, double backward) autograd applied to our BPTT's PyTorch
@@ -17,7 +18,7 @@ from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vjp,
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from torch.utils._pytree import tree_leaves
 
-from scratchrnn import RNN, RNNCell
+from scratchrnn import GRU, RNN, RNNCell
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,13 +30,17 @@ CONFIGS = {
     "L2-bi-relu": {"num_layers": 2, "bidirectional": True, "nonlinearity": "relu"},
     "L2-bi-NTD": {"num_layers": 2, "bidirectional": True, "batch_first": True},
     "L1-nobias": {"bias": False},
+    "L2-bi-gru": {"cell": "gru", "num_layers": 2, "bidirectional": True},
+    "L1-gru-nobias": {"cell": "gru", "bias": False},
 }
+SMALL = ["L1-tanh", "L2-bi-relu", "L1-gru-nobias"]  # for the costlier transforms
 
 
-def pair(**kwargs) -> tuple[RNN, nn.RNN]:
+def pair(cell: str = "rnn", **kwargs) -> tuple[RNN | GRU, nn.RNN | nn.GRU]:
+    """Ours and torch's module of a cell ("rnn" or "gru"), with the same weights."""
     torch.manual_seed(0)
-    theirs = nn.RNN(D, H, dtype=F64, **kwargs)
-    ours = RNN(D, H, dtype=F64, **kwargs)
+    theirs = (nn.GRU if cell == "gru" else nn.RNN)(D, H, dtype=F64, **kwargs)
+    ours = (GRU if cell == "gru" else RNN)(D, H, dtype=F64, **kwargs)
     ours.load_state_dict(theirs.state_dict())
     return ours, theirs
 
@@ -144,14 +149,14 @@ def test_vjp_and_grad_equal_nn(config, layout, packed, unbatched, loops, diffs):
     assert_close(*both(fn, *pair(**config), packed, unbatched, oracle), diffs, "vjp/grad")
 
 
-@pytest.mark.parametrize("config", list(CONFIGS.values())[:2], ids=list(CONFIGS)[:2])
+@pytest.mark.parametrize("config", [CONFIGS[k] for k in SMALL], ids=SMALL)
 @pytest.mark.parametrize("jac", [jacfwd, jacrev], ids=["jacfwd", "jacrev"])
 def test_jacobians_equal_nn(jac, config, loops, diffs):
     assert_close(*both(lambda f, *args: jac(f, (0, 1, 2))(*args), *pair(**config)), diffs, jac.__name__)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-@pytest.mark.parametrize("config", list(CONFIGS.values())[:2], ids=list(CONFIGS)[:2])
+@pytest.mark.parametrize("config", [CONFIGS[k] for k in SMALL], ids=SMALL)
 def test_hessian_equals_nn(config, packed, loops, diffs):
     # Wrt the input, hx and every weight: forward mode (our jvp) over reverse mode (our BPTT,
     # differentiated by autograd).
@@ -277,8 +282,9 @@ def test_nested_vmap_and_vmap_of_grad(loops, diffs):
 @pytest.mark.parametrize(
     "config,packed",
     [({}, False), ({"nonlinearity": "relu"}, False), ({"bidirectional": True}, False),
-     ({"num_layers": 2, "bidirectional": True}, True), ({"num_layers": 2, "nonlinearity": "relu"}, True)],
-    ids=["tanh", "relu", "bi", "L2-bi-packed", "L2-relu-packed"],
+     ({"num_layers": 2, "bidirectional": True}, True), ({"num_layers": 2, "nonlinearity": "relu"}, True),
+     ({"cell": "gru"}, False), ({"cell": "gru", "num_layers": 2, "bidirectional": True}, True)],
+    ids=["tanh", "relu", "bi", "L2-bi-packed", "L2-relu-packed", "gru", "gru-L2-bi-packed"],
 )
 def test_gradgradcheck(config, packed, loops):
     ours, _ = pair(**config)

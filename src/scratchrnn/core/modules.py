@@ -1,20 +1,25 @@
 """The modules: torch.nn's RNN, GRU, RNNCell and GRUCell over our hand-written stack, and
 :class:`Recurrent` for a cell of one's own.
 
-``scratchrnn.RNN`` *is* a ``torch.nn.RNN`` (a subclass: ``isinstance`` holds, and torch's
-``__init__`` gives the same parameters, init, errors, ``_flat_weights``, ``all_weights``,
-``flatten_parameters`` and ``__setstate__``); only ``forward`` is ours: the operators of
+``scratchrnn.RNN`` and ``GRU`` are ``torch.nn.RNNBase`` subclasses, ``RNNCell`` and ``GRUCell``
+subclasses of ``torch.nn.RNNCell`` and ``GRUCell``: torch's ``__init__`` gives the same parameters,
+init, errors, ``_flat_weights``, ``all_weights``, ``flatten_parameters`` and ``__setstate__``, and
+``isinstance(m, nn.RNNBase)`` / ``nn.RNNCellBase`` hold; only ``forward`` is ours: the operators of
 :mod:`scratchrnn.core.ops` over the cell of :mod:`scratchrnn.core.cells` named by torch's ``mode``
-(``RNN_TANH`` → ``rnn_tanh``, ``GRU`` → ``gru``). The same holds for GRU, RNNCell and GRUCell. Their
-``repr`` says ``scratchrnn.RNN(10, 20)``, so that a printed model shows whose forward runs.
+(``RNN_TANH`` → ``rnn_tanh``, ``GRU`` → ``gru``). Their ``repr`` says ``scratchrnn.RNN(10, 20)``,
+so that a printed model shows whose forward runs.
+
+Why not subclasses of ``nn.RNN`` and ``nn.GRU`` themselves: torch.compile refuses to trace any
+instance of those (and of nn.LSTM) unless ``torch._dynamo.config.allow_rnn`` is set, and setting it
+from a library would change, for the whole process, how torch.compile treats the user's own
+nn.LSTM and nn.GRU. The code that checks for an RNN by type checks ``nn.RNNBase`` (user code that
+initialises or flattens every RNN) or exact types (``quantize_dynamic``, FLOP counters), which a
+subclass of ``nn.RNN`` would not pass either; docs/dropin.md lists the places.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import numbers
-import sys
 import warnings
 
 import torch
@@ -27,33 +32,6 @@ from scratchrnn.core.ops import RNNConfig, rnn
 from scratchrnn.core.stack import Layout
 
 __all__ = ["GRU", "RNN", "GRUCell", "RNNCell", "Recurrent", "convert"]
-
-
-# torch.compile refuses to trace any isinstance(module, (nn.RNN, nn.GRU, nn.LSTM)) unless
-# torch._dynamo.config.allow_rnn is set (its own RNNs call cuDNN/ATen kernels it did not trace).
-# Ours are such subclasses whose forward is a custom operator Dynamo traces whole, so the flag is
-# set — once Dynamo's config is imported, not here: importing Dynamo costs as much as importing
-# torch. With the flag, torch's own RNNs are traced too instead of breaking the graph.
-class _AllowRNNsInDynamo(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path, target=None):
-        if fullname != "torch._dynamo.config":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        exec_module = spec.loader.exec_module
-
-        def exec_and_allow(module) -> None:
-            exec_module(module)
-            module.allow_rnn = True
-
-        spec.loader.exec_module = exec_and_allow
-        return spec
-
-
-if "torch._dynamo.config" in sys.modules:
-    sys.modules["torch._dynamo.config"].allow_rnn = True
-else:
-    sys.meta_path.insert(0, _AllowRNNsInDynamo())
 
 
 def _dtype_error(a: torch.dtype, b: torch.dtype) -> str:
@@ -166,8 +144,9 @@ class _Swappable:
         return _swapped(_THEIRS[type(self)], self, self._ARGUMENTS)
 
 
-class RNN(_Stacked, _Swappable, nn.RNN):
-    r"""A multi-layer Elman RNN with tanh or ReLU, a drop-in for :class:`torch.nn.RNN` (a subclass).
+class RNN(_Stacked, _Swappable, nn.RNNBase):
+    r"""A multi-layer Elman RNN with tanh or ReLU, a drop-in for :class:`torch.nn.RNN` (an
+    ``nn.RNNBase``, see the module docstring).
 
     For each element of the input sequence, each layer computes
 
@@ -205,8 +184,8 @@ class RNN(_Stacked, _Swappable, nn.RNN):
 
     Attributes:
         weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k} (and ``_reverse``): torch's own
-        (this is a subclass of nn.RNN), so the same seed gives the same weights and state_dicts
-        load both ways.
+        (nn.RNNBase's ``__init__`` makes them), so the same seed gives the same weights and
+        state_dicts load both ways.
 
     Example:
         >>> rnn = RNN(10, 20, num_layers=2)
@@ -216,9 +195,24 @@ class RNN(_Stacked, _Swappable, nn.RNN):
     _ARGUMENTS = ("input_size", "hidden_size", "num_layers", "nonlinearity", "bias", "batch_first",
                   "dropout", "bidirectional")
 
+    def __init__(self, *args, **kwargs) -> None:
+        # nn.RNN's own argument handling, in its words (we subclass nn.RNNBase, not nn.RNN).
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:  # nonlinearity is the fourth positional argument
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+        if self.nonlinearity not in modes:
+            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__(modes[self.nonlinearity], *args, **kwargs)
 
-class GRU(_Stacked, _Swappable, nn.GRU):
-    r"""A multi-layer GRU, a drop-in for :class:`torch.nn.GRU` (a subclass), with hand-written BPTT.
+
+class GRU(_Stacked, _Swappable, nn.RNNBase):
+    r"""A multi-layer GRU, a drop-in for :class:`torch.nn.GRU` (an ``nn.RNNBase``, see the module
+    docstring), with hand-written BPTT.
 
     For each element of the input sequence, each layer computes (gates in r, z, n order)
 
@@ -241,6 +235,12 @@ class GRU(_Stacked, _Swappable, nn.GRU):
     _dims_error = "GRU: Expected input to be 2D or 3D, got {}D instead"
     _ARGUMENTS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
                   "bidirectional")
+
+    def __init__(self, *args, **kwargs) -> None:
+        # nn.GRU's own argument handling, in its words (we subclass nn.RNNBase, not nn.GRU).
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
 
 
 
@@ -443,7 +443,8 @@ def _swapped(cls: type[nn.Module], module: nn.Module, arguments: tuple[str, ...]
     return new.train(module.training)
 
 
-# Exact types: ours are subclasses of torch's, so isinstance would swap ours again.
+# Exact types: ours are subclasses of torch's bases (and the cells of torch's cells), so isinstance
+# would swap ours again.
 _OURS = {nn.RNN: RNN, nn.GRU: GRU, nn.RNNCell: RNNCell, nn.GRUCell: GRUCell}
 _THEIRS = {ours: theirs for theirs, ours in _OURS.items()}
 
