@@ -46,6 +46,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -368,15 +369,53 @@ def init(device: str = "cpu", timeout: float = DEFAULT_TIMEOUT) -> World:
     else:
         backend = "nccl"
     world = World(rank, size, local_rank, local_size, where, timeout)
+    wait = datetime.timedelta(seconds=timeout)
     with world.collective("joining the process group"):
+        shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's store, all rounds'
+        store = _round_store(rank, size, wait) if shared else None
         tdist.init_process_group(
-            backend, rank=rank, world_size=size, timeout=datetime.timedelta(seconds=timeout),
+            backend, rank=rank, world_size=size, timeout=wait, store=store,
             device_id=where if where.type == "cuda" else None,
         )
     _current = world
     log.debug("rank %d of %d joined (%s on %s, %d CPU threads)",
               rank, size, backend, where, torch.get_num_threads())
     return _current
+
+
+def _round_store(rank: int, size: int, timeout: datetime.timedelta) -> tdist.Store:
+    """The store torchrun's agents share, under a prefix that no earlier round of the job used.
+
+    torchrun (c10d rendezvous) keeps one TCPStore for all the rounds of a job, restarts and
+    membership changes alike, and the process group's keys do not name the round: a restarted
+    worker could read the address a worker of the previous round published, connect to a dead
+    process and wait forever in gloo's connectFullMesh. So rank 0 makes up a fresh name, and
+    hands it to each rank through a key that only this round can name: rank r's count of
+    arrivals, which every worker of rank r increments once as it starts (rounds do not overlap:
+    torchrun stops every worker before the next rendezvous).
+    """
+    store = tdist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                           timeout=timeout)
+    arrival = store.add(f"scratchrnn/arrivals/{rank}", 1)
+    if rank == 0:
+        name = os.urandom(8).hex()
+        waiting = set(range(1, size))
+        deadline = time.monotonic() + timeout.total_seconds()
+        while waiting:
+            for r in sorted(waiting):
+                store.set(f"scratchrnn/offer/{r}/{store.add(f'scratchrnn/arrivals/{r}', 0)}", name)
+                if store.check([f"scratchrnn/taken/{name}/{r}"]):
+                    waiting.discard(r)
+            if waiting and time.monotonic() > deadline:
+                missing = ", ".join(map(str, sorted(waiting)))
+                raise TimeoutError(f"rank(s) {missing} did not arrive (Timed out)")
+            time.sleep(0.01)
+    else:
+        key = f"scratchrnn/offer/{rank}/{arrival}"
+        store.wait([key])
+        name = store.get(key).decode()
+        store.set(f"scratchrnn/taken/{name}/{rank}", "1")
+    return tdist.PrefixStore(f"scratchrnn/{name}", store)
 
 
 def shutdown() -> None:
