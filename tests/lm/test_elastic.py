@@ -13,6 +13,7 @@ processes; after a change of world size, the difference is measured and reported
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -307,3 +308,132 @@ def test_a_lost_node_leaves_the_other_to_finish_alone(root, text, unfaulted, fau
     assert d2 < 1e-4 and d1 < 1e-4  # float32 rounding of a different reduction order
     report("a node lost (2 -> 1 processes)", step=fault_step, recovery_s=recovery,
            largest_difference_vs_2=d2, largest_difference_vs_1=d1)
+
+
+# --------------------------------------------------------------------------------------------
+# The flags one at a time: --auto-resume, --checkpoint-interval, --dist-timeout, stop signals.
+# --------------------------------------------------------------------------------------------
+
+SMALL = ["--hidden-size", "16", "--embedding-dim", "4", "--batch-size", "4", "--seq-len", "8",
+         "--eval-streams", "4", "--sample-length", "0", "--time-budget", "0", "--no-progress"]
+
+
+def test_auto_resume_starts_resumes_and_knows_a_finished_run(tmp_path, corpus, capsys):
+    from scratchrnn.apps import cli
+
+    out = tmp_path / "run"
+    argv = ["train", "--auto-resume", "--data", corpus, "--out", str(out), *SMALL, "--eval-interval", "4"]
+    assert cli.main([*argv, "--max-steps", "4"]) == 0  # nothing there: a new run
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 4
+    assert cli.main([*argv, "--max-steps", "4"]) == 0  # finished: said, and nothing trained
+    assert "is finished (step 4" in capsys.readouterr().out
+    assert cli.main([*argv, "--max-steps", "6"]) == 0  # a later end: resumed
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 6
+    assert cli.main([*argv, "--max-steps", "8", "--lr", "0.5"]) == 2  # refused as --resume refuses it
+    assert "lr cannot change when resuming" in capsys.readouterr().err
+    assert cli.main([*argv, "--resume"]) == 2
+    assert "--auto-resume excludes --resume and --force" in capsys.readouterr().err
+
+
+def test_auto_resume_restarts_a_run_killed_before_its_first_checkpoint(tmp_path, corpus, capsys):
+    """What a kill before the first checkpoint leaves (config.json, the log's first records) is the
+    start of the same run: started again, not refused; the start of another run is refused."""
+    from scratchrnn.apps import cli
+
+    out = tmp_path / "run"
+    argv = ["train", "--auto-resume", "--data", corpus, "--out", str(out), *SMALL, "--max-steps", "3"]
+    assert cli.main(argv) == 0
+    saved = json.loads((out / "config.json").read_text())
+    for name in ("checkpoint.pt", "best.pt", "loss.png"):
+        (out / name).unlink()
+    (out / "log.jsonl").write_text('{"step": 1, "time": 0.1, "train_loss": 4.0, "lr": 0.001}\n')
+    assert cli.main([*argv, "--lr", "0.01"]) == 2  # other settings: not this run's start
+    assert "holds the start of another run" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text()) == saved  # left as it was
+    assert cli.main(argv) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 3 and not (out / ".replaced").exists()
+
+
+def test_checkpoints_follow_their_own_cadence(tmp_path, corpus, monkeypatch):
+    from scratchrnn.lm import train as train_module
+
+    saved: list[int] = []
+    original = train_module.Trainer.save_checkpoint
+
+    def save(self, path=None):
+        if path is None:
+            saved.append(self.step)
+        return original(self, path)
+
+    monkeypatch.setattr(train_module.Trainer, "save_checkpoint", save)
+    config = train_module.TrainConfig(data=corpus, out=str(tmp_path / "a"), hidden_size=16, embedding_dim=4,
+                                      batch_size=4, seq_len=8, eval_streams=4, sample_length=0,
+                                      time_budget=None, progress=False, max_steps=10, eval_interval=4,
+                                      checkpoint_interval=3)
+    train_module.train(config)
+    assert saved == [3, 4, 6, 8, 9, 10]  # every 3 steps, every validation (4), and the end
+    saved.clear()
+    train_module.train(dataclasses.replace(config, out=str(tmp_path / "b"), checkpoint_interval=0,
+                                           checkpoint_seconds=1e-9))
+    assert saved == list(range(1, 11))  # a nanosecond has passed at every step: each one saves
+    with pytest.raises(ValueError, match="checkpoint_interval must be a non-negative integer"):
+        dataclasses.replace(config, checkpoint_interval=-1).validate()
+
+
+HUNG_PEER = """
+import sys, time
+from scratchrnn.lm import distributed
+world = distributed.init("cpu", timeout=float(sys.argv[1]))
+if world.rank == 1:
+    time.sleep(60)  # alive, but never calls the collective
+t0 = time.monotonic()
+try:
+    world.sum([1.0])
+except distributed.PeerLost as err:
+    print(f"{time.monotonic() - t0:.1f}", err)
+"""
+
+
+def test_a_hung_peer_is_one_error_after_the_timeout(tmp_path):
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", HUNG_PEER, "2"], text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env(RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r),
+                                                              LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                                              MASTER_PORT=port))
+             for r in range(2)]
+    try:
+        out, _ = procs[0].communicate(timeout=TIMEOUT)
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    seconds, message = out.split(" ", 1)
+    assert 1.5 < float(seconds) < 10, out
+    assert message.startswith("rank 0 of 2: all_reduce failed: a peer did not answer within the "
+                              "--dist-timeout of 2 s, or left the job (Timed out"), message
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_ends_a_process_waiting_to_join_within_seconds(tmp_path, corpus, signum):
+    """Rank 0 waits inside gloo's C code for a rank 1 that never comes: the Python handler cannot
+    run there, and the watchdog ends the process with 128 + the signal and one line."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, *train_argv(corpus, tmp_path / "run"), "--dist-timeout", "300"],
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="2",
+                                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+    try:
+        def listening() -> bool:  # rank 0 hosts the store: it is inside init_process_group
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+        wait_until(listening, what="rank 0 to wait for its peer")
+        time.sleep(0.5)
+        proc.send_signal(signum)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=15)
+        seconds = time.monotonic() - t0
+    finally:
+        kill(proc)
+    assert proc.returncode == 128 + signum and seconds < 10, (proc.returncode, err)
+    assert err.count("\n") == 1 and f"stopped by {signal.Signals(signum).name}" in err, err
+    report(f"{signal.Signals(signum).name} while joining", exit_s=seconds)

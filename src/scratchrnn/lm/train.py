@@ -617,6 +617,8 @@ class Trainer:
         """Whether checkpoint_interval steps, or checkpoint_seconds, have passed since the last
         checkpoint (the same answer on every rank: the step and rank 0's clock are agreed)."""
         c = self.config
+        if c.max_steps and self.step >= c.max_steps:
+            return False  # the end writes one anyway
         return bool(c.checkpoint_interval and self.step % c.checkpoint_interval == 0) or bool(
             c.checkpoint_seconds and self.elapsed - self._saved_at >= c.checkpoint_seconds)
 
