@@ -126,6 +126,11 @@ def last_step(out: Path) -> int:
     return steps[-1] if steps else -1
 
 
+def restarted(agent: subprocess.Popen, out: Path, before: set[int], fault_step: int):
+    """A condition: workers that were not there at the fault have logged a step past it."""
+    return lambda: last_step(out) > fault_step and bool(set(children(agent.pid)) - before)
+
+
 def wait_until(condition, timeout: float = TIMEOUT, what: str = "") -> float:
     """Seconds until ``condition()`` held (polled every 20 ms); fails after ``timeout``."""
     t0 = time.monotonic()
@@ -220,9 +225,10 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_bit_identical(root, text,
     agent = torchrun(text, out, free_port(), log_dir=root)
     try:
         wait_until(lambda: last_step(out) >= at, what=f"step {at}")
+        before = set(children(agent.pid))
         os.kill(worker(agent, rank), signal.SIGKILL)
         t0, fault_step = time.monotonic(), last_step(out)
-        recovery = wait_until(lambda: last_step(out) > fault_step, what="the restarted run to pass the fault")
+        recovery = wait_until(restarted(agent, out, before, fault_step), what="the restart")
         assert end(agent) == 0
         total = time.monotonic() - t0
     finally:
@@ -263,9 +269,10 @@ def test_a_stopped_worker_times_out_and_the_job_recovers(root, text, unfaulted, 
     agent = torchrun(text, out, free_port(), "--dist-timeout", "2", log_dir=root)
     try:
         wait_until(lambda: last_step(out) >= at, what=f"step {at}")
+        before = set(children(agent.pid))
         os.kill(worker(agent, rank), signal.SIGSTOP)  # hung: alive, silent
         fault_step = last_step(out)
-        recovery = wait_until(lambda: last_step(out) > fault_step, what="the restarted run to pass the fault")
+        recovery = wait_until(restarted(agent, out, before, fault_step), what="the restart")
         assert end(agent) == 0
     finally:
         kill(agent)
@@ -296,9 +303,10 @@ def test_a_lost_node_leaves_the_other_to_finish_alone(root, text, unfaulted, fau
     try:
         wait_until(lambda: last_step(out) >= at, what=f"step {at}")
         assert load_checkpoint(out / "checkpoint.pt")["world_size"] == 2  # both nodes trained
+        before = set(children(first.pid))
         lose(second)
         fault_step = last_step(out)
-        recovery = wait_until(lambda: last_step(out) > fault_step, what="the survivor to pass the fault")
+        recovery = wait_until(restarted(first, out, before, fault_step), what="the restart")
         assert end(first) == 0
     finally:
         kill(first)
