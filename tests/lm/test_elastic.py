@@ -362,6 +362,19 @@ def test_auto_resume_restarts_a_run_killed_before_its_first_checkpoint(tmp_path,
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 3 and not (out / ".replaced").exists()
 
 
+def test_auto_resume_from_python(tmp_path, corpus):
+    from scratchrnn.lm.train import TrainConfig, train
+
+    config = TrainConfig(data=corpus, out=str(tmp_path / "run"), hidden_size=16, embedding_dim=4,
+                         batch_size=4, seq_len=8, eval_streams=4, sample_length=0, time_budget=None,
+                         progress=False, max_steps=3)
+    assert train(config, auto=True).step == 3
+    assert train(config, auto=True) is None  # finished
+    assert train(dataclasses.replace(config, max_steps=5), auto=True).step == 5
+    with pytest.raises(ValueError, match="auto excludes resume and force"):
+        train(config, resume=True, auto=True)
+
+
 def test_checkpoints_follow_their_own_cadence(tmp_path, corpus, monkeypatch):
     from scratchrnn.lm import train as train_module
 

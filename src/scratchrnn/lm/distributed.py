@@ -79,7 +79,7 @@ def _collective_failed(err: BaseException) -> bool:
     """Whether ``err`` is a communication failure (gloo, NCCL, the store), not a bug of ours."""
     if isinstance(err, PeerLost):
         return False
-    if isinstance(err, getattr(tdist, "DistError", ())):
+    if isinstance(err, (TimeoutError, getattr(tdist, "DistError", ()))):
         return True
     text = str(err)
     return isinstance(err, RuntimeError) and any(
