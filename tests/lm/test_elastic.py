@@ -64,7 +64,8 @@ def train_argv(corpus: str, out: Path, *more: str) -> list[str]:
 
 
 def torchrun(corpus: str, out: Path, port: int, *more: str, nnodes: str = "1", nproc: int = 2,
-             restarts: int = 3, rdzv_conf: str = "", log_dir: Path | None = None) -> subprocess.Popen:
+             restarts: int = 3, rdzv_conf: str = "", log_dir: Path | None = None,
+             **environ: str) -> subprocess.Popen:
     """An agent with its workers, in a session of its own (so that a test can lose all of it)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc-per-node={nproc}",
            f"--max-restarts={restarts}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
@@ -72,10 +73,11 @@ def torchrun(corpus: str, out: Path, port: int, *more: str, nnodes: str = "1", n
     cmd += [f"--rdzv-conf={rdzv_conf}"] if rdzv_conf else []
     cmd += train_argv(corpus, out, *more)
     if log_dir is None:
-        return subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        return subprocess.Popen(cmd, env=env(**environ), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     with open(log_dir / f"agent-{port}-{time.monotonic_ns()}.log", "w") as log:  # the agent keeps a copy
-        return subprocess.Popen(cmd, env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(cmd, env=env(**environ), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def by_hand(corpus: str, out: Path, W: int = 2) -> list[subprocess.Popen]:
@@ -316,6 +318,39 @@ def test_a_lost_node_leaves_the_other_to_finish_alone(root, text, unfaulted, fau
     assert d2 < 1e-4 and d1 < 1e-4  # float32 rounding of a different reduction order
     report("a node lost (2 -> 1 processes)", step=fault_step, recovery_s=recovery,
            largest_difference_vs_2=d2, largest_difference_vs_1=d1)
+
+
+def test_a_node_that_joins_grows_the_job(root, text, fault_rng):
+    """One node trains alone; a second starts: torchrun stops the first node's worker (it saves
+    its step) and both resume from that checkpoint at world size 2. Needs torch's
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: with the store shared across rounds (torch 2.13), the
+    rank-0 agent does not publish the store's address for the new round, and both agents wait."""
+    at = fault_rng.randrange(20, 300)
+    out, port = root / "joined", free_port()
+    job = dict(nnodes="1:2", nproc=1, rdzv_conf="last_call_timeout=1", log_dir=root,
+               TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    more = ("--max-steps", "1000000", "--eval-interval", "1000000")  # stopped below, once grown
+    first = torchrun(text, out, port, *more, **job)
+    second = None
+    try:
+        wait_until(lambda: last_step(out) >= at, what=f"step {at}")
+        assert load_checkpoint(out / "checkpoint.pt")["world_size"] == 1  # alone so far
+        second = torchrun(text, out, port, *more, **job)
+        t0 = time.monotonic()
+        wait_until(lambda: load_checkpoint(out / "checkpoint.pt")["world_size"] == 2, what="the job to grow")
+        grown, joined_at = time.monotonic() - t0, load_checkpoint(out / "checkpoint.pt")["step"]
+        wait_until(lambda: last_step(out) > joined_at + 10, what="training on two nodes")
+        for agent in (first, second):
+            agent.send_signal(signal.SIGTERM)  # the workers save and stop
+        for agent in (first, second):
+            agent.wait(timeout=30)
+    finally:
+        kill(first)
+        if second is not None:
+            kill(second)
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["world_size"] == 2 and ckpt["step"] > joined_at
+    report("a node joined (1 -> 2 processes)", step=joined_at, second_start_to_grown_s=grown)
 
 
 # --------------------------------------------------------------------------------------------
