@@ -28,7 +28,13 @@ import torch
 from scratchrnn.apps import inspect as inspect_page
 from scratchrnn.core.modules import RNN
 from scratchrnn.lm.config import MAX_SAMPLE_LENGTH, SEED_MAX, TrainConfig, check_count
-from scratchrnn.lm.distributed import STOP_SIGNALS, raised_on_every_rank
+from scratchrnn.lm.distributed import (
+    DEFAULT_TIMEOUT,
+    STOP_SIGNALS,
+    PeerLost,
+    raised_on_every_rank,
+    watch_stop_signals,
+)
 
 log = logging.getLogger("scratchrnn")
 
@@ -230,10 +236,18 @@ def _add_train(sub) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--force", action="store_true",
                    help="replace a run that --out already holds (kept until the new one has a checkpoint)")
+    g.add_argument("--auto-resume", action="store_true",
+                   help="continue the run in --out if it holds one (the flags given must agree with it as "
+                   "for --resume), else start it; a finished run says so and exits 0: the one command "
+                   "line for torchrun --max-restarts, requeued jobs and retry loops")
     g = p.add_argument_group("hardware")
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="cpu, or cuda (under torchrun: GPU <local rank> for each process, NCCL between "
                    "them; gloo between CPU processes)")
+    g.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="under torchrun: how long joining the process group and each collective wait for "
+                   "the other processes; a hung or vanished peer then ends this process with one error, "
+                   "and torchrun's restart takes over")
 
 
 def _read_run(into: dict, out: str, given: dict) -> TrainConfig:
@@ -249,11 +263,20 @@ def _cmd_train(args) -> None:
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     # Under torchrun, one process per rank joins the group here (without it, a world of one).
-    with distributed.launched(args.device) as world:
+    if args.auto_resume and (args.resume or args.force):
+        raise ValueError("--auto-resume excludes --resume and --force: it chooses between them")
+    with distributed.launched(args.device, args.dist_timeout) as world:
         if not world.is_main:  # rank 0 reports; the others stay quiet but for their own errors
             logging.getLogger().setLevel(logging.ERROR)
         read: dict = {}  # rank 0's SavedRun: the Trainer restores from it rather than read it again
-        if args.resume:  # the saved settings, with the flags given on this command line
+        if args.auto_resume:  # resume, start, or nothing to do: rank 0 reads --out and decides
+            mode, config, note = world.on_main(train.auto_resume, given, read)
+            if mode == "finished":
+                if world.is_main:
+                    print(note)
+                return
+            args.resume, args.force = mode == "resume", mode == "force"
+        elif args.resume:  # the saved settings, with the flags given on this command line
             out = given.pop("out", TrainConfig.out)
             config = world.on_main(_read_run, read, out, given)  # only the settings go to the ranks
         else:
@@ -376,8 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     for sig in STOP_SIGNALS:
         with contextlib.suppress(ValueError):  # not the main thread: the signals stay as they are
             previous[sig] = signal.signal(sig, _stop)
+    rank = os.environ.get("RANK", "0")
     try:
-        return _main(argv)
+        # a signal obeyed within seconds even while the main thread waits in gloo's C code
+        with watch_stop_signals("scratchrnn" + ("" if rank == "0" else f" (rank {rank})")):
+            return _main(argv)
     except (_Stopped, KeyboardInterrupt) as stop:  # before a command began: nothing to report but that
         signum = stop.signum if isinstance(stop, _Stopped) else signal.SIGINT
         print(f"scratchrnn: stopped by {signal.Signals(signum).name}", file=sys.stderr)
@@ -404,6 +430,9 @@ def _main(argv: list[str] | None) -> int:
             return 2  # rank 0 reports it
         print(f"scratchrnn {args.command}{where}: error: {err}", file=sys.stderr)
         return 2
+    except PeerLost as err:  # status 1: torchrun restarts the job (it names the rank itself)
+        print(f"scratchrnn {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except (_Stopped, KeyboardInterrupt) as stop:
         signum = stop.signum if isinstance(stop, _Stopped) else signal.SIGINT
         print(f"scratchrnn {args.command}{where}: stopped by {signal.Signals(signum).name}", file=sys.stderr)

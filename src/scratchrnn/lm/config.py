@@ -21,7 +21,8 @@ GROUPS = ("data", "model", "optimisation", "output")
 # What may differ from the saved settings when a run is resumed: the stopping rule and the
 # output's cadence. Everything else fixes the model, the data or the updates.
 RESUME_CHANGEABLE = ("max_steps", "time_budget", "out", "eval_interval", "eval_streams", "log_interval",
-                     "sample_length", "progress", "allow_data_change")
+                     "sample_length", "progress", "allow_data_change", "checkpoint_interval",
+                     "checkpoint_seconds")
 SEED_MAX = 2**64 - 1  # torch.manual_seed takes a 64-bit seed
 MAX_SAMPLE_LENGTH = 10**7  # characters of one sample: ~80 MB of ids, hours of sampling
 _FLOAT32_MAX = 3.4028234663852886e38  # the updates run in float32: larger factors overflow
@@ -75,6 +76,12 @@ class TrainConfig:
                            "optimisation", choices=BACKENDS)
     out: str = setting("runs/charlm", "run directory", "output")
     eval_interval: int = setting(500, "steps between validation, checkpoint and sample", "output")
+    checkpoint_interval: int = setting(
+        100, "steps between checkpoints besides the validations' (0: only those); a fault costs at most "
+        "this many steps", "output")
+    checkpoint_seconds: float = setting(
+        0.0, "also checkpoint once this many seconds of training have passed since the last checkpoint "
+        "(0: off)", "output")
     eval_streams: int = setting(32, "parallel streams when validating", "output")
     log_interval: int = setting(10, "steps between train-loss records in log.jsonl", "output")
     sample_length: int = setting(300, "characters sampled after each evaluation (0: none)", "output")
@@ -85,13 +92,16 @@ class TrainConfig:
         for name in ("hidden_size", "num_layers", "batch_size", "seq_len", "eval_interval", "eval_streams",
                      "log_interval"):
             check_count(name, getattr(self, name))
-        for name in ("embedding_dim", "warmup_steps", "sample_length"):
+        for name in ("embedding_dim", "warmup_steps", "sample_length", "checkpoint_interval"):
             check_count(name, getattr(self, name), zero_ok=True)
         if self.sample_length > MAX_SAMPLE_LENGTH:
             raise ValueError(f"sample_length must be at most {MAX_SAMPLE_LENGTH:,}, "
                              f"got {self.sample_length:,}")
         if self.max_steps is not None:
             check_count("max_steps", self.max_steps)
+        if not (isinstance(self.checkpoint_seconds, (int, float)) and math.isfinite(self.checkpoint_seconds)
+                and self.checkpoint_seconds >= 0):
+            raise ValueError(f"checkpoint_seconds must be ≥ 0, got {self.checkpoint_seconds!r}")
         if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget >= 0):
             raise ValueError(f"time_budget must be a non-negative number of seconds, got {self.time_budget}")
         if not self.max_steps and not self.time_budget:

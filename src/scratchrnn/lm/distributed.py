@@ -30,14 +30,23 @@ How the work is split (W processes, a global batch of N streams, N divisible by 
                  them to the others (machines need not share a filesystem), and it writes the run
                  directory. The hidden state of all N streams is gathered into each checkpoint, so
                  a run resumes on any number of processes.
+    faults       every collective waits at most ``timeout`` seconds (``--dist-timeout``): a peer that
+                 hangs or vanishes becomes one :class:`PeerLost` error naming this rank and the
+                 operation, and the process exits, so that torchrun's restart takes over. A stop
+                 signal that arrives while the main thread waits inside a C call (joining the group,
+                 a collective) ends the process within seconds: see :func:`watch_stop_signals`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -46,7 +55,8 @@ import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
 
-__all__ = ["STOP_SIGNALS", "World", "current", "init", "launched", "raised_on_every_rank", "shutdown"]
+__all__ = ["DEFAULT_TIMEOUT", "STOP_SIGNALS", "PeerLost", "World", "current", "init", "launched",
+           "raised_on_every_rank", "shutdown", "stop_grace", "watch_stop_signals"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +66,25 @@ E = TypeVar("E", bound=BaseException)
 # The signals that stop training cleanly (a checkpoint, then exit); any rank's counts for all.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DEVICES = ("cpu", "cuda")
+# Seconds a collective may wait for its peers (gloo's own default is 30 minutes): a CPU step of
+# the default model takes well under a second, a checkpoint of it a fraction of one.
+DEFAULT_TIMEOUT = 120.0
+
+
+class PeerLost(RuntimeError):
+    """A collective failed: a peer did not answer within the timeout, or left the job."""
+
+
+def _collective_failed(err: BaseException) -> bool:
+    """Whether ``err`` is a communication failure (gloo, NCCL, the store), not a bug of ours."""
+    if isinstance(err, PeerLost):
+        return False
+    if isinstance(err, (TimeoutError, getattr(tdist, "DistError", ()))):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(
+        word in text for word in ("gloo", "Gloo", "NCCL", "c10d", "Connection", "connection", "Timed out",
+                                  "timed out", "Socket", "socket", "closed"))
 
 
 @dataclass(frozen=True)
@@ -76,6 +105,7 @@ class World:
     local_rank: int = 0
     local_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    timeout: float = DEFAULT_TIMEOUT
 
     @property
     def is_main(self) -> bool:
@@ -97,12 +127,24 @@ class World:
 
     # --- collectives: every rank must call them, in the same order -----------------------------
 
+    @contextlib.contextmanager
+    def collective(self, operation: str) -> Iterator[None]:
+        """Inside, a failed collective (a peer that hung past the timeout, or left) is raised as
+        one :class:`PeerLost` naming this rank and ``operation``."""
+        try:
+            yield
+        except Exception as err:
+            if self.size == 1 or not _collective_failed(err):
+                raise
+            raise PeerLost(_lost(self.rank, self.size, operation, self.timeout, err)) from None
+
     def sum(self, values: Sequence[float]) -> list[float]:
         """The elementwise sum of ``values`` over the ranks (float64), the same on every rank."""
         if self.size == 1:
             return [float(v) for v in values]
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        tdist.all_reduce(t)
+        with self.collective("all_reduce"):
+            tdist.all_reduce(t)
         return t.tolist()
 
     def main_value(self, value: float) -> float:
@@ -110,7 +152,8 @@ class World:
         if self.size == 1:
             return float(value)
         t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        tdist.broadcast(t, src=0)
+        with self.collective("broadcast"):
+            tdist.broadcast(t, src=0)
         return t.item()
 
     def agree(self, loss: float, seconds: float, signals: Sequence[int]) -> tuple[float, float, int | None]:
@@ -135,7 +178,8 @@ class World:
         if self.size == 1:
             return obj
         box = [obj]
-        tdist.broadcast_object_list(box, src=0, device=self._object_device())
+        with self.collective("broadcast_object_list"):
+            tdist.broadcast_object_list(box, src=0, device=self._object_device())
         return box[0]
 
     def gather(self, obj: R) -> list[R]:
@@ -143,7 +187,8 @@ class World:
         if self.size == 1:
             return [obj]
         out: list[Any] = [None] * self.size
-        tdist.all_gather_object(out, obj)
+        with self.collective("all_gather_object"):
+            tdist.all_gather_object(out, obj)
         return out
 
     def on_main(self, fn: Callable[..., R], *args, **kwargs) -> R:
@@ -189,7 +234,8 @@ class World:
         if self.size == 1:
             return model
         ids = [self.device] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        with self.collective("DDP's broadcast of the parameters"):
+            return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def rng_state(self) -> Tensor:
         """The state of the generator that dropout on this rank's device draws from (on the CPU)."""
@@ -225,6 +271,15 @@ class World:
         return self.device if self.device.type == "cuda" else None
 
 
+def _lost(rank: int, size: int, operation: str, timeout: float, err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    reason = lines[0] if lines else type(err).__name__
+    if reason.startswith("[") and "] " in reason:  # gloo's "[path/to/file.cc:78] " prefix
+        reason = reason.split("] ", 1)[1]
+    return (f"rank {rank} of {size}: {operation} failed: a peer did not answer within the "
+            f"--dist-timeout of {timeout:g} s, or left the job ({reason})")
+
+
 def raised_on_every_rank(err: BaseException) -> bool:
     """Whether ``err`` came from :meth:`World.on_main`: rank 0 reports it, the others need not."""
     return bool(getattr(err, "on_every_rank", False))
@@ -243,7 +298,7 @@ def current() -> World:
         device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         size = tdist.get_world_size()
         return World(tdist.get_rank(), size, _env_int("LOCAL_RANK", 0), _env_int("LOCAL_WORLD_SIZE", size),
-                     device)
+                     device)  # the timeout is the caller's: the default of World is only a label
     return World()
 
 
@@ -267,19 +322,24 @@ def _cpu_threads(local_size: int) -> int:
     return max(1, cores // local_size)
 
 
-def init(device: str = "cpu") -> World:
+def init(device: str = "cpu", timeout: float = DEFAULT_TIMEOUT) -> World:
     """Join the process group that torchrun's environment describes; the one-process world
     (nothing joined) when it describes one process or none.
 
     Args:
         device: ``"cpu"`` (gloo) or ``"cuda"`` (NCCL, one GPU per process: ``cuda:<LOCAL_RANK>``).
+        timeout: seconds that joining the group and each collective may wait for the other ranks.
 
     Raises:
-        ValueError: an unknown device, no CUDA device for this rank, or a malformed environment.
+        ValueError: an unknown device, no CUDA device for this rank, a malformed environment, or
+            a timeout that is not a positive number.
+        PeerLost: the other ranks did not all join within ``timeout``.
     """
     global _current
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if not (isinstance(timeout, (int, float)) and 0 < timeout < 1e7):
+        raise ValueError(f"--dist-timeout must be a positive number of seconds, got {timeout!r}")
     rank, size = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
     local_rank, local_size = _env_int("LOCAL_RANK", 0), _env_int("LOCAL_WORLD_SIZE", size)
     if not (size >= 1 and 0 <= rank < size and 0 <= local_rank < local_size):
@@ -298,7 +358,7 @@ def init(device: str = "cpu") -> World:
     else:
         where = torch.device("cpu")
     if size == 1:
-        _current = World(device=where)
+        _current = World(device=where, timeout=timeout)
         return _current
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if name not in os.environ:
@@ -308,14 +368,54 @@ def init(device: str = "cpu") -> World:
         backend = "gloo"
     else:
         backend = "nccl"
-    tdist.init_process_group(
-        backend, rank=rank, world_size=size,
-        device_id=where if where.type == "cuda" else None,
-    )
-    _current = World(rank, size, local_rank, local_size, where)
+    world = World(rank, size, local_rank, local_size, where, timeout)
+    wait = datetime.timedelta(seconds=timeout)
+    with world.collective("joining the process group"):
+        shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's store, all rounds'
+        store = _round_store(rank, size, wait) if shared else None
+        tdist.init_process_group(
+            backend, rank=rank, world_size=size, timeout=wait, store=store,
+            device_id=where if where.type == "cuda" else None,
+        )
+    _current = world
     log.debug("rank %d of %d joined (%s on %s, %d CPU threads)",
               rank, size, backend, where, torch.get_num_threads())
     return _current
+
+
+def _round_store(rank: int, size: int, timeout: datetime.timedelta) -> tdist.Store:
+    """The store torchrun's agents share, under a prefix that no earlier round of the job used.
+
+    torchrun (c10d rendezvous) keeps one TCPStore for all the rounds of a job, restarts and
+    membership changes alike, and the process group's keys do not name the round: a restarted
+    worker could read the address a worker of the previous round published, connect to a dead
+    process and wait forever in gloo's connectFullMesh. So rank 0 makes up a fresh name, and
+    hands it to each rank through a key that only this round can name: rank r's count of
+    arrivals, which every worker of rank r increments once as it starts (rounds do not overlap:
+    torchrun stops every worker before the next rendezvous).
+    """
+    store = tdist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                           timeout=timeout)
+    arrival = store.add(f"scratchrnn/arrivals/{rank}", 1)
+    if rank == 0:
+        name = os.urandom(8).hex()
+        waiting = set(range(1, size))
+        deadline = time.monotonic() + timeout.total_seconds()
+        while waiting:
+            for r in sorted(waiting):
+                store.set(f"scratchrnn/offer/{r}/{store.add(f'scratchrnn/arrivals/{r}', 0)}", name)
+                if store.check([f"scratchrnn/taken/{name}/{r}"]):
+                    waiting.discard(r)
+            if waiting and time.monotonic() > deadline:
+                missing = ", ".join(map(str, sorted(waiting)))
+                raise TimeoutError(f"rank(s) {missing} did not arrive (Timed out)")
+            time.sleep(0.01)
+    else:
+        key = f"scratchrnn/offer/{rank}/{arrival}"
+        store.wait([key])
+        name = store.get(key).decode()
+        store.set(f"scratchrnn/taken/{name}/{rank}", "1")
+    return tdist.PrefixStore(f"scratchrnn/{name}", store)
 
 
 def shutdown() -> None:
@@ -327,10 +427,89 @@ def shutdown() -> None:
 
 
 @contextlib.contextmanager
-def launched(device: str = "cpu") -> Iterator[World]:
+def launched(device: str = "cpu", timeout: float = DEFAULT_TIMEOUT) -> Iterator[World]:
     """``with launched(device) as world:`` — :func:`init`, then :func:`shutdown` however it ends."""
-    world = init(device)
+    world = init(device, timeout)
     try:
         yield world
     finally:
         shutdown()
+
+
+# --- stop signals while the main thread waits inside a C call ------------------------------------
+
+# Seconds the main thread has to act on a stop signal by itself before the watchdog ends the
+# process: outside the training loop (the Python handler raises at once if it can run at all),
+# and inside it with several processes (a step, the agreement, the checkpoint; torchrun sends
+# SIGKILL 30 s after its SIGTERM). One process in its loop waits for nothing: no limit there.
+GRACE = 3.0
+LOOP_GRACE = 25.0
+
+_grace: list[float | None] = [GRACE]  # a stack: the innermost stop_grace() is the last item
+
+
+@contextlib.contextmanager
+def stop_grace(seconds: float | None) -> Iterator[None]:
+    """Inside, a stop signal leaves the main thread ``seconds`` (None: all the time it needs) to
+    stop by itself before :func:`watch_stop_signals`'s watchdog ends the process."""
+    _grace.append(seconds)
+    try:
+        yield
+    finally:
+        _grace.pop()
+
+
+@contextlib.contextmanager
+def watch_stop_signals(name: str) -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM end the process within seconds even when the main thread
+    waits inside a C call; enter it from the main thread once Python handlers for
+    :data:`STOP_SIGNALS` are installed.
+
+    Python runs a handler in the main thread between two bytecodes, so no handler runs while that
+    thread waits inside gloo (joining the group, a collective whose peer has gone), and torchrun's
+    SIGTERM would wait for the timeout, then be followed by its SIGKILL. Python's C-level handler
+    still writes the signal's number to the wakeup fd at once: a daemon thread reads it, leaves
+    the main thread the grace of :func:`stop_grace` to stop by itself (the training loop saves a
+    checkpoint first; elsewhere the handler raises), and otherwise writes one line, ``NAME:
+    stopped by SIGTERM ...``, and ends the process with status 128 + the signal's number.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    done = threading.Event()
+
+    def watch() -> None:
+        while True:
+            try:
+                data = os.read(read_fd, 64)
+            except OSError:
+                return
+            if not data or done.is_set():  # the write end closed: the watch is over
+                return
+            stops = [b for b in data if b in (int(s) for s in STOP_SIGNALS)]
+            if not stops:
+                continue
+            grace = _grace[-1]
+            if grace is None or done.wait(grace):
+                continue
+            signum = stops[0]
+            line = (f"{name}: stopped by {signal.Signals(signum).name} (the main thread did not stop "
+                    f"within {grace:g} s: it was waiting inside a C call, e.g. for a peer)\n")
+            with contextlib.suppress(OSError):
+                sys.stderr.flush()
+                os.write(2, line.encode())
+            os._exit(128 + signum)
+
+    thread = threading.Thread(target=watch, name="scratchrnn-stop-watchdog", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        signal.set_wakeup_fd(previous)
+        os.close(write_fd)
+        thread.join(timeout=1.0)
+        os.close(read_fd)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from scratchrnn.lm.config import TrainConfig
 
-__all__ = ["Schedule", "learning_rate", "resumed_schedule"]
+__all__ = ["Schedule", "is_finished", "learning_rate", "resumed_schedule"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,16 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
     return config.lr * warm * cosine
 
 
+def is_finished(config: TrainConfig, ckpt: dict) -> bool:
+    """Whether the run saved in ``ckpt`` has nothing left to train under ``config``'s stopping rule."""
+    saved = ckpt["train_config"]
+    step, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
+    same_end = (config.max_steps, config.time_budget) == (saved.get("max_steps"), saved.get("time_budget"))
+    return (bool(config.max_steps and step >= config.max_steps)
+            or bool(config.time_budget and elapsed >= config.time_budget)
+            or bool(ckpt.get("finished") and same_end))
+
+
 def resumed_schedule(config: TrainConfig, ckpt: dict, run_dir: str | os.PathLike) -> Schedule:
     """The schedule of the run saved in ``ckpt``, which ``config`` resumes.
 
@@ -67,8 +77,7 @@ def resumed_schedule(config: TrainConfig, ckpt: dict, run_dir: str | os.PathLike
     end = (config.max_steps, config.time_budget)
     same_end = end == (saved.get("max_steps"), saved.get("time_budget"))
     steps_done = bool(config.max_steps and step >= config.max_steps)
-    time_done = bool(config.time_budget and elapsed >= config.time_budget)
-    if steps_done or time_done or (ckpt.get("finished") and same_end):
+    if is_finished(config, ckpt):
         if steps_done or not config.time_budget:
             more = f"a --max-steps above {step}"
         else:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -60,8 +61,17 @@ from scratchrnn.lm.distributed import STOP_SIGNALS, World
 from scratchrnn.lm.evaluation import NATS_TO_BITS, Evaluation, eval_batches, evaluate, evaluate_checkpoint
 from scratchrnn.lm.files import file_version
 from scratchrnn.lm.model import CharRNN, TorchCharRNN, cross_entropy, generate
-from scratchrnn.lm.rundir import RunDir, SavedRun, changes_refused, read_log, read_run, refuse, resume_config
-from scratchrnn.lm.schedule import Schedule, learning_rate, resumed_schedule
+from scratchrnn.lm.rundir import (
+    REPLACED,
+    RunDir,
+    SavedRun,
+    changes_refused,
+    read_log,
+    read_run,
+    refuse,
+    resume_config,
+)
+from scratchrnn.lm.schedule import Schedule, is_finished, learning_rate, resumed_schedule
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -73,6 +83,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingDiverged",
+    "auto_resume",
     "evaluate_checkpoint",
     "learning_rate",
     "load_checkpoint",
@@ -197,6 +208,58 @@ def _open_run(files: RunDir, world: World, config: TrainConfig, resume: bool, fo
     if not resume:
         files.open("force" if force else "new")
     return config, ckpt, corpus, schedule
+
+
+def _started_settings(files: RunDir) -> dict | None:
+    """The settings in config.json of a run directory without a checkpoint (None: none readable)."""
+    try:
+        return json.loads((files.path / "config.json").read_text(encoding="utf-8"))["train"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def auto_resume(given: dict, into: dict) -> tuple[str, TrainConfig, str]:
+    """What ``--auto-resume`` does with the run directory ``given["out"]``: (mode, settings, note).
+
+    ``given`` holds the settings named on the command line (all of them from the Python API).
+
+    - ``"resume"``: it holds a checkpoint: the saved settings with ``given`` applied, refused as
+      ``--resume`` refuses them; the :class:`SavedRun` read is left in ``into["run"]``.
+    - ``"finished"``: that run has reached its end; ``note`` says so, and there is nothing to do.
+    - ``"force"``: it holds only the start of a run with the same settings that wrote no checkpoint
+      (killed before its first one, as a fault that torchrun restarts from can do): start again,
+      its files replaced.
+    - ``"new"``: no run there: start one. A run without a checkpoint but with other settings, or
+      files of something else, are refused as for a new run.
+
+    Run by rank 0 alone (it reads the files); the same command line thus serves the first start
+    and every restart (torchrun ``--max-restarts``, a requeued batch job, a retry loop).
+    """
+    given = dict(given)
+    out = given.pop("out", TrainConfig.out)
+    files = RunDir(os.path.abspath(out))
+    files.check_target()
+    if files.checkpoint.is_file() or (files.path / REPLACED / files.checkpoint.name).is_file():
+        saved = read_run(out, **given)
+        ckpt = saved.checkpoint
+        if is_finished(saved.config, ckpt):
+            seconds = float(ckpt["elapsed"])
+            return "finished", saved.config, (
+                f"the run in {files.path} is finished (step {ckpt['step']}, {seconds:.1f} s of training): "
+                "nothing to do; pass a later --max-steps or --time-budget to train it further")
+        into["run"] = saved
+        return "resume", saved.config, ""
+    config = TrainConfig(**given, out=out)
+    started = _started_settings(files) if files.holds_run() else None
+    if started is not None:
+        mine = dataclasses.replace(config, data=resolve_data(config.data), out=os.fspath(files.path))
+        differ = changes_refused(started, asdict(mine))
+        if differ:
+            detail = "; ".join(f"{name}: it has {old!r}, got {new!r}" for name, old, new in differ)
+            raise FileExistsError(f"{files.path} holds the start of another run, with no checkpoint yet "
+                                  f"({detail}); pass --force to replace it, or choose another --out")
+        return "force", config, ""
+    return "new", config, ""
 
 
 @dataclass
@@ -348,6 +411,7 @@ class Trainer:
             self.val_batches = val.select(world.shard(val.batch_size), world.device)  # may be empty
             self.build()
             self.step, self.elapsed = 0, 0.0
+            self._saved_at = 0.0  # elapsed at the last checkpoint.pt (checkpoint_seconds counts from it)
             self.h: Tensor | None = None  # the state carried into the next chunk (this rank's streams)
             self.best_val = math.inf
             self.val_loss: float | None = None
@@ -400,7 +464,8 @@ class Trainer:
         loss = self.loss_fn(logits, y)
         for p in self.params:
             p.grad = None
-        loss.backward()  # our hand-written backward (scratch), or autograd's (torch); DDP averages
+        with self.world.collective("the gradients' all_reduce (DDP, in backward)"):
+            loss.backward()  # our hand-written backward (scratch), or autograd's (torch); DDP averages
         if self.config.clip:
             self.clip_fn(self.params, self.config.clip)
         for group in self.optimizer.param_groups:
@@ -429,6 +494,8 @@ class Trainer:
         """
         path = path or self.files.checkpoint
         w = self.world
+        if path == self.files.checkpoint:
+            self._saved_at = self.elapsed
         hidden = w.gather(None if self.h is None else self.h.cpu())  # (L, N / W, H) per rank
         hidden = None if hidden[0] is None else torch.cat(hidden, 1)  # (L, N, H)
         rng_ranks = w.gather(w.rng_state())
@@ -467,6 +534,7 @@ class Trainer:
             self.world.restore_rng(ckpt.get("rng_ranks"), ckpt.get("rng_device"), ckpt["rng"],
                                    self.config.seed + int(ckpt["step"]))
             self.step, self.elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
+            self._saved_at = self.elapsed
             self.best_val = float(ckpt["best_val"])
             hidden = saved_hidden(ckpt, (c.num_layers, c.batch_size, c.hidden_size))
             if hidden is not None:  # (L, N, H), all streams: keep this rank's
@@ -545,13 +613,29 @@ class Trainer:
             self.elapsed += s.eval_seconds
             log.info("step %d: val loss %.4f nats/char (%.3f bits/char)",
                      self.step, self.val_loss, self.val_loss * NATS_TO_BITS)
+        elif self._checkpoint_due():
+            t1 = time.perf_counter()
+            self.save_checkpoint()  # bounds the work a fault can cost, whatever the validation's cadence
+            self.elapsed += self.world.main_value(time.perf_counter() - t1)
         return loss_value
+
+    def _checkpoint_due(self) -> bool:
+        """Whether checkpoint_interval steps, or checkpoint_seconds, have passed since the last
+        checkpoint (the same answer on every rank: the step and rank 0's clock are agreed)."""
+        c = self.config
+        if c.max_steps and self.step >= c.max_steps:
+            return False  # the end writes one anyway
+        return bool(c.checkpoint_interval and self.step % c.checkpoint_interval == 0) or bool(
+            c.checkpoint_seconds and self.elapsed - self._saved_at >= c.checkpoint_seconds)
 
     def _loop(self, s: _Session) -> None:
         chars_per_step = self.config.batch_size * self.config.seq_len
         by_step = bool(self.config.max_steps and not self.config.time_budget)
         bar = _progress_bar(self.config, self.world.is_main)
-        with noted_signals() as received, bar, logging_redirect_tqdm():
+        # Several processes may wait for each other in a collective: the watchdog ends a process
+        # whose save-and-stop takes longer than torchrun's patience (see distributed.stop_grace).
+        grace = None if self.world.size == 1 else distributed.LOOP_GRACE
+        with noted_signals() as received, distributed.stop_grace(grace), bar, logging_redirect_tqdm():
             while not self._should_stop(s):
                 loss_value = self._one_step(s, received)
                 bar.update(1 if by_step else round(self.elapsed) - bar.n)
@@ -591,11 +675,28 @@ class Trainer:
                            s.chars_per_s(c.batch_size * c.seq_len), str(self.files.checkpoint), interrupted)
 
 
-def train(config: TrainConfig | None = None, resume: bool = False, force: bool = False) -> TrainResult:
+def train(config: TrainConfig | None = None, resume: bool = False, force: bool = False,
+          auto: bool = False) -> TrainResult | None:
     """Train a :class:`CharRNN` as ``config`` says (defaults: ``TrainConfig()``); see :class:`Trainer`.
+
+    With ``auto``, resume the run in ``config.out`` if it holds one with these settings (but for
+    :data:`~scratchrnn.lm.config.RESUME_CHANGEABLE`), else start it (see :func:`auto_resume`);
+    None if that run is finished already.
 
     Example:
         >>> result = train(TrainConfig(out="runs/tiny", max_steps=200, time_budget=None))
         >>> result.val_loss  # nats/char
     """
-    return Trainer(config or TrainConfig(), resume=resume, force=force).run()
+    config = config or TrainConfig()
+    if not auto:
+        return Trainer(config, resume=resume, force=force).run()
+    if resume or force:
+        raise ValueError("auto excludes resume and force: it chooses between them")
+    world = distributed.current()
+    read: dict = {}
+    mode, config, note = world.on_main(auto_resume, asdict(config), read)
+    if mode == "finished":
+        log.info("%s", note)
+        return None
+    return Trainer(config, resume=mode == "resume", force=mode == "force", world=world,
+                   saved=read.pop("run", None)).run()
