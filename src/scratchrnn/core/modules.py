@@ -24,6 +24,7 @@ from torch.nn.utils.rnn import PackedSequence
 from scratchrnn.core import cells
 from scratchrnn.core.functional import dropout_masks
 from scratchrnn.core.ops import RNNConfig, rnn
+from scratchrnn.core.options import OptionsMixin, elman_cell_name
 from scratchrnn.core.stack import Layout
 
 __all__ = ["GRU", "RNN", "GRUCell", "RNNCell", "Recurrent", "convert"]
@@ -78,6 +79,10 @@ class _Stacked:
     def cell_name(self) -> str:
         """The registered cell this module runs: torch's ``mode`` in lower case."""
         return self.mode.lower()
+
+    def _call_inputs(self, x: Tensor, N: int) -> tuple[str, list[Tensor], list[Tensor]]:
+        """(the cell's name, the weights, the cell's masks) of a call: see core/options.py."""
+        return self.cell_name, [getattr(self, name) for name in self._flat_weights_names], []
 
     def _check_input(self, x: Tensor, hx: Tensor, expected_dim: int, N: int) -> None:
         weight = getattr(self, self._flat_weights_names[0])
@@ -137,9 +142,9 @@ class _Stacked:
 
         dropout = self.dropout if self.training else 0.0
         masks = dropout_masks(x, dirs * self.hidden_size, self.num_layers, dropout)
-        config = RNNConfig(self.num_layers, self.bidirectional, self.bias, self.cell_name)
-        weights = [getattr(self, name) for name in self._flat_weights_names]
-        output, h_n = rnn(x, hx, weights, masks, batch_sizes_t if packed else None, config)
+        cell_name, weights, cell_masks = self._call_inputs(x, N)
+        config = RNNConfig(self.num_layers, self.bidirectional, self.bias, cell_name)
+        output, h_n = rnn(x, hx, weights, masks + cell_masks, batch_sizes_t if packed else None, config)
 
         if packed:
             if unsorted_indices is not None:
@@ -165,7 +170,7 @@ class _Swappable:
         return _swapped(_THEIRS[type(self)], self, self._ARGUMENTS)
 
 
-class RNN(_Stacked, _Swappable, nn.RNN):
+class RNN(OptionsMixin, _Stacked, _Swappable, nn.RNN):
     r"""A multi-layer Elman RNN with tanh or ReLU, a drop-in for :class:`torch.nn.RNN` (a subclass).
 
     For each element of the input sequence, each layer computes
@@ -181,7 +186,9 @@ class RNN(_Stacked, _Swappable, nn.RNN):
         input_size: D, the number of features of x_t.
         hidden_size: H, the number of features of h_t.
         num_layers: the number of stacked layers. Default: 1.
-        nonlinearity: ``'tanh'`` or ``'relu'``. Default: ``'tanh'``.
+        nonlinearity: ``'tanh'`` or ``'relu'`` (torch's), ``'gelu'``, ``'silu'``, ``'softsign'``,
+            ``'sigmoid'``, ``'leaky_relu'`` or a :class:`scratchrnn.Activation` (ours: the
+            PyTorch loop). Default: ``'tanh'``.
         bias: if False, no b_ih and b_hh. Default: True.
         batch_first: if True, input and output are (N, T, feature); hx and h_n stay
             (layers * dirs, N, H). Default: False.
@@ -190,6 +197,8 @@ class RNN(_Stacked, _Swappable, nn.RNN):
         bidirectional: if True, each layer also runs from the last step to the first, and its
             output is [forward | reverse] on the last dimension. Default: False.
         device, dtype: where and in what type to create the parameters.
+        layer_norm, recurrent_dropout, weight_drop, zoneout (keyword only): the options of
+            docs/options.md; the defaults (False, 0, 0, 0) change nothing.
 
     Inputs: input, hx
         - **input**: (T, N, D), (N, T, D) with ``batch_first``, (T, D) unbatched, or a
@@ -216,7 +225,7 @@ class RNN(_Stacked, _Swappable, nn.RNN):
                   "dropout", "bidirectional")
 
 
-class GRU(_Stacked, _Swappable, nn.GRU):
+class GRU(OptionsMixin, _Stacked, _Swappable, nn.GRU):
     r"""A multi-layer GRU, a drop-in for :class:`torch.nn.GRU` (a subclass), with hand-written BPTT.
 
     For each element of the input sequence, each layer computes (gates in r, z, n order)
@@ -229,7 +238,8 @@ class GRU(_Stacked, _Swappable, nn.GRU):
     (the reset gate after the recurrent product, as torch's and cuDNN's). The backward is the GRU
     cell's of :mod:`scratchrnn.core.cells.gru`.
 
-    Args, inputs and outputs: as :class:`RNN`'s, without ``nonlinearity``; the weights are
+    Args, inputs and outputs: as :class:`RNN`'s, without ``nonlinearity``, ``layer_norm`` and
+    ``recurrent_dropout`` (no single summed input; ``weight_drop`` and ``zoneout`` apply); the weights are
     (3H, D), (3H, H), (3H,), (3H,) per layer and direction, torch's.
 
     Example:
@@ -307,9 +317,10 @@ class RNNCell(_OneStep, _Swappable, nn.RNNCell):
     _ARGUMENTS = ("input_size", "hidden_size", "bias", "nonlinearity")
 
     def _cell_name(self) -> str:
-        if self.nonlinearity not in ("tanh", "relu"):
-            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
-        return f"rnn_{self.nonlinearity}"
+        try:
+            return elman_cell_name(self.nonlinearity)  # torch's two, ours and an Activation
+        except ValueError:
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}") from None
 
 
 class GRUCell(_OneStep, _Swappable, nn.GRUCell):
