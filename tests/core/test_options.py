@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from helpers import max_abs, rel_err
 from torch import nn
-from torch.autograd import gradcheck
+from torch.autograd import gradcheck, gradgradcheck
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from scratchrnn import GRU, RNN, Activation, RNNCell
@@ -359,3 +359,28 @@ def test_compile_and_export_with_each_option(options, tmp_path):
     torch.export.save(program, tmp_path / "m.pt2")
     loaded = torch.export.load(tmp_path / "m.pt2").module()
     assert max_abs(loaded(x)[0], m(x)[0]) <= TOL
+
+
+@pytest.mark.parametrize("options", COMPILED, ids=_id)
+def test_double_backward_and_forward_mode(options):
+    """gradgradcheck (autograd over our differentiable backward) for each option; forward mode
+    (torch.func.jvp) equals the Jacobian from reverse mode where written, and says which cells
+    it is not written for (layer_norm, recurrent_dropout)."""
+    m = build(RNN, options, {"num_layers": 2, "bidirectional": True})
+    names = [n for n, _ in m.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+    x = torch.randn(3, 2, D, dtype=F64, requires_grad=True)
+
+    def f(x, *params):
+        torch.manual_seed(1)
+        return torch.func.functional_call(m, dict(zip(names, params, strict=True)), (x,))[0]
+
+    assert gradgradcheck(f, (x, *params))
+    v = torch.randn_like(x)
+    if options.get("layer_norm") or options.get("recurrent_dropout"):
+        with pytest.raises(NotImplementedError, match="forward-mode AD of the 'rnn_"):
+            torch.func.jvp(lambda x: f(x, *params), (x,), (v,))
+        return
+    _, jvp = torch.func.jvp(lambda x: f(x, *params), (x,), (v,))
+    jacobian = torch.func.jacrev(lambda x: f(x, *params))(x.detach())  # (T, N, dirs·H, T, N, D)
+    assert max_abs(jvp, (jacobian * v).sum((-3, -2, -1))) <= TOL
