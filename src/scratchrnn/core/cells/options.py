@@ -63,6 +63,16 @@ class Options(Cell):
             torch.nn.init.ones_(weights[0])
             torch.nn.init.zeros_(weights[1])
 
+    # The recurrent product and its transposes are the base cell's (a GEMM, or e.g. IndRNN's u ⊙ h).
+    def recurrent(self, h, W_hh):
+        return self.base.recurrent(h, W_hh)
+
+    def recurrent_backward(self, dhp, W_hh):
+        return self.base.recurrent_backward(dhp, W_hh)
+
+    def recurrent_weight_grad(self, dhp, h_prev, matmul=torch.mm):
+        return self.base.recurrent_weight_grad(dhp, h_prev, matmul)
+
     # ----- forward ---------------------------------------------------------------------------
 
     def _unpack(self, aux: tuple) -> tuple:
