@@ -384,3 +384,13 @@ def test_double_backward_and_forward_mode(options):
     _, jvp = torch.func.jvp(lambda x: f(x, *params), (x,), (v,))
     jacobian = torch.func.jacrev(lambda x: f(x, *params))(x.detach())  # (T, N, dirs·H, T, N, D)
     assert max_abs(jvp, (jacobian * v).sum((-3, -2, -1))) <= TOL
+
+
+@pytest.mark.parametrize("name", ["gelu", "silu", "softsign", "sigmoid", "leaky_relu"])
+def test_check_cell_passes_for_each_new_nonlinearity(name):
+    """The library's own cell check (gradcheck, gradgradcheck, steps against autograd over the
+    cell's step, forward mode) on each new Elman cell."""
+    from scratchrnn.core import cells
+    from scratchrnn.testing import check_cell
+
+    check_cell(cells.get(f"rnn_{name}"))

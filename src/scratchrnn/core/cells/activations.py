@@ -56,8 +56,8 @@ class Activation:
         self.f, self.df, self.name = f, df, name
 
     def apply_(self, a: Tensor) -> None:
-        """a ← f(a), in place."""
-        a.copy_(self.f(a))
+        """a ← f(a), in place (from a copy when autograd records it: f's backward reads a)."""
+        a.copy_(self.f(a.clone() if a.requires_grad else a))
 
     def fprime(self, a: Callable[[], Tensor], h: Tensor) -> Tensor:
         """f'(a), from the pre-activation ``a()`` (built on call) or the output h."""
@@ -121,7 +121,7 @@ BUILT_IN: dict[str, Activation] = {
     # relu's f' is a bool mask (a selection, not a product: see elman.times_fprime)
     "relu": _FromOutput("relu", torch.relu, Tensor.relu_, lambda h: h.le(0).logical_not_()),
     "sigmoid": _FromOutput("sigmoid", torch.sigmoid, Tensor.sigmoid_, lambda h: h * (1 - h)),
-    "softsign": _FromOutput("softsign", F.softsign, lambda a: a.copy_(F.softsign(a)),
+    "softsign": _FromOutput("softsign", F.softsign, lambda a: Activation.apply_(BUILT_IN["softsign"], a),
                             lambda h: (1 - h.abs()).square()),
     "leaky_relu": _FromOutput("leaky_relu", F.leaky_relu, lambda a: F.leaky_relu_(a, NEGATIVE_SLOPE),
                               lambda h: (h > 0).to(h.dtype).mul_(1 - NEGATIVE_SLOPE).add_(NEGATIVE_SLOPE)),
