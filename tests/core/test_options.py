@@ -394,3 +394,19 @@ def test_check_cell_passes_for_each_new_nonlinearity(name):
     from scratchrnn.testing import check_cell
 
     check_cell(cells.get(f"rnn_{name}"))
+
+
+@pytest.mark.parametrize("options", [{"zoneout": 0.3}, {"recurrent_dropout": 0.3},
+                                     {"layer_norm": True, "recurrent_dropout": 0.3}], ids=_id)
+def test_vmap_with_the_same_masks_equals_a_loop(options):
+    """torch.func.vmap (randomness="same": one mask per call) equals calling once per element
+    with the same seed; recurrent dropout's (N, H) masks take the per-element path."""
+    m = build(RNN, options, {"num_layers": 2, "bidirectional": True})
+    xs = torch.randn(4, 5, 2, D, dtype=F64)
+    torch.manual_seed(1)
+    mapped = torch.func.vmap(lambda x: m(x)[0], randomness="same")(xs)
+    looped = []
+    for x in xs:
+        torch.manual_seed(1)
+        looped.append(m(x)[0])
+    assert max_abs(mapped, torch.stack(looped)) <= TOL
