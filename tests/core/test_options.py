@@ -410,3 +410,12 @@ def test_vmap_with_the_same_masks_equals_a_loop(options):
         torch.manual_seed(1)
         looped.append(m(x)[0])
     assert max_abs(mapped, torch.stack(looped)) <= TOL
+
+
+def test_recurrent_refuses_a_cell_with_options():
+    from scratchrnn import Recurrent
+
+    RNN(D, H, zoneout=0.1, layer_norm=True)  # registers rnn_tanh+ln+zo
+    with pytest.raises(ValueError, match=r"^cell: 'rnn_tanh\+ln\+zo' takes per-call masks"):
+        Recurrent("rnn_tanh+ln+zo", D, H)
+    assert Recurrent("rnn_gelu", D, H)(torch.randn(2, 1, D))[0].shape == (2, 1, H)

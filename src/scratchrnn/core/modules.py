@@ -386,6 +386,10 @@ class Recurrent(_Stacked, nn.Module):
             raise NotImplementedError(
                 f"the stack carries one state per layer; {cell.name!r} has {cell.states}"
             )
+        if cell.noise or cell.extra_parameter_shapes(hidden_size):  # masks and γ/β: RNN/GRU draw them
+            raise ValueError(f"cell: {cell.name!r} takes per-call masks or extra parameters, which "
+                             "Recurrent does not make; expected a cell without options (use "
+                             "scratchrnn.RNN / GRU with layer_norm=, recurrent_dropout=, zoneout=)")
         if cells.CELLS.get(cell.name) is not cell:
             cells.register(cell)
         for name, size in (("input_size", input_size), ("hidden_size", hidden_size),
