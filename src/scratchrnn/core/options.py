@@ -73,6 +73,10 @@ class OptionsMixin:
     """The options' arguments, parameters and per-call inputs, for :class:`~scratchrnn.RNN` and
     :class:`~scratchrnn.GRU` (before ``_Stacked`` in their bases)."""
 
+    # Class-level defaults: a module pickled before these options existed unpickles without them.
+    layer_norm, recurrent_dropout, weight_drop, zoneout = False, 0.0, 0.0, 0.0
+    _ln_names: tuple[str, ...] = ()  # each module with layer norm assigns its own list
+
     def __init__(self, *args, layer_norm: bool = False, recurrent_dropout: float = 0.0,
                  weight_drop: float = 0.0, zoneout: float = 0.0, **kwargs) -> None:
         ours = None
@@ -104,7 +108,7 @@ class OptionsMixin:
                                  f"expected {_DEFAULTS[option]} (an RNN), got {value!r}")
         for rd in {False, self.recurrent_dropout > 0}:  # registered now: a forward under
             options_cell(self._base_cell_name(), layer_norm, rd, self.zoneout > 0)  # Dynamo only looks up
-        self._ln_names: list[str] = []
+        self._ln_names = []
         if layer_norm:
             self._register_layer_norm()
 
