@@ -419,3 +419,19 @@ def test_recurrent_refuses_a_cell_with_options():
     with pytest.raises(ValueError, match=r"^cell: 'rnn_tanh\+ln\+zo' takes per-call masks"):
         Recurrent("rnn_tanh+ln+zo", D, H)
     assert Recurrent("rnn_gelu", D, H)(torch.randn(2, 1, D))[0].shape == (2, 1, H)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_options_on_cuda_equal_the_cpu():
+    """The PyTorch loop on a GPU, every option at once, in eval (masks are the device's own draws
+    in training): outputs and gradients equal the CPU's in float64."""
+    results = []
+    for device in ("cpu", "cuda"):
+        m = build(RNN, ALL[0], {"num_layers": 2, "bidirectional": True}, training=False).to(device)
+        x = torch.randn(5, 3, D, dtype=F64, generator=torch.Generator().manual_seed(2)).to(device)
+        x.requires_grad_()
+        output, h_n = m(x)
+        (output.sum() + h_n.square().sum()).backward()
+        results.append([t.detach().cpu() for t in (output, h_n, x.grad, *(p.grad for p in m.parameters()))])
+    for a, b in zip(*results, strict=True):
+        assert rel_err(b, a) <= TOL
