@@ -24,7 +24,7 @@ from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from scratchrnn import GRU, RNN, Activation, RNNCell
+from scratchrnn import GRU, RNN, Activation, GRUCell, RNNCell
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -435,3 +435,74 @@ def test_options_on_cuda_equal_the_cpu():
         results.append([t.detach().cpu() for t in (output, h_n, x.grad, *(p.grad for p in m.parameters()))])
     for a, b in zip(*results, strict=True):
         assert rel_err(b, a) <= TOL
+
+
+# ----- RNNCell and GRUCell: layer_norm (RNNCell) and zoneout, one step per call -------------
+
+CELL_OPTIONS = [(RNNCell, {"layer_norm": True}), (RNNCell, {"zoneout": 0.3}),
+                (RNNCell, {"nonlinearity": "gelu", "layer_norm": True, "zoneout": 0.3}),
+                (GRUCell, {"zoneout": 0.3})]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("cls, options", CELL_OPTIONS,
+                         ids=[f"{c.__name__}-{_id(o)}" for c, o in CELL_OPTIONS])
+def test_cell_options_equal_one_reference_step(cls, options, batched, training, loops):
+    torch.manual_seed(0)
+    cell = cls(D, H, dtype=F64, **options).train(training)
+    with torch.no_grad():
+        for name in cell._ln_names:
+            getattr(cell, name).uniform_(0.5, 1.5)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, D, generator=gen, dtype=F64, requires_grad=True)
+    h = torch.randn(3, H, generator=gen, dtype=F64, requires_grad=True)
+    x_in, h_in = (x, h) if batched else (x[0], h[0])
+    torch.manual_seed(7)
+    ours = cell(x_in, h_in)
+    torch.manual_seed(7)  # the reference: the same mask, one step in autograd
+    xr, hr = (x, h) if batched else (x[:1], h[:1])
+    p = cell.zoneout
+    z = (xr.new_empty(1, xr.shape[0], H).bernoulli_(p)[0] if training else xr.new_full((xr.shape[0], H), p)) \
+        if p else None
+    if cls is GRUCell:
+        h_new = torch.gru_cell(xr, hr, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+    else:
+        a = F.linear(xr, cell.weight_ih, cell.bias_ih) + F.linear(hr, cell.weight_hh, cell.bias_hh)
+        if cell.layer_norm:
+            a = F.layer_norm(a, (H,), cell.ln_weight, cell.ln_bias, eps=1e-5)
+        h_new = ACTIVATIONS[cell.nonlinearity](a)
+    ref = h_new if z is None else z * hr + (1 - z) * h_new
+    ref = ref if batched else ref[0]
+    w = torch.randn(ref.shape, generator=gen, dtype=F64)
+    leaves = [x, h, *cell.parameters()]
+    for a, b in zip([ours, *torch.autograd.grad((w * ours).sum(), leaves, allow_unused=True)],
+                    [ref, *torch.autograd.grad((w * ref).sum(), leaves, allow_unused=True)], strict=True):
+        assert (a is None and b is None) or rel_err(a, b) <= TOL
+
+
+def test_cell_options_parameters_gradcheck_and_errors():
+    torch.manual_seed(0)
+    ours = RNNCell(D, H, layer_norm=True)
+    torch.manual_seed(0)
+    theirs = nn.RNNCell(D, H)
+    assert list(ours.state_dict()) == [*theirs.state_dict(), "ln_weight", "ln_bias"]
+    assert all(torch.equal(ours.state_dict()[n], t) for n, t in theirs.state_dict().items())
+    cell = RNNCell(D, H, layer_norm=True, zoneout=0.2, dtype=F64)
+    names = [n for n, _ in cell.named_parameters()]
+
+    def f(x, h, *params):
+        torch.manual_seed(3)
+        return torch.func.functional_call(cell, dict(zip(names, params, strict=True)), (x, h))
+
+    inputs = (torch.randn(2, D, dtype=F64, requires_grad=True),
+              torch.randn(2, H, dtype=F64, requires_grad=True),
+              *(p.detach().clone().requires_grad_() for p in cell.parameters()))
+    assert gradcheck(f, inputs)
+    with pytest.raises(ValueError, match=r"^layer_norm: the 'gru' cell .* expected False .*, got True$"):
+        GRUCell(D, H, layer_norm=True)
+    with pytest.raises(ValueError, match=r"^zoneout should be a number in range \[0, 1\).*got 1$"):
+        RNNCell(D, H, zoneout=1)
+    with pytest.raises(ValueError, match=r"^to_torch: torch.nn has no zoneout"):
+        GRUCell(D, H, zoneout=0.1).to_torch()
+    assert repr(RNNCell(D, H, zoneout=0.1)) == "scratchrnn.RNNCell(3, 4, zoneout=0.1)"

@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import PackedSequence
 from scratchrnn.core import cells
 from scratchrnn.core.functional import dropout_masks
 from scratchrnn.core.ops import RNNConfig, rnn
-from scratchrnn.core.options import OptionsMixin, elman_cell_name
+from scratchrnn.core.options import CellOptionsMixin, OptionsMixin, elman_cell_name
 from scratchrnn.core.stack import Layout
 
 __all__ = ["GRU", "RNN", "GRUCell", "RNNCell", "Recurrent", "convert"]
@@ -261,6 +261,10 @@ class _OneStep:
     def _get_name(self) -> str:
         return f"scratchrnn.{type(self).__name__}"
 
+    def _step_inputs(self, cell: str, x: Tensor) -> tuple[str, list[Tensor], list[Tensor]]:
+        """(the cell's name, its extra parameters, its masks) for a step on ``x`` (N, D)."""
+        return cell, [], []
+
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         label = type(self).__name__
         if input.dim() not in (1, 2):
@@ -290,12 +294,13 @@ class _OneStep:
                 raise RuntimeError(_dtype_error(a.dtype, self.weight_ih.dtype))
         params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         weights = [p for p in params if p is not None]
+        cell, extras, masks = self._step_inputs(cell, x)
         config = RNNConfig(1, False, self.bias, cell)
-        h, _ = rnn(x.unsqueeze(0), hx.unsqueeze(0), weights, [], None, config)  # T = 1
+        h, _ = rnn(x.unsqueeze(0), hx.unsqueeze(0), weights + extras, masks, None, config)  # T = 1
         return h[0] if batched else h[0, 0]
 
 
-class RNNCell(_OneStep, _Swappable, nn.RNNCell):
+class RNNCell(CellOptionsMixin, _OneStep, _Swappable, nn.RNNCell):
     r"""One step of an Elman RNN, a drop-in for :class:`torch.nn.RNNCell` (a subclass).
 
         h' = tanh(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh)        (or relu)
@@ -323,7 +328,7 @@ class RNNCell(_OneStep, _Swappable, nn.RNNCell):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}") from None
 
 
-class GRUCell(_OneStep, _Swappable, nn.GRUCell):
+class GRUCell(CellOptionsMixin, _OneStep, _Swappable, nn.GRUCell):
     r"""One step of a GRU, a drop-in for :class:`torch.nn.GRUCell` (a subclass): the T = 1 case
     of :class:`GRU` (equations there).
 

@@ -27,7 +27,7 @@ from scratchrnn.core.cells.activations import BUILT_IN, Activation
 from scratchrnn.core.cells.options import Options
 from scratchrnn.core.stack import Layout
 
-__all__ = ["check_probability", "elman_cell_name", "options_cell"]
+__all__ = ["CellOptionsMixin", "OptionsMixin", "check_probability", "elman_cell_name", "options_cell"]
 
 _DEFAULTS = {"layer_norm": False, "recurrent_dropout": 0.0, "weight_drop": 0.0, "zoneout": 0.0}
 
@@ -75,7 +75,7 @@ class OptionsMixin:
 
     # Class-level defaults: a module pickled before these options existed unpickles without them.
     layer_norm, recurrent_dropout, weight_drop, zoneout = False, 0.0, 0.0, 0.0
-    _ln_names: tuple[str, ...] = ()  # each module with layer norm assigns its own list
+    _ln_names = ()  # each module with layer norm assigns its own list (no annotation: TorchScript)
 
     def __init__(self, *args, layer_norm: bool = False, recurrent_dropout: float = 0.0,
                  weight_drop: float = 0.0, zoneout: float = 0.0, **kwargs) -> None:
@@ -191,5 +191,75 @@ class OptionsMixin:
         s = super().extra_repr()
         for name, default in _DEFAULTS.items():
             if getattr(self, name, default) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s
+
+
+class CellOptionsMixin:
+    """``layer_norm`` (RNNCell) and ``zoneout`` (both) for :class:`~scratchrnn.RNNCell` and
+    :class:`~scratchrnn.GRUCell`: one call is one step, so zoneout draws its (N, H) mask per call
+    (per step, as Krueger et al.); recurrent dropout and weight drop, whose mask must stay the same
+    over a sequence's steps, are the stacked modules' (RNN, GRU). γ, β: ``ln_weight``, ``ln_bias``,
+    registered after nn's parameters."""
+
+    layer_norm, zoneout = False, 0.0
+    _ln_names = ()
+
+    def __init__(self, *args, layer_norm: bool = False, zoneout: float = 0.0, **kwargs) -> None:
+        if not isinstance(layer_norm, bool):
+            raise TypeError(f"layer_norm should be a bool, got {layer_norm!r} of type "
+                            f"{type(layer_norm).__name__}")
+        zoneout = check_probability("zoneout", zoneout)
+        super().__init__(*args, **kwargs)
+        if layer_norm and isinstance(self, nn.GRUCell):
+            raise ValueError("layer_norm: the 'gru' cell has no single summed input to apply it to; "
+                             "expected False (an RNNCell), got True")
+        self.layer_norm, self.zoneout = layer_norm, zoneout
+        if layer_norm or zoneout:
+            base = self._cell_name()  # (RNNCell: its nonlinearity's cell, registered)
+            cell = options_cell(base, layer_norm, False, zoneout > 0)
+            self._ln_names = []
+            weight = self.weight_ih
+            for stem, shape in cell.extra_parameter_shapes(self.hidden_size).items():
+                self.register_parameter(stem, nn.Parameter(torch.empty(shape, device=weight.device,
+                                                                       dtype=weight.dtype)))
+                self._ln_names.append(stem)
+            self._reset_layer_norm(cell)
+
+    def _reset_layer_norm(self, cell) -> None:
+        if self._ln_names:
+            with torch.no_grad():
+                cell.reset_extra_([getattr(self, n) for n in self._ln_names])
+
+    def reset_parameters(self) -> None:
+        """torch's init of nn's parameters (the same draws, in order); γ = 1, β = 0."""
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            if getattr(self, name, None) is not None:
+                nn.init.uniform_(getattr(self, name), -stdv, stdv)
+        if self._ln_names:
+            self._reset_layer_norm(options_cell(self._cell_name(), True, False, self.zoneout > 0))
+
+    @torch.jit.unused
+    def _step_inputs(self, cell: str, x: Tensor) -> tuple[str, list[Tensor], list[Tensor]]:
+        name = options_cell(cell, self.layer_norm, False, self.zoneout > 0).name
+        masks = []
+        if self.zoneout > 0:
+            shape = (1, x.shape[0], self.hidden_size)  # (T = 1, N, H)
+            masks.append(x.new_empty(shape).bernoulli_(self.zoneout) if self.training
+                         else x.new_full((1, 1, 1), self.zoneout).expand(shape))
+        return name, [getattr(self, n) for n in self._ln_names], masks
+
+    def to_torch(self) -> nn.Module:
+        for name, default in (("layer_norm", False), ("zoneout", 0.0)):
+            if getattr(self, name) != default:
+                raise ValueError(f"to_torch: torch.nn has no {name}; expected its default, got "
+                                 f"{getattr(self, name)!r}")
+        return super().to_torch()
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        for name, default in (("layer_norm", False), ("zoneout", 0.0)):
+            if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         return s
