@@ -86,7 +86,8 @@ class Options(Cell):
     def project(self, x, W_ih, b_ih, out, *aux):
         _, _, m, z = self._unpack(aux)
         # The Elman path adds b_ih with b_hh in the step; another base projects as it does.
-        xp = x @ W_ih.t() if self.elman else self.base.project(x, W_ih, b_ih, x.new_empty(0))
+        xp = x @ W_ih.t() if self.elman else \
+            self.base.project(x, W_ih, b_ih, x.new_empty(x.shape[0], W_ih.shape[0] // self.gates))
         masks = [t for t in (m, z) if t is not None]
         return torch.cat([xp, *masks], 1) if masks else xp  # (rows, G·H [+ H] [+ H])
 
