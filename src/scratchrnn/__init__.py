@@ -6,7 +6,7 @@ of a cell of one's own (:class:`Recurrent` over a :class:`Cell`), :func:`convert
 :func:`generate`) and its training (:class:`TrainConfig`, :func:`train`).
 """
 
-from scratchrnn.core.cells import Cell
+from scratchrnn.core.cells import Activation, Cell
 from scratchrnn.core.init import init_rnn_
 from scratchrnn.core.modules import GRU, RNN, GRUCell, Recurrent, RNNCell, convert
 from scratchrnn.lm.data import Vocab
@@ -14,7 +14,7 @@ from scratchrnn.lm.model import CharRNN, generate
 from scratchrnn.lm.train import TrainConfig, train
 
 __all__ = [
-    "GRU", "RNN", "Cell", "CharRNN", "GRUCell", "RNNCell", "Recurrent", "TrainConfig", "Vocab", "convert",
-    "generate", "init_rnn_", "train",
+    "GRU", "RNN", "Activation", "Cell", "CharRNN", "GRUCell", "RNNCell", "Recurrent", "TrainConfig", "Vocab",
+    "convert", "generate", "init_rnn_", "train",
 ]
 __version__ = "0.1.0"

@@ -79,6 +79,7 @@ def layer_forward(
     out: Tensor,
     h_n: Tensor,
     reverse: bool = False,
+    aux: Sequence[Tensor] = (),
 ) -> None:
     """One layer, one direction, all steps: fills ``out`` with every h_t and ``h_n`` with the last.
 
@@ -91,12 +92,13 @@ def layer_forward(
         h_n: (N, H) buffer to fill with each sequence's last state.
         reverse: run from the last step to the first (the backward direction of a bidirectional
             RNN); each sequence then starts from h0 at its own last step.
+        aux: the cell's extra parameters and masks (rows, ·) of this layer and direction.
     """
-    xp = cell.project(x, W_ih, b_ih, out)  # (rows, G·H): the input projection of all steps at once
+    xp = cell.project(x, W_ih, b_ih, out, *aux)  # (rows, G·H): the input projection of all steps at once
     if cell.accel_ready(out, h0, W_hh):
         cell.forward_accel(xp, h0.contiguous(), W_hh, b_ih, b_hh, plan.sizes, out, h_n, reverse)
         return
-    constants = cell.step_constants(W_hh, b_ih, b_hh)
+    constants = cell.step_constants(W_hh, b_ih, b_hh, *aux)
     xp_steps, out_steps = plan.split(xp), plan.split(out)
     h_prev = h0
     for step in plan.steps(reverse):
@@ -125,6 +127,7 @@ def layer_backward(
     reverse: bool = False,
     need_dx: bool = True,
     differentiable: bool = False,
+    aux: Sequence[Tensor] = (),
 ) -> tuple[Tensor | None, Tensor, list[Tensor]]:
     """BPTT through one layer and direction; the inverse of :func:`layer_forward`.
 
@@ -136,10 +139,12 @@ def layer_backward(
             that autograd can differentiate this backward (double backward).
 
     Returns:
-        dx (rows, D) or None, dh0 (N, H), and [dW_ih, dW_hh(, db_ih, db_hh)].
+        dx (rows, D) or None, dh0 (N, H), and [dW_ih, dW_hh(, db_ih, db_hh)] followed by the
+        gradients of the cell's extra parameters.
     """
     matmul = torch.mm if differentiable else accel.matmul
     h_prev = cache(lambda: plan.h_prev(out, h0, reverse))  # (rows, H): h_{t−1} of every row
+    mask, dextra = None, None  # the cell's mask on h_{t−1} into W_hh; its extra parameters' rows
     if not differentiable and cell.accel_ready(dout, out, W_hh):
         # The loop in C, over a buffer holding ∂L/∂h_t; ∂L/∂h_n joins the rows at the step where
         # each sequence ends (the last step processed).
@@ -149,11 +154,13 @@ def layer_backward(
         dxp, dhp = cell.backward_accel(dh, x, h0.contiguous(), h_prev, out, W_ih, W_hh, b_ih, b_hh,
                                        plan.sizes, dh0, reverse)
     else:
-        dxp, dhp, dh0 = _bptt_steps(cell, dout, dh_n, x, h0, out, W_ih, W_hh, b_ih, b_hh, plan,
-                                    reverse, h_prev)
+        dxp, dhp, dh0, mask, dextra = _bptt_steps(cell, dout, dh_n, x, h0, out, W_ih, W_hh, b_ih,
+                                                  b_hh, plan, reverse, h_prev, aux)
 
     # After the loop, each weight gradient is one GEMM (or reduction) over all steps at once.
-    if plan.padded:  # h_{t-1} is out shifted by one step: a view, no copy
+    if mask is not None:
+        dW_hh = cell.recurrent_weight_grad(dhp, h_prev() * mask, matmul)  # Σ_t dhp_tᵀ (h_{t-1} ⊙ m)
+    elif plan.padded:  # h_{t-1} is out shifted by one step: a view, no copy
         rows_h0, rows_carried, rows_prev = plan.shifted(reverse)
         dW_hh = cell.recurrent_weight_grad(dhp[rows_carried], out[rows_prev], matmul) \
             + cell.recurrent_weight_grad(dhp[rows_h0], h0)  # Σ_t dhp_tᵀ h_{t-1}
@@ -164,6 +171,10 @@ def layer_backward(
     if b_ih is not None:
         db_ih = dxp.sum(0)  # db_ih = Σ_t Σ_n dxp_t         (G·H,)
         dweights += [db_ih, db_ih.clone() if dhp is dxp else dhp.sum(0)]  # db_hh = Σ_t Σ_n dhp_t
+    if dextra is not None:  # the extra parameters' gradients, each a sum over rows
+        shapes = cell.extra_parameter_shapes(h0.shape[1]).values()
+        columns = dextra.split([torch.Size(shape).numel() for shape in shapes], 1)
+        dweights += [c.sum(0).view(shape) for c, shape in zip(columns, shapes, strict=True)]  # no aliases
     dx = matmul(dxp, W_ih) if need_dx else None  # dx_t = dxp_t W_ih   (rows, D)
     return dx, dh0, dweights
 
@@ -182,15 +193,21 @@ def _bptt_steps(
     plan: Plan,
     reverse: bool,
     h_prev,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The BPTT loop in PyTorch, out of place (so autograd can differentiate it): dxp, dhp, dh0.
+    aux: Sequence[Tensor] = (),
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The BPTT loop in PyTorch, out of place (so autograd can differentiate it): dxp, dhp, dh0,
+    the cell's recurrent mask (rows, H) or None, and its extra parameters' gradient rows or None.
 
     ``dh_next`` for step t holds, for each of its rows, dhp W_hh (+ dh_direct) from the step
     processed after t if the row carried on there, else the row's ∂L/∂h_n (its sequence ended at t).
     """
-    residual_steps = plan.split(cell.residuals(x, h_prev, out, W_ih, W_hh, b_ih, b_hh))
+    residuals = cell.residuals(x, h_prev, out, W_ih, W_hh, b_ih, b_hh, *aux)
+    residual_steps = plan.split(residuals)
+    mask = cell.recurrent_mask(residuals)  # (rows, H) or None
+    mask_steps = plan.split(mask) if mask is not None else None
     dh_steps, out_steps = plan.split(dout), plan.split(out)
     steps = plan.steps(reverse)
+    dextra_steps: list[Tensor] = []
     dxp_steps: list[Tensor] = [dout] * len(steps)
     dhp_steps: list[Tensor] = [dout] * len(steps)
     dh0_pieces: list[tuple[int, Tensor]] = []
@@ -203,21 +220,27 @@ def _bptt_steps(
             dh_next = torch.cat([carried, dh_n[carried.shape[0] : b]])
         else:
             dh_next = carried
-        dxp_t, dhp_t, dh_direct = cell.step_backward(
+        dxp_t, dhp_t, dh_direct, *dextra_t = cell.step_backward(
             dh_steps[t] + dh_next, residual_steps[t], plan.h_prev_at(out_steps, h0, reverse, k),
         )
         dxp_steps[t], dhp_steps[t] = dxp_t, dhp_t
+        dextra_steps += dextra_t
         carried = cell.recurrent_backward(dhp_t[:c], W_hh) if c else None  # dh_next = dhp_t W_hh
+        if carried is not None and mask_steps is not None:
+            carried = carried * mask_steps[t][:c]  # (… ⊙ m): h_{t-1} entered W_hh masked
         if carried is not None and dh_direct is not None:
             carried = carried + dh_direct[:c]
         if c < b:  # rows that began at step t from h0: their dh_next is ∂L/∂h_0
             dh0_piece = cell.recurrent_backward(dhp_t[c:], W_hh)
+            if mask_steps is not None:
+                dh0_piece = dh0_piece * mask_steps[t][c:]
             dh0_pieces.append((c, dh0_piece if dh_direct is None else dh0_piece + dh_direct[c:]))
     dh0 = torch.cat([piece for _, piece in sorted(dh0_pieces, key=lambda p: p[0])]) if dh0_pieces \
         else torch.zeros_like(h0)
     dxp = torch.cat(dxp_steps)
     same = all(p is q for p, q in zip(dxp_steps, dhp_steps, strict=True))
-    return dxp, dxp if same else torch.cat(dhp_steps), dh0
+    dextra = torch.cat(dextra_steps) if dextra_steps else None  # any row order: it is summed
+    return dxp, dxp if same else torch.cat(dhp_steps), dh0, mask, dextra
 
 
 def dropout_masks(like: Tensor, width: int, num_layers: int, p: float) -> list[Tensor]:
@@ -229,6 +252,28 @@ def dropout_masks(like: Tensor, width: int, num_layers: int, p: float) -> list[T
     if p >= 1:
         return [like.new_zeros(shape) for _ in range(num_layers - 1)]
     return [like.new_empty(shape).bernoulli_(1 - p).div_(1 - p) for _ in range(num_layers - 1)]
+
+
+def _split_options(cell: Cell, layout: Layout, plan: Plan, weights: Sequence[Tensor],
+                   masks: Sequence[Tensor]) -> tuple[list, list, list[list[Tensor]]]:
+    """(nn's weights, the dropout masks between layers, each layer and direction's aux).
+
+    ``weights`` holds nn's weights, then the cell's extra parameters (per layer and direction, in
+    the walk's order); ``masks`` the dropout masks, then the cell's masks (per layer and direction,
+    one of each kind of ``cell.noise``). A "sequence" mask (N, H) is repeated for every step's rows.
+    """
+    count = layout.num_layers * layout.dirs
+    num_nn = count * layout.per
+    extras, kinds = weights[num_nn:], len(cell.noise)
+    num_dropout = len(masks) - count * kinds
+    cell_masks, e = masks[num_dropout:], len(extras) // count
+    aux = []
+    for _, _, idx in layout.walk():
+        rows = [m[: plan.N].repeat(len(plan.sizes), 1) if kind == "sequence" and plan.padded
+                else torch.cat([m[:b] for b in plan.sizes]) if kind == "sequence" else m
+                for m, kind in zip(cell_masks[idx * kinds : (idx + 1) * kinds], cell.noise, strict=True)]
+        aux.append([*extras[idx * e : (idx + 1) * e], *rows])
+    return list(weights[:num_nn]), list(masks[:num_dropout]), aux
 
 
 class RNNForward(NamedTuple):
@@ -278,6 +323,7 @@ def rnn_forward(
         layers' outputs (before dropout), which the backward needs.
     """
     step_cell, layout, plan = cells.get(cell), Layout(num_layers, bidirectional, bias), Plan(batch_sizes)
+    weights, masks, aux = _split_options(step_cell, layout, plan, weights, masks)
     dirs, H = layout.dirs, hx.shape[-1]
     h_n = hx.new_empty(hx.shape)  # contiguous whatever the layout of hx
     # Each layer's output, [forward | reverse]: the inner layers' in one tensor, the last apart.
@@ -289,7 +335,7 @@ def rnn_forward(
             layer_in = inner[layer - 1] if not masks else inner[layer - 1] * masks[layer - 1]
         out = inner[layer] if layer < num_layers - 1 else output
         layer_forward(step_cell, layer_in, hx[idx], *layout.weights(weights, idx), plan,
-                      out[:, d * H : (d + 1) * H], h_n[idx], reverse=d == 1)
+                      out[:, d * H : (d + 1) * H], h_n[idx], reverse=d == 1, aux=aux[idx])
     return RNNForward(output, h_n, inner)
 
 
@@ -320,6 +366,7 @@ def rnn_backward(
     ``differentiable``: see :func:`layer_backward`.
     """
     step_cell, layout, plan = cells.get(cell), Layout(num_layers, bidirectional, bias), Plan(batch_sizes)
+    weights, masks, aux = _split_options(step_cell, layout, plan, weights, masks)
     H = hx.shape[-1]
     inputs = layer_inputs(x, layer_outputs, masks)
     dh0s: list[Tensor] = [hx] * (num_layers * layout.dirs)
@@ -336,11 +383,13 @@ def rnn_backward(
         dx_d, dh0s[idx], dweights[idx] = layer_backward(
             step_cell, dout[:, cols], dh_n[idx], inputs[layer], hx[idx], layer_outputs[layer][:, cols],
             *layout.weights(weights, idx), plan, reverse=d == 1, need_dx=need_dx or layer > 0,
-            differentiable=differentiable,
+            differentiable=differentiable, aux=aux[idx],
         )
         if dx_d is not None:
             dx = dx_d if dx is None else dx + dx_d  # both directions read the same input
-    return dx, torch.stack(dh0s), [dw for per_index in dweights for dw in per_index]
+    per = layout.per  # nn's weights first, then the cell's extra parameters: the order of weights
+    return dx, torch.stack(dh0s), [*(dw for d in dweights for dw in d[:per]),
+                                   *(dw for d in dweights for dw in d[per:])]
 
 
 def layer_jvp(
@@ -357,6 +406,7 @@ def layer_jvp(
     h0_dot: Tensor | None,
     weights_dot: Sequence[Tensor | None],
     reverse: bool = False,
+    aux: Sequence[Tensor] = (),
 ) -> tuple[Tensor, Tensor]:
     """Forward mode through one layer and direction: the tangents ḣ_t of ``out`` and ḣ_n.
 
@@ -386,7 +436,7 @@ def layer_jvp(
     if b_hh_dot is not None:
         hp_dot = hp_dot + b_hh_dot  # ḃ_hh
     h_prev = cache(lambda: plan.h_prev(out, h0, reverse))
-    residual_steps = plan.split(cell.residuals(x, h_prev, out, W_ih, W_hh, b_ih, b_hh))
+    residual_steps = plan.split(cell.residuals(x, h_prev, out, W_ih, W_hh, b_ih, b_hh, *aux))
     xp_dot_steps, hp_dot_steps, out_steps = plan.split(xp_dot), plan.split(hp_dot), plan.split(out)
     h0_dot = h0_dot if h0_dot is not None else h0.new_zeros(N, H)
     steps = plan.steps(reverse)
@@ -430,6 +480,7 @@ def rnn_jvp(
     the masks are constants). Returns the tangents of output, h_n and every layer's output.
     """
     step_cell, layout, plan = cells.get(cell), Layout(num_layers, bidirectional, bias), Plan(batch_sizes)
+    weights, masks, aux = _split_options(step_cell, layout, plan, weights, masks)
     H = hx.shape[-1]
     inputs = layer_inputs(x, layer_outputs, masks)
     h_n_dots: list[Tensor] = [hx] * (num_layers * layout.dirs)
@@ -441,7 +492,7 @@ def rnn_jvp(
         out_dot, h_n_dots[idx] = layer_jvp(
             step_cell, inputs[layer], hx[idx], layer_outputs[layer][:, d * H : (d + 1) * H],
             *layout.weights(weights, idx), plan, in_dot, None if hx_dot is None else hx_dot[idx],
-            layout.weights(weights_dot, idx), reverse=d == 1,
+            layout.weights(weights_dot, idx), reverse=d == 1, aux=aux[idx],
         )
         directions.append(out_dot)
         if d == layout.dirs - 1:

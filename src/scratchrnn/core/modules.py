@@ -29,6 +29,7 @@ from torch.nn.utils.rnn import PackedSequence
 from scratchrnn.core import cells
 from scratchrnn.core.functional import dropout_masks
 from scratchrnn.core.ops import RNNConfig, rnn
+from scratchrnn.core.options import CellOptionsMixin, OptionsMixin, elman_cell_name
 from scratchrnn.core.stack import Layout
 
 __all__ = ["GRU", "RNN", "GRUCell", "RNNCell", "Recurrent", "convert"]
@@ -56,6 +57,10 @@ class _Stacked:
     def cell_name(self) -> str:
         """The registered cell this module runs: torch's ``mode`` in lower case."""
         return self.mode.lower()
+
+    def _call_inputs(self, x: Tensor, N: int) -> tuple[str, list[Tensor], list[Tensor]]:
+        """(the cell's name, the weights, the cell's masks) of a call: see core/options.py."""
+        return self.cell_name, [getattr(self, name) for name in self._flat_weights_names], []
 
     def _check_input(self, x: Tensor, hx: Tensor, expected_dim: int, N: int) -> None:
         weight = getattr(self, self._flat_weights_names[0])
@@ -116,9 +121,9 @@ class _Stacked:
 
         dropout = self.dropout if self.training else 0.0
         masks = dropout_masks(x, dirs * self.hidden_size, self.num_layers, dropout)
-        config = RNNConfig(self.num_layers, self.bidirectional, self.bias, self.cell_name)
-        weights = [getattr(self, name) for name in self._flat_weights_names]
-        output, h_n = rnn(x, hx, weights, masks, batch_sizes_t if packed else None, config)
+        cell_name, weights, cell_masks = self._call_inputs(x, N)
+        config = RNNConfig(self.num_layers, self.bidirectional, self.bias, cell_name)
+        output, h_n = rnn(x, hx, weights, masks + cell_masks, batch_sizes_t if packed else None, config)
 
         if packed:
             if unsorted_indices is not None:
@@ -144,7 +149,7 @@ class _Swappable:
         return _swapped(_THEIRS[type(self)], self, self._ARGUMENTS)
 
 
-class RNN(_Stacked, _Swappable, nn.RNNBase):
+class RNN(OptionsMixin, _Stacked, _Swappable, nn.RNNBase):
     r"""A multi-layer Elman RNN with tanh or ReLU, a drop-in for :class:`torch.nn.RNN` (an
     ``nn.RNNBase``, see the module docstring).
 
@@ -161,7 +166,9 @@ class RNN(_Stacked, _Swappable, nn.RNNBase):
         input_size: D, the number of features of x_t.
         hidden_size: H, the number of features of h_t.
         num_layers: the number of stacked layers. Default: 1.
-        nonlinearity: ``'tanh'`` or ``'relu'``. Default: ``'tanh'``.
+        nonlinearity: ``'tanh'`` or ``'relu'`` (torch's), ``'gelu'``, ``'silu'``, ``'softsign'``,
+            ``'sigmoid'``, ``'leaky_relu'`` or a :class:`scratchrnn.Activation` (ours: the
+            PyTorch loop). Default: ``'tanh'``.
         bias: if False, no b_ih and b_hh. Default: True.
         batch_first: if True, input and output are (N, T, feature); hx and h_n stay
             (layers * dirs, N, H). Default: False.
@@ -170,6 +177,8 @@ class RNN(_Stacked, _Swappable, nn.RNNBase):
         bidirectional: if True, each layer also runs from the last step to the first, and its
             output is [forward | reverse] on the last dimension. Default: False.
         device, dtype: where and in what type to create the parameters.
+        layer_norm, recurrent_dropout, weight_drop, zoneout (keyword only): the options of
+            docs/options.md; the defaults (False, 0, 0, 0) change nothing.
 
     Inputs: input, hx
         - **input**: (T, N, D), (N, T, D) with ``batch_first``, (T, D) unbatched, or a
@@ -204,13 +213,16 @@ class RNN(_Stacked, _Swappable, nn.RNNBase):
             args = args[:3] + args[4:]
         else:
             self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        # torch's two are torch's modes; ours (gelu, ..., an Activation) run as RNN_TANH's
+        # parameters with our cell (options.py's cell_name), after the check naming all of them.
         modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
-        if self.nonlinearity not in modes:
-            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
-        super().__init__(modes[self.nonlinearity], *args, **kwargs)
+        mode = modes.get(self.nonlinearity) if isinstance(self.nonlinearity, str) else None
+        if mode is None:
+            elman_cell_name(self.nonlinearity)  # ValueError for one that is not ours either
+        super().__init__(mode or "RNN_TANH", *args, **kwargs)
 
 
-class GRU(_Stacked, _Swappable, nn.RNNBase):
+class GRU(OptionsMixin, _Stacked, _Swappable, nn.RNNBase):
     r"""A multi-layer GRU, a drop-in for :class:`torch.nn.GRU` (an ``nn.RNNBase``, see the module
     docstring), with hand-written BPTT.
 
@@ -224,7 +236,8 @@ class GRU(_Stacked, _Swappable, nn.RNNBase):
     (the reset gate after the recurrent product, as torch's and cuDNN's). The backward is the GRU
     cell's of :mod:`scratchrnn.core.cells.gru`.
 
-    Args, inputs and outputs: as :class:`RNN`'s, without ``nonlinearity``; the weights are
+    Args, inputs and outputs: as :class:`RNN`'s, without ``nonlinearity``, ``layer_norm`` and
+    ``recurrent_dropout`` (no single summed input; ``weight_drop`` and ``zoneout`` apply); the weights are
     (3H, D), (3H, H), (3H,), (3H,) per layer and direction, torch's.
 
     Example:
@@ -251,6 +264,10 @@ class _OneStep:
 
     def _get_name(self) -> str:
         return f"scratchrnn.{type(self).__name__}"
+
+    def _step_inputs(self, cell: str, x: Tensor) -> tuple[str, list[Tensor], list[Tensor]]:
+        """(the cell's name, its extra parameters, its masks) for a step on ``x`` (N, D)."""
+        return cell, [], []
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         label = type(self).__name__
@@ -281,12 +298,13 @@ class _OneStep:
                 raise RuntimeError(_dtype_error(a.dtype, self.weight_ih.dtype))
         params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         weights = [p for p in params if p is not None]
+        cell, extras, masks = self._step_inputs(cell, x)
         config = RNNConfig(1, False, self.bias, cell)
-        h, _ = rnn(x.unsqueeze(0), hx.unsqueeze(0), weights, [], None, config)  # T = 1
+        h, _ = rnn(x.unsqueeze(0), hx.unsqueeze(0), weights + extras, masks, None, config)  # T = 1
         return h[0] if batched else h[0, 0]
 
 
-class RNNCell(_OneStep, _Swappable, nn.RNNCell):
+class RNNCell(CellOptionsMixin, _OneStep, _Swappable, nn.RNNCell):
     r"""One step of an Elman RNN, a drop-in for :class:`torch.nn.RNNCell` (a subclass).
 
         h' = tanh(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh)        (or relu)
@@ -308,12 +326,13 @@ class RNNCell(_OneStep, _Swappable, nn.RNNCell):
     _ARGUMENTS = ("input_size", "hidden_size", "bias", "nonlinearity")
 
     def _cell_name(self) -> str:
-        if self.nonlinearity not in ("tanh", "relu"):
-            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
-        return f"rnn_{self.nonlinearity}"
+        try:
+            return elman_cell_name(self.nonlinearity)  # torch's two, ours and an Activation
+        except ValueError:
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}") from None
 
 
-class GRUCell(_OneStep, _Swappable, nn.GRUCell):
+class GRUCell(CellOptionsMixin, _OneStep, _Swappable, nn.GRUCell):
     r"""One step of a GRU, a drop-in for :class:`torch.nn.GRUCell` (a subclass): the T = 1 case
     of :class:`GRU` (equations there).
 
@@ -376,6 +395,10 @@ class Recurrent(_Stacked, nn.Module):
             raise NotImplementedError(
                 f"the stack carries one state per layer; {cell.name!r} has {cell.states}"
             )
+        if cell.noise or cell.extra_parameter_shapes(hidden_size):  # masks and γ/β: RNN/GRU draw them
+            raise ValueError(f"cell: {cell.name!r} takes per-call masks or extra parameters, which "
+                             "Recurrent does not make; expected a cell without options (use "
+                             "scratchrnn.RNN / GRU with layer_norm=, recurrent_dropout=, zoneout=)")
         if cells.CELLS.get(cell.name) is not cell:
             cells.register(cell)
         for name, size in (("input_size", input_size), ("hidden_size", hidden_size),

@@ -35,7 +35,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from scratchrnn.core import functional
+from scratchrnn.core import cells, functional
 
 __all__ = ["RNNConfig", "rnn"]
 
@@ -344,13 +344,15 @@ class _RNN(torch.autograd.Function):
     def vmap(info, in_dims, x, hx, batch_sizes, config, num_weights, *weights_and_masks):
         """The mapped dimension B folded into the batch: (T, B, N, ·) → (T, B·N, ·), one call.
 
-        Packed input, or weights that are themselves mapped, cannot be folded: one call per
-        element of B instead, stacked.
+        Packed input, weights that are themselves mapped, or a cell's per-sequence masks cannot be
+        folded: one call per element of B instead, stacked.
         """
         B = info.batch_size
         x_dim, hx_dim = in_dims[0], in_dims[1]
         weight_dims, mask_dims = in_dims[5 : 5 + num_weights], in_dims[5 + num_weights :]
-        if batch_sizes is not None or any(d is not None for d in weight_dims):
+        # A cell's per-sequence masks (recurrent dropout's (N, H)) do not fold as (T, N, ·) do.
+        per_sequence = "sequence" in cells.get(config.cell).noise
+        if batch_sizes is not None or any(d is not None for d in weight_dims) or per_sequence:
             args = (x, hx, batch_sizes, config, num_weights, *weights_and_masks)
             results = [
                 _RNN.apply(*(a.select(d, b) if isinstance(a, Tensor) and d is not None else a

@@ -12,11 +12,17 @@ import math
 from dataclasses import dataclass, field
 
 from scratchrnn.core import optim
+from scratchrnn.core.cells.activations import BUILT_IN
+from scratchrnn.core.options import check_probability
 
 __all__ = ["BACKENDS", "GROUPS", "MAX_SAMPLE_LENGTH", "RESUME_CHANGEABLE", "SEED_MAX", "TrainConfig",
            "check_count", "setting"]
 
 BACKENDS = ("scratch", "torch")
+CELLS = ("rnn", "gru")
+NONLINEARITIES = tuple(BUILT_IN)
+_OPTIONS = {"nonlinearity": "tanh", "layer_norm": False, "recurrent_dropout": 0.0, "weight_drop": 0.0,
+            "zoneout": 0.0}
 GROUPS = ("data", "model", "optimisation", "output")
 # What may differ from the saved settings when a run is resumed: the stopping rule and the
 # output's cadence. Everything else fixes the model, the data or the updates.
@@ -56,6 +62,13 @@ class TrainConfig:
     hidden_size: int = setting(640, "H, hidden units", "model")
     num_layers: int = setting(1, "L, stacked RNN layers", "model")
     dropout: float = setting(0.0, "on every RNN layer's output", "model")
+    # The options of docs/options.md (issue 19); the defaults are today's model.
+    cell: str = setting("rnn", "the recurrent cell", "model", choices=CELLS)
+    nonlinearity: str = setting("tanh", "the rnn cell's f", "model", choices=NONLINEARITIES)
+    layer_norm: bool = setting(False, "normalise the rnn cell's summed inputs (Ba et al.)", "model")
+    recurrent_dropout: float = setting(0.0, "dropout on h_{t-1} into W_hh, one mask per chunk (rnn)", "model")
+    weight_drop: float = setting(0.0, "DropConnect on W_hh, one mask per chunk", "model")
+    zoneout: float = setting(0.0, "probability that a unit keeps its previous value at a step", "model")
     optimizer: str = setting("adam", "the update rule", "optimisation", choices=tuple(optim.OPTIMIZERS))
     lr: float = setting(3e-3, "peak learning rate", "optimisation")
     weight_decay: float = setting(0.0, "L2 (AdamW: decoupled)", "optimisation")
@@ -110,12 +123,23 @@ class TrainConfig:
             raise ValueError(f"seed must be an integer from 0 to {SEED_MAX}, got {self.seed!r}")
         if not 0 < self.lr < 1e9:  # above, steps overflow float32 before any loss is seen
             raise ValueError(f"lr must be > 0 (and below 1e9), got {self.lr}")
-        for name in ("optimizer", "backend"):
+        for name in ("optimizer", "backend", "cell", "nonlinearity"):
             choices = TrainConfig.__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(choices)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("recurrent_dropout", "weight_drop", "zoneout"):
+            check_probability(name, getattr(self, name))
+        for name, default in _OPTIONS.items():
+            if getattr(self, name) == default:
+                continue
+            if self.backend == "torch":
+                raise ValueError(f"{name}: backend torch (nn.RNN/nn.GRU) has none; expected "
+                                 f"{default!r}, got {getattr(self, name)!r}")
+            if self.cell == "gru" and name in ("nonlinearity", "layer_norm", "recurrent_dropout"):
+                raise ValueError(f"{name}: the gru cell takes none; expected {default!r}, got "
+                                 f"{getattr(self, name)!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         for name in ("weight_decay", "momentum", "clip"):

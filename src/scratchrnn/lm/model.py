@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scratchrnn.core import accel
-from scratchrnn.core.modules import RNN
+from scratchrnn.core.modules import GRU, RNN
 
 __all__ = ["CharRNN", "CharRNNConfig", "TorchCharRNN", "cross_entropy", "generate"]
 
@@ -175,6 +175,12 @@ class CharRNNConfig:
     hidden_size: int = 640
     num_layers: int = 1
     dropout: float = 0.0
+    cell: str = "rnn"  # or "gru"; the options of docs/options.md below (defaults: none)
+    nonlinearity: str = "tanh"
+    layer_norm: bool = False
+    recurrent_dropout: float = 0.0
+    weight_drop: float = 0.0
+    zoneout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_layers"):
@@ -188,6 +194,8 @@ class CharRNNConfig:
             )
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.cell not in ("rnn", "gru"):
+            raise ValueError(f"cell must be 'rnn' or 'gru', got {self.cell!r}")
 
     @property
     def input_size(self) -> int:
@@ -209,9 +217,10 @@ class _CharModel(nn.Module):
         hidden_size: int = 640,
         num_layers: int = 1,
         dropout: float = 0.0,
+        **options,
     ) -> None:
         super().__init__()
-        self.config = CharRNNConfig(vocab_size, embedding_dim, hidden_size, num_layers, dropout)
+        self.config = CharRNNConfig(vocab_size, embedding_dim, hidden_size, num_layers, dropout, **options)
         self._build(self.config)
 
     def _build(self, config: CharRNNConfig) -> None:
@@ -232,6 +241,16 @@ class _CharModel(nn.Module):
     def init_state(self, N: int) -> Tensor:
         """Zeros, (L, N, H)."""
         return self.head.weight.new_zeros(self.num_layers, N, self.hidden_size)
+
+    def _recurrent(self, config: CharRNNConfig) -> nn.Module:
+        """scratchrnn.RNN or GRU with the config's options (docs/options.md)."""
+        options = {"layer_norm": config.layer_norm, "recurrent_dropout": config.recurrent_dropout,
+                   "weight_drop": config.weight_drop, "zoneout": config.zoneout}
+        if config.cell == "gru":
+            return GRU(config.input_size, config.hidden_size, config.num_layers,
+                       dropout=self._rnn_dropout(), **options)
+        return RNN(config.input_size, config.hidden_size, config.num_layers, config.nonlinearity,
+                   dropout=self._rnn_dropout(), **options)
 
     def _rnn_dropout(self) -> float:
         """The RNN's own dropout is between layers; the last layer's output is dropped by the model."""
@@ -272,7 +291,7 @@ class CharRNN(_CharModel):
         self.embedding = nn.Module()
         if E:
             self.embedding.weight = nn.Parameter(torch.randn(V, E))  # nn.Embedding's N(0, 1)
-        self.rnn = RNN(config.input_size, H, config.num_layers, dropout=self._rnn_dropout())
+        self.rnn = self._recurrent(config)
         self.head = nn.Module()
         bound = 1 / math.sqrt(H)  # nn.Linear's U(−1/√H, 1/√H), weight first, then bias
         self.head.weight = nn.Parameter(torch.empty(V, H).uniform_(-bound, bound))
@@ -309,7 +328,15 @@ class TorchCharRNN(_CharModel):
         V, E, H = config.vocab_size, config.embedding_dim, config.hidden_size
         if E:
             self.embedding = nn.Embedding(V, E)
-        self.rnn = nn.RNN(config.input_size, H, config.num_layers, dropout=self._rnn_dropout())
+        for name in ("layer_norm", "recurrent_dropout", "weight_drop", "zoneout"):
+            if getattr(config, name):
+                raise ValueError(f"{name}: torch's RNN has none; expected its default, got "
+                                 f"{getattr(config, name)!r}")
+        if config.cell == "gru":
+            self.rnn = nn.GRU(config.input_size, H, config.num_layers, dropout=self._rnn_dropout())
+        else:
+            self.rnn = nn.RNN(config.input_size, H, config.num_layers, config.nonlinearity,
+                              dropout=self._rnn_dropout())
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(H, V)
 

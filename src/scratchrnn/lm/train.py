@@ -129,7 +129,8 @@ def training_bytes(config: TrainConfig, vocab_size: int) -> int:
     gradients and optimizer state, plus the activations of a (T, N) chunk kept for BPTT."""
     V, E, H, L = vocab_size, config.embedding_dim, config.hidden_size, config.num_layers
     D = E or V
-    weights = V * E + (D * H + H * H + 2 * H) + (L - 1) * (2 * H * H + 2 * H) + H * V + V
+    G = 3 if config.cell == "gru" else 1  # gates: the recurrent weights have G·H rows
+    weights = V * E + G * ((D * H + H * H + 2 * H) + (L - 1) * (2 * H * H + 2 * H)) + H * V + V
     copies = 2 + _OPTIMIZER_STATES.get(config.optimizer, 2)
     activations = config.seq_len * config.batch_size * (3 * H * L + 3 * V + D)
     return 4 * (weights * copies + activations)
@@ -293,12 +294,14 @@ def _make_backend(config: TrainConfig, vocab_size: int, device: torch.device) ->
     c = config
     torch.manual_seed(c.seed)
     args = (vocab_size, c.embedding_dim, c.hidden_size, c.num_layers, c.dropout)
+    options = {"cell": c.cell, "nonlinearity": c.nonlinearity, "layer_norm": c.layer_norm,
+               "recurrent_dropout": c.recurrent_dropout, "weight_drop": c.weight_drop, "zoneout": c.zoneout}
     if c.backend == "scratch":
-        model = CharRNN(*args).to(device)
+        model = CharRNN(*args, **options).to(device)
         optimizer = optim.make_optimizer(c.optimizer, model.parameters(), c.lr, c.weight_decay, c.momentum)
         return Backend(model, optimizer, cross_entropy, optim.clip_grad_norm_)
     # the baseline: the same model and update rules, all from torch
-    model = TorchCharRNN(*args).to(device)
+    model = TorchCharRNN(*args, **options).to(device)
     kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
             "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}[c.optimizer]
     extra = {"momentum": c.momentum} if c.optimizer == "sgd" else {}

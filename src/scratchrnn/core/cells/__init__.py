@@ -3,12 +3,13 @@
 See :mod:`scratchrnn.core.cells.base` for what a cell is, and docs/cells.md for writing one.
 """
 
+from scratchrnn.core.cells.activations import BUILT_IN, Activation
 from scratchrnn.core.cells.base import CELLS, Cell, get, register
 from scratchrnn.core.cells.elman import Elman
 from scratchrnn.core.cells.gru import GRU
 
-__all__ = ["CELLS", "GRU", "Cell", "Elman", "get", "register"]
+__all__ = ["CELLS", "GRU", "Activation", "Cell", "Elman", "get", "register"]
 
-register(Elman("tanh"))
-register(Elman("relu"))
+for _name in BUILT_IN:  # rnn_tanh, rnn_relu, rnn_gelu, rnn_silu, ...
+    register(Elman(_name))
 register(GRU())

@@ -30,6 +30,15 @@ double backward works (autograd differentiating our hand-written backward); the 
 backward never uses autograd. A cell may also bring its loop in C (:meth:`Cell.accel_ready`,
 :meth:`Cell.forward_accel`, :meth:`Cell.backward_accel`); without it the PyTorch loop runs.
 
+Options (issue 19, :mod:`scratchrnn.core.cells.options`): a cell may have extra parameters per
+layer and direction (:meth:`Cell.extra_parameter_shapes`, vectors whose gradient is a sum over
+rows: the step backward returns its rows' share as a fourth element) and per-call masks
+(``noise``: one per layer and direction of each kind, "sequence" (N, H) or "row" (rows, H)); the
+stack then passes them, the masks row by row, as ``*aux`` to :meth:`Cell.project`,
+:meth:`Cell.step_constants` and :meth:`Cell.residuals`. A cell that masks h_{t−1} where it
+enters W_hh says so by :meth:`Cell.recurrent_mask`, and the stack masks dh_{t−1}'s W_hh term and
+dW_hh's h_{t−1} with it.
+
 The state is one tensor h per layer and direction (N, H) today. ``states`` names them so that a
 cell with more (an LSTM's (h, c)) can declare them; the stack supports one.
 
@@ -58,6 +67,7 @@ class Cell:
     name: str = ""
     gates: int = 1
     states: tuple[str, ...] = ("h",)
+    noise: tuple[str, ...] = ()  # per-call masks per layer and direction: "sequence" or "row"
 
     # ----- parameters ------------------------------------------------------------------------
 
@@ -74,6 +84,13 @@ class Cell:
         stdv = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0
         for weight in weights:
             torch.nn.init.uniform_(weight, -stdv, stdv)
+
+    def extra_parameter_shapes(self, hidden_size: int) -> dict[str, tuple[int, ...]]:
+        """{name stem: shape} of the parameters beyond nn's four, per layer and direction."""
+        return {}
+
+    def reset_extra_(self, weights: list[Tensor]) -> None:
+        """Initialises the extra parameters of one layer and direction, in order."""
 
     # ----- forward ---------------------------------------------------------------------------
 
@@ -124,6 +141,10 @@ class Cell:
                      residuals_t: Tensor, h_prev: Tensor) -> Tensor:
         """ḣ_t (b, H) from the tangents ẋp_t (b, G·H), ḣp_t (b, G·H) and ḣ_{t−1} (b, H)."""
         raise NotImplementedError
+
+    def recurrent_mask(self, residuals: Tensor) -> Tensor | None:
+        """The mask (rows, H) on h_{t−1} where it enters W_hh, read from the residuals; None."""
+        return None
 
     # ----- an optional loop in C -------------------------------------------------------------
 

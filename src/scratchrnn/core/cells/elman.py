@@ -1,4 +1,6 @@
-r"""The Elman cell, tanh or ReLU: ``rnn_tanh`` and ``rnn_relu`` (torch.nn.RNN's).
+r"""The Elman cell, tanh or ReLU: ``rnn_tanh`` and ``rnn_relu`` (torch.nn.RNN's); also ``rnn_gelu``,
+``rnn_silu``, ``rnn_softsign``, ``rnn_sigmoid``, ``rnn_leaky_relu`` and ``rnn_<name>`` for a user's
+:class:`~scratchrnn.core.cells.activations.Activation` (f and f' in that file; PyTorch loop only).
 
 Forward, one step (rows are batch elements, so weights act from the right):
 
@@ -27,17 +29,10 @@ import torch
 from torch import Tensor
 
 from scratchrnn.core import accel
+from scratchrnn.core.cells.activations import BUILT_IN, Activation
 from scratchrnn.core.cells.base import Cell
 
 __all__ = ["Elman"]
-
-
-def activation_derivative(h: Tensor, nonlinearity: str) -> Tensor:
-    """f'(a) from the output h = f(a), as a new tensor: 1 − h² for tanh; for relu, where the unit
-    passes its gradient on (h > 0, and a NaN h), as a bool mask for :func:`times_fprime`."""
-    if nonlinearity == "tanh":
-        return torch.mul(h, h).neg_().add_(1)
-    return h.le(0).logical_not_()
 
 
 def times_fprime(d: Tensor, fprime: Tensor) -> Tensor:
@@ -51,11 +46,24 @@ class Elman(Cell):
 
     gates = 1
 
-    def __init__(self, nonlinearity: str) -> None:
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-        self.nonlinearity = nonlinearity
-        self.name = f"rnn_{nonlinearity}"
+    def __init__(self, nonlinearity: str | Activation) -> None:
+        if isinstance(nonlinearity, Activation):
+            self.activation = nonlinearity
+        elif nonlinearity in BUILT_IN:
+            self.activation = BUILT_IN[nonlinearity]
+        else:
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from "
+                             f"{', '.join(map(repr, BUILT_IN))} or a scratchrnn.Activation.")
+        self.nonlinearity = self.activation.name
+        self.name = f"rnn_{self.nonlinearity}"
+        self._c = self.nonlinearity in ("tanh", "relu") and type(self.activation) is not Activation
+
+    def pre_activation(self, x: Tensor, h_prev: Tensor, W_ih: Tensor, W_hh: Tensor,
+                       b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
+        """a = x W_ihᵀ + b_ih + b_hh + h_{t−1} W_hhᵀ for all rows at once (rows, H), recomputed for
+        the backward of a nonlinearity whose derivative needs it."""
+        a = x @ W_ih.t() if b_ih is None else torch.addmm(b_ih + b_hh, x, W_ih.t())
+        return torch.addmm(a, h_prev, W_hh.t())
 
     def project(self, x, W_ih, b_ih, out):
         return out.addmm_(x, W_ih.t(), beta=0)  # xp = x W_ihᵀ, in the output buffer
@@ -67,10 +75,12 @@ class Elman(Cell):
         W_hh_T, bias = constants  # xp_t is h_t's storage (see project): the step runs in place
         a_t = xp_t if bias is None else xp_t.add_(bias)  # + b_ih + b_hh
         a_t.addmm_(h_prev, W_hh_T)  # a_t = x_t W_ihᵀ + b + h_{t-1} W_hhᵀ
-        a_t.tanh_() if self.nonlinearity == "tanh" else a_t.relu_()  # h_t = tanh(a_t)
+        self.activation.apply_(a_t)  # h_t = tanh(a_t)
 
     def residuals(self, x, h_prev, out, W_ih, W_hh, b_ih, b_hh):
-        return activation_derivative(out, self.nonlinearity)  # f'(a_t) from h_t
+        if self.activation.from_output:
+            return self.activation.fprime(None, out)  # f'(a_t) from h_t
+        return self.activation.fprime(lambda: self.pre_activation(x, h_prev(), W_ih, W_hh, b_ih, b_hh), out)
 
     def step_backward(self, dh_t, residuals_t, h_prev):
         da_t = times_fprime(dh_t, residuals_t)  # da_t = dh_t ⊙ f'(a_t)
@@ -80,7 +90,7 @@ class Elman(Cell):
         return times_fprime(xp_dot_t + hp_dot_t, residuals_t)  # ḣ_t = f'(a_t) ⊙ (ẋp_t + ḣp_t)
 
     def accel_ready(self, *tensors):
-        return accel.available_for(*tensors)
+        return self._c and accel.available_for(*tensors)
 
     def forward_accel(self, xp, h0, W_hh, b_ih, b_hh, batch_sizes, out, h_n, reverse):
         bias = None if b_ih is None else b_ih + b_hh
