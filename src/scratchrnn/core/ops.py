@@ -56,8 +56,9 @@ def _batch_sizes(x: Tensor, batch_sizes: Tensor | None) -> list[int]:
 
 
 def _rows(t: Tensor) -> Tensor:
-    """(T, N, F) or (rows, F) → (rows, F), the flattened time-major layout of the functions."""
-    return t.reshape(-1, t.shape[-1])
+    """(T, N, F) or (rows, F) → (rows, F), the flattened time-major layout of the functions
+    (``flatten``, not ``reshape(-1, F)``, which cannot tell the rows when F = 0: RNNCell(n, 0))."""
+    return t.flatten(0, -2)
 
 
 def _own(*tensors: Tensor) -> tuple[Tensor, ...]:
