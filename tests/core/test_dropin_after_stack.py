@@ -56,7 +56,7 @@ CELL_BAD_CALLS = {
     "input_3d": lambda c: c.RNNCell(10, 20)(torch.randn(3, 1, 10)),
     "relu_hidden_features":
         lambda c: c.RNNCell(10, 20, nonlinearity="relu")(torch.randn(3, 10), torch.randn(3, 21)),
-    "unknown_nonlinearity": lambda c: c.RNNCell(10, 20, nonlinearity="gelu")(torch.randn(3, 10)),
+    "unknown_nonlinearity": lambda c: c.RNNCell(10, 20, nonlinearity="swish")(torch.randn(3, 10)),
 }
 
 
