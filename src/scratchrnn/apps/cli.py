@@ -145,7 +145,8 @@ def _add_lab(sub) -> None:
     p.add_argument("--long", action="store_true", help="all: also the long experiments (longadding)")
     p.add_argument(
         "--out", type=Path, default=argparse.SUPPRESS,
-        help="run folder (default: runs/lab/NAME; for all: docs/img, one folder per experiment)",
+        help="run folder (default: runs/lab/NAME; for all: docs/img, one folder per experiment, "
+        "and the numbers the tutorials and README quote refreshed; with --quick: runs/lab)",
     )
 
 
@@ -153,13 +154,14 @@ def _cmd_lab(args) -> None:
     from scratchrnn.apps import lab
 
     if args.name == "all":
-        out = getattr(args, "out", Path("docs/img"))
+        out = getattr(args, "out", Path("runs/lab" if args.quick else "docs/img"))
         results = lab.run_all(out, quick=args.quick, progress=log.info, long=args.long)
         for result, seconds in results:
             print(result.summary, f"\n({result.name}: {seconds:.1f} s, files in {result.out})\n")
         print(f"lab all: {sum(s for _, s in results):.1f} s; index in {out / 'lab_all.md'}")
         return
     out = getattr(args, "out", Path("runs/lab") / args.name)
+    lab.check_quick_out(out.parent, args.quick, args.name)
     result = lab.run(args.name, out, quick=args.quick)
     # Into docs/img/NAME (as for the long experiment): the tutorials' marked numbers follow.
     refreshed = lab.prose.refresh_files(out.parent)
