@@ -23,7 +23,7 @@ from scratchrnn.apps.inspect.features import (
     position_in_line,
     speaker_line,
 )
-from scratchrnn.lm.data import Vocab, read_text
+from scratchrnn.lm.data import Vocab, read_text, split_text
 from scratchrnn.lm.model import CharRNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -224,6 +224,29 @@ def test_cli_writes_the_page_and_the_json(checkpoint, corpus, tmp_path, capsys):
 def test_cli_refuses_too_few_characters(checkpoint, tmp_path, capsys):
     assert main(["inspect", "--checkpoint", checkpoint, "--chars", "1", "--out", str(tmp_path / "p")]) == 2
     assert "--chars must be at least 2" in capsys.readouterr().err
+
+
+def test_cli_shows_the_models_own_text_by_default_as_eval_does(corpus, tmp_path, capsys):
+    # A model trained with --data is shown its own text (its validation split), not tiny
+    # Shakespeare's, and the page lands beside the checkpoint; a missing text is one clear line.
+    data = tmp_path / "mine.txt"
+    data.write_text(read_text(corpus)[::-1])  # the corpus backwards: not the bundled text
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), "--hidden-size", "8",
+                 "--embedding-dim", "4", "--batch-size", "4", "--seq-len", "8", "--max-steps", "2",
+                 "--time-budget", "0", "--eval-interval", "2", "--sample-length", "0", "--no-progress"]) == 0
+    checkpoint = str(out / "checkpoint.pt")
+    json_out = str(tmp_path / "d.json")
+    assert main(["inspect", "--checkpoint", checkpoint, "--chars", "300", "--json", json_out]) == 0
+    shown = json.loads((tmp_path / "d.json").read_text())
+    assert shown["text"] == split_text(data.read_text())[1][:300]
+    assert shown["source"] == f"{data} (val split)"
+    assert str(out / "inspect.html") in capsys.readouterr().out and (out / "inspect.html").is_file()
+    data.unlink()
+    assert main(["inspect", "--checkpoint", checkpoint, "--out", str(tmp_path / "p.html")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"scratchrnn inspect: error: the model trained on {data}, which is missing: "
+                   "pass --text FILE to show another text"]
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="needs chromium (apt-get install chromium)")
