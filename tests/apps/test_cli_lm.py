@@ -4,9 +4,11 @@ clear error line and exit status 2, with nothing overwritten."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -400,3 +402,44 @@ def test_eval_in_windows_from_a_zero_state(capsys, run):
     assert f"val loss {got.loss:.4f} nats/char" in out
     fails(capsys, ["eval", "--checkpoint", ckpt, "--window", "0"], "window must be a positive integer, got 0")
     fails(capsys, ["eval", "--checkpoint", ckpt, "--window", str(len(val))], "too short for one window")
+
+
+def test_max_steps_alone_is_the_only_limit_new_or_resumed(capsys, corpus, tmp_path):
+    # --max-steps once stopped at the default 180 s budget, silently; on a resume at the end of a
+    # time budget, --max-steps +30 trained one step.
+    out = str(tmp_path / "run")
+    flags = [f for f in TINY if f not in ("--max-steps", "12", "--time-budget", "0")]
+    assert cli.main(["train", "--data", corpus, "--out", out, *flags, "--max-steps", "5"]) == 0
+    written = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert written["max_steps"] == 5 and written["time_budget"] == 0
+    assert cli.main(["train", "--out", out, "--resume", "--time-budget", "0.5",
+                     "--max-steps", "1000000000"]) == 0  # ends by its clock
+    step = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"]
+    line = fails(capsys, ["train", "--out", out, "--resume", "--time-budget", "0.5"], "is finished")
+    assert "a --time-budget above" in line and "--max-steps" not in line
+    assert cli.main(["train", "--out", out, "--resume", "--max-steps", str(step + 3)]) == 0
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == step + 3
+
+
+def test_progress_bar_counts_steps_with_the_time_left_and_resumes_at_its_step(corpus, tmp_path, monkeypatch):
+    from tqdm import tqdm
+
+    import scratchrnn.lm.train as train_module
+
+    shown = io.StringIO()
+
+    def bar(*args, **kw):  # the bar on a "terminal"
+        return tqdm(*args, **{**kw, "disable": False, "file": shown, "mininterval": 0})
+
+    monkeypatch.setattr(train_module, "tqdm", bar)
+    out = str(tmp_path / "run")
+    flags = [f for f in TINY if f != "--no-progress"]
+    assert cli.main(["train", "--data", corpus, "--out", out, *flags]) == 0
+    first = shown.getvalue()
+    assert "1/12" in first and "12/12" in first and "step/s" in first and "s left" not in first
+    shown.truncate(0)
+    shown.seek(0)
+    assert cli.main(["train", "--out", out, "--resume", "--max-steps", "20", "--time-budget", "600"]) == 0
+    resumed = shown.getvalue()
+    assert "13/20" in resumed and "20/20" in resumed and " 1/20" not in resumed
+    assert re.search(r"\b[56]\d\d s left", resumed) and not re.search(r"\ds/s", resumed)  # was "1394.76 s/s"

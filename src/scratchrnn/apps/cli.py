@@ -29,6 +29,7 @@ from scratchrnn.apps import inspect as inspect_page
 from scratchrnn.core.modules import RNN
 from scratchrnn.lm.config import SEED_MAX, TrainConfig, check_count
 from scratchrnn.lm.distributed import STOP_SIGNALS, raised_on_every_rank
+from scratchrnn.lm.schedule import SCHEDULES
 
 log = logging.getLogger("scratchrnn")
 
@@ -210,11 +211,15 @@ def _add_train(sub) -> None:
         "The defaults are the best settings found for 180 s on a 2-core CPU. Data-parallel on K "
         "processes: torchrun --nproc_per_node=K -m scratchrnn train ... (same flags; see README). "
         "With --resume, the flags given must agree with the saved run but for the stopping rule "
-        "and the output's cadence.",
+        "and the output's cadence. --max-steps given without --time-budget is the only limit (the "
+        "default time budget is off).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = _add_config_flags(p, TrainConfig)["output"]
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument("--schedule", default="keep", choices=SCHEDULES,
+                   help="with --resume and a later end (--time-budget, --max-steps): keep the learning-rate "
+                   "schedule (past its end, its floor), or extend its cosine over the new end (train longer)")
     g.add_argument("--force", action="store_true",
                    help="replace a run that --out already holds (kept until the new one has a checkpoint)")
     g = p.add_argument_group("hardware")
@@ -235,6 +240,9 @@ def _cmd_train(args) -> None:
     from scratchrnn.lm import distributed, train
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if "max_steps" in given and "time_budget" not in given:
+        # The steps asked for, all of them: not cut short by the default (or saved) time budget.
+        given["time_budget"] = 0.0
     # Under torchrun, one process per rank joins the group here (without it, a world of one).
     with distributed.launched(args.device) as world:
         if not world.is_main:  # rank 0 reports; the others stay quiet but for their own errors
@@ -247,7 +255,7 @@ def _cmd_train(args) -> None:
             config = TrainConfig(**given)
         # popped, not kept: the checkpoint's tensors are not held for the rest of the run
         trainer = train.Trainer(config, resume=args.resume, force=args.force, world=world,
-                                saved=read.pop("run", None))
+                                saved=read.pop("run", None), schedule=args.schedule)
         result = trainer.run()
     if world.is_main:
         val = "n/a"
