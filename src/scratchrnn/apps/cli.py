@@ -87,7 +87,8 @@ def _add_bench(sub) -> None:
         "measures the peak memory of a training step, and prints a markdown report.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--quick", action="store_true", help="tiny shapes and 2 rounds: a smoke test")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny shapes and 2 rounds: a smoke test that says what ran, with no verdicts")
     p.add_argument("--out", type=Path, default=None, help="also write the report to this file")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts")
     # SUPPRESS: these defaults depend on --quick, so the help states them itself
@@ -122,7 +123,7 @@ def _cmd_bench(args) -> None:
     command += ["--out", str(args.out)] if args.out is not None else []
     report = bench.run_benchmark(
         shapes, args.threads, rounds, None if args.no_memory else memory_shape,
-        command=" ".join(command), progress=log.info,
+        command=" ".join(command), progress=log.info, smoke=args.quick,
     )
     print(report)
     if args.out is not None:
