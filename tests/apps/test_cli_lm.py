@@ -168,7 +168,7 @@ def test_sample_errors(capsys, run):
     ckpt = str(run / "checkpoint.pt")
     line = fails(capsys, ["sample", "--checkpoint", ckpt, "--prompt", "naïve€"], "not in the model's vocab")
     assert "€" in line
-    fails(capsys, ["sample", "--checkpoint", ckpt, "--temperature", "0"], "temperature must be > 0")
+    fails(capsys, ["sample", "--checkpoint", ckpt, "--temperature", "-1"], "must be ≥ 0 (0: greedy)")
     fails(capsys, ["sample", "--checkpoint", ckpt, "--top-k", "0"], "top-k must be a positive integer")
     fails(capsys, ["sample", "--checkpoint", ckpt, "--length", "-1"], "length must be ≥ 0")
 
@@ -443,3 +443,47 @@ def test_progress_bar_counts_steps_with_the_time_left_and_resumes_at_its_step(co
     resumed = shown.getvalue()
     assert "13/20" in resumed and "20/20" in resumed and " 1/20" not in resumed
     assert re.search(r"\b[56]\d\d s left", resumed) and not re.search(r"\ds/s", resumed)  # was "1394.76 s/s"
+
+
+def test_temperature_zero_is_greedy(capsys, run):
+    # nanoGPT-style samplers take 0 for greedy; it was refused.
+    ckpt = str(run / "checkpoint.pt")
+    texts = set()
+    for seed in ("1", "2"):
+        argv = ["sample", "--checkpoint", ckpt, "--length", "40", "--temperature", "0", "--seed", seed]
+        assert cli.main(argv) == 0
+        texts.add(capsys.readouterr().out)
+    assert len(texts) == 1  # the seed plays no part
+
+
+@pytest.mark.parametrize("make", [
+    lambda path: path.write_text("ROMEO: a text file, not a checkpoint\n"),
+    lambda path: path.write_bytes(_zip_with_a_pickle_that_runs_code()),
+])
+def test_a_non_checkpoint_is_refused_without_torchs_weights_only_advice(capsys, tmp_path, make):
+    # torch's message suggests retrying with weights_only=False: arbitrary code execution.
+    path = tmp_path / "not.pt"
+    make(path)
+    line = fails(capsys, ["sample", "--checkpoint", str(path)], "not a")
+    assert "weights_only" not in line and "False" not in line
+
+
+def _zip_with_a_pickle_that_runs_code() -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02cos\nsystem\nq\x00.")
+        z.writestr("archive/version", "3\n")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("command", ["demo", "bench", "lab", "train", "sample", "eval", "inspect"])
+def test_help_states_each_default_once_and_never_none(capsys, command):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    if command == "inspect":  # "--text" printed two defaults
+        text_help = text.split("--text TEXT UTF-8", 1)[1].split("--split", 1)[0]
+        assert text_help.count("default") == 1

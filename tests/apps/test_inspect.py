@@ -6,12 +6,15 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from chromium import find_chromium, load, record
 
+import scratchrnn.apps.inspect
 from scratchrnn.apps.cli import main
 from scratchrnn.apps.inspect import collect, decode_activations, render, write
 from scratchrnn.apps.inspect.data import layer_states
@@ -299,3 +302,16 @@ def test_recorded_load_timings_join_the_summary(tmp_path):
     assert entry["logical_cpus"] >= 1 and "Chrom" in entry["chromium"]  # Chromium or Chrome
     # The screenshots' scripts pick a unit by feature; a name that is not there is an error.
     assert "no unit scored for the feature" in " ".join(load(page, before="showFeature('rhyme')").errors)
+
+
+def test_the_page_colours_are_light_tints_that_black_text_reads_on():
+    # The page once coloured black text with fully saturated red and blue (contrast 3:1 on red).
+    page = (Path(scratchrnn.apps.inspect.__file__).parent / "page.html").read_text(encoding="utf-8")
+    tint = float(re.search(r"const TINT = ([0-9.]+)", page)[1])
+    for name in ("BLUE", "RED"):
+        full = [int(c) for c in re.search(name + r" = \[(\d+), (\d+), (\d+)\]", page).groups()]
+        strongest = [255 + (c - 255) * tint for c in full]  # diverging(±1) in the page's script
+        linear = [(c / 255 / 12.92) if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4
+                  for c in strongest]
+        luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+        assert (luminance + 0.05) / 0.05 >= 7, name  # WCAG's AAA contrast with black text

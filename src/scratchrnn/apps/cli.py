@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from scratchrnn.apps import inspect as inspect_page
+from scratchrnn.apps.helpformat import DefaultsHelpFormatter
 from scratchrnn.core.modules import RNN
 from scratchrnn.lm.config import SEED_MAX, TrainConfig, check_count
 from scratchrnn.lm.distributed import STOP_SIGNALS, raised_on_every_rank
@@ -42,7 +43,7 @@ def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="run a 2-layer RNN forward and backward and compare it with torch.nn.RNN",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--seq-len", type=int, default=20, help="T, time steps")
     p.add_argument("--batch-size", type=int, default=4, help="N, sequences")
@@ -85,7 +86,7 @@ def _add_bench(sub) -> None:
         help="time scratchrnn.RNN against torch.nn.RNN, the naive loop and the GEMM floor",
         description="Times forward and forward+backward of four variants in interleaved rounds, "
         "measures the peak memory of a training step, and prints a markdown report.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--quick", action="store_true",
                    help="tiny shapes and 2 rounds: a smoke test that says what ran, with no verdicts")
@@ -140,7 +141,7 @@ def _add_lab(sub) -> None:
         help="run an experiment that answers one of the tutorial's questions (plots + numbers)",
         description=f"Experiments: {listing}. 'all' runs every one and regenerates the plots and "
         "numbers of docs/tutorial.md (run it from the repository root).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("name", choices=[*EXPERIMENTS, "all"], help="the experiment, or all of them")
     p.add_argument("--quick", action="store_true", help="tiny sizes: seconds, for smoke tests")
@@ -199,8 +200,9 @@ def _add_config_flags(p: argparse.ArgumentParser, config_class) -> dict:
             group.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
                                default=argparse.SUPPRESS, help=f"do not {help}" if f.default else help)
         else:
+            shown = "" if f.default is None else f" (default: {f.default})"  # the help says what None is
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind,
-                               default=argparse.SUPPRESS, help=f"{help} (default: {f.default})")
+                               default=argparse.SUPPRESS, help=help + shown)
     return groups
 
 
@@ -214,7 +216,7 @@ def _add_train(sub) -> None:
         "With --resume, the flags given must agree with the saved run but for the stopping rule "
         "and the output's cadence. --max-steps given without --time-budget is the only limit (the "
         "default time budget is off).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     g = _add_config_flags(p, TrainConfig)["output"]
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -277,15 +279,16 @@ def _add_sample(sub) -> None:
     p = sub.add_parser(
         "sample",
         help="generate text from a trained language model",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt or best.pt of scratchrnn train")
     p.add_argument("--prompt", default="", help="text to start from (empty: a newline, if the vocabulary "
                    "has one, else its first character)")
     p.add_argument("--length", type=int, default=500, help="characters to generate")
     p.add_argument("--temperature", type=float, default=0.8,
-                   help=f"< 1: safer text, > 1: wilder; from {MIN_TEMPERATURE:g} (greedy already)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest only (None: all)")
+                   help=f"< 1: safer text, > 1: wilder; 0: greedy (the likeliest character), else from "
+                   f"{MIN_TEMPERATURE:g}")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest only (default: all)")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same text")
 
 
@@ -296,8 +299,9 @@ def _cmd_sample(args) -> None:
     if args.length < 0:
         raise ValueError(f"length must be ≥ 0, got {args.length}")
     if args.temperature > 0 and not args.temperature >= MIN_TEMPERATURE:
-        raise ValueError(f"temperature must be ≥ {MIN_TEMPERATURE:g} (below, the logits divided by it "
-                         f"overflow float32, and sampling is greedy already), got {args.temperature:g}")
+        raise ValueError(f"temperature must be 0 (greedy) or ≥ {MIN_TEMPERATURE:g} (below, the logits "
+                         f"divided by it overflow float32, and sampling is greedy already), "
+                         f"got {args.temperature:g}")
     _check_seed(args.seed)
     model, vocab, _ = load_model(args.checkpoint)
     prompt = args.prompt or vocab.start
@@ -311,15 +315,15 @@ def _add_eval(sub) -> None:
     p = sub.add_parser(
         "eval",
         help="validation loss of a trained language model, in nats/char and bits/char",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt or best.pt of scratchrnn train")
     p.add_argument("--data", default=None,
-                   help="evaluate on the last 10%% of this UTF-8 file (None: the checkpoint's own "
+                   help="evaluate on the last 10%% of this UTF-8 file (default: the checkpoint's own "
                    "validation split)")
     p.add_argument("--window", type=int, default=None,
                    help="the loss over consecutive windows of this many characters, each read "
-                   "from a zero state (nanoGPT's statistic; None: the state carried through the text)")
+                   "from a zero state (nanoGPT's statistic; default: the state carried through the text)")
 
 
 def _cmd_eval(args) -> None:

@@ -10,11 +10,11 @@ data for notebooks (decode the activations with :func:`decode_activations`).
 
 from __future__ import annotations
 
-import argparse
 import json
 from importlib import resources
 from pathlib import Path
 
+from scratchrnn.apps.helpformat import DefaultsHelpFormatter
 from scratchrnn.apps.inspect.data import collect, decode_activations
 from scratchrnn.lm.checkpoint import load_model
 from scratchrnn.lm.data import read_text, split_text
@@ -154,7 +154,7 @@ def add_parser(sub) -> None:
         description="One self-contained HTML page (opens from disk, no network): each character "
         "coloured by a hidden unit's activation, top-5 predictions on hover, a surprise mode, the "
         "units that track named features of the text, and saturation.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by scratchrnn train")
     source = p.add_mutually_exclusive_group()
