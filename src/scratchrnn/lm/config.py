@@ -43,7 +43,7 @@ class TrainConfig:
     """Every setting of a training run, with the defaults of ``scratchrnn train``.
 
     The defaults are the best settings found for 180 s of training on a 2-core CPU
-    (see README, "language model").
+    (see docs/benchmarks.md, "The language model").
     """
 
     data: str | None = setting(None, "UTF-8 text file (None: the bundled tiny Shakespeare)", "data")
