@@ -266,7 +266,7 @@ def test_a_byte_order_mark_is_not_a_character(capsys, corpus, tmp_path):
 
 def test_sample_and_demo_bounds(capsys, run):
     fails(capsys, ["sample", "--checkpoint", str(run / "checkpoint.pt"), "--temperature", "1e-40"],
-          "temperature must be ≥ 0.0001")
+          "temperature must be 0 (greedy) or ≥ 0.0001")
     fails(capsys, ["sample", "--checkpoint", str(run / "checkpoint.pt"), "--seed", "-1"], "--seed must be")
     fails(capsys, ["demo", "--seq-len", "0"], "seq_len must be a positive integer, got 0")
 

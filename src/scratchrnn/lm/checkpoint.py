@@ -57,8 +57,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         ckpt = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types for a bad file; all mean the same here
         if not raw.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive: this is another file
-            raise ValueError(f"{path} is not a checkpoint (not a file torch.save wrote): pass the "
-                             "checkpoint.pt or best.pt of a scratchrnn train run") from None
+            raise ValueError(f"{path} is not a readable checkpoint: not a file torch.save wrote (pass the "
+                             "checkpoint.pt or best.pt of a scratchrnn train run)") from None
         # Never torch's advice to retry with weights_only=False: that runs whatever code the file holds.
         lines = [line.split("WeightsUnpickler error:")[-1].strip() for line in str(err).splitlines()]
         lines = [line for line in lines if line and "weights_only" not in line]
