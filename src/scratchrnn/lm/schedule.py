@@ -6,10 +6,10 @@ in seconds of training (``time_budget``), whichever runs out first.
 
 The schedule's end is fixed when a run is created and saved in its checkpoints. A resumed run
 keeps it by default: given a later end (a larger ``--max-steps`` or ``--time-budget``), the steps
-past the schedule's end train at its floor, r × lr, and the losses are those of an uninterrupted
-run. To train longer, ``--schedule extend`` re-plans the cosine over the new end instead, as if
-the run had been planned to it from the start: the learning rate goes back up the cosine to that
-plan's value and decays to the floor at the new end. A resume that changes the end says what it
+past the schedule's end train at its floor, r × lr, as the run was planned. To train longer,
+``--schedule extend`` re-plans the cosine over the new end instead, as if the run had been planned
+to it from the start: the learning rate goes back up the cosine to that plan's value and decays to
+the floor at the new end. A resume that changes the end says what it
 does in one line. A run that has reached its end is finished: resuming it without a later end is
 refused, naming every limit to raise.
 """
