@@ -144,13 +144,31 @@ def _parse_table(text: str, heading: str) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def test_quick_bench_writes_a_well_formed_report(tmp_path, capsys):
+def test_quick_bench_is_a_smoke_test_and_the_full_report_is_well_formed(tmp_path, capsys, monkeypatch):
+    # --quick once printed targets, verdicts ("no" on 8 of 10), 0 GFLOP/s and 0.0 MiB ratios at toy
+    # shapes: it now says what ran, in one line and a table of medians. The full report is
+    # checked below on the same measurements.
+    measured = []
+    real = bench.measure_all
+    monkeypatch.setattr(bench, "measure_all", lambda *a: measured.append(real(*a)) or measured[-1])
     out = tmp_path / "RESULTS.md"
     argv = ["--quick", "--threads", "1", "--cells", "rnn", "--targets", str(TARGETS), "--out", str(out)]
     assert cli.main(["bench", *argv]) == 0
-    text = out.read_text()
-    assert capsys.readouterr().out.strip() == text.strip()
-    assert f"Written by `scratchrnn bench {' '.join(argv)}`" in text
+    smoke = out.read_text()
+    assert capsys.readouterr().out.strip() == smoke.strip()
+    assert smoke.startswith(f"# scratchrnn bench --quick: a smoke test\n\n`scratchrnn bench {' '.join(argv)}`: "
+                            "a smoke test, not a benchmark")
+    for verdict in ("Target", "**no**", "GFLOP/s", "MiB", "×", "Geometric", "% of"):
+        assert verdict not in smoke
+    _, rows = _parse_table(smoke, "a smoke test")
+    assert len(rows) == len(bench.QUICK_SHAPES) * len(bench.MODES)
+    assert all(float(c) > 0 for r in rows for c in r[3:])
+    assert len(smoke.splitlines()) < 20
+
+    targets = bench.load_targets(TARGETS)
+    text = bench.report(measured[0], bench.QUICK_SHAPES, [1], 2, bench.QUICK_MEMORY_SHAPE, "scratchrnn bench",
+                        targets)
+    assert "Written by `scratchrnn bench`" in text
     assert torch.__version__ in text
 
     head, rows = _parse_table(text, "## Speed")

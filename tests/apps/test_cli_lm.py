@@ -4,9 +4,11 @@ clear error line and exit status 2, with nothing overwritten."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -166,7 +168,7 @@ def test_sample_errors(capsys, run):
     ckpt = str(run / "checkpoint.pt")
     line = fails(capsys, ["sample", "--checkpoint", ckpt, "--prompt", "naïve€"], "not in the model's vocab")
     assert "€" in line
-    fails(capsys, ["sample", "--checkpoint", ckpt, "--temperature", "0"], "temperature must be > 0")
+    fails(capsys, ["sample", "--checkpoint", ckpt, "--temperature", "-1"], "must be ≥ 0 (0: greedy)")
     fails(capsys, ["sample", "--checkpoint", ckpt, "--top-k", "0"], "top-k must be a positive integer")
     fails(capsys, ["sample", "--checkpoint", ckpt, "--length", "-1"], "length must be ≥ 0")
 
@@ -264,7 +266,7 @@ def test_a_byte_order_mark_is_not_a_character(capsys, corpus, tmp_path):
 
 def test_sample_and_demo_bounds(capsys, run):
     fails(capsys, ["sample", "--checkpoint", str(run / "checkpoint.pt"), "--temperature", "1e-40"],
-          "temperature must be ≥ 0.0001")
+          "temperature must be 0 (greedy) or ≥ 0.0001")
     fails(capsys, ["sample", "--checkpoint", str(run / "checkpoint.pt"), "--seed", "-1"], "--seed must be")
     fails(capsys, ["demo", "--seq-len", "0"], "seq_len must be a positive integer, got 0")
 
@@ -400,3 +402,89 @@ def test_eval_in_windows_from_a_zero_state(capsys, run):
     assert f"val loss {got.loss:.4f} nats/char" in out
     fails(capsys, ["eval", "--checkpoint", ckpt, "--window", "0"], "window must be a positive integer, got 0")
     fails(capsys, ["eval", "--checkpoint", ckpt, "--window", str(len(val))], "too short for one window")
+
+
+def test_max_steps_alone_is_the_only_limit_new_or_resumed(capsys, corpus, tmp_path):
+    # --max-steps once stopped at the default 180 s budget, silently; on a resume at the end of a
+    # time budget, --max-steps +30 trained one step.
+    out = str(tmp_path / "run")
+    flags = [f for f in TINY if f not in ("--max-steps", "12", "--time-budget", "0")]
+    assert cli.main(["train", "--data", corpus, "--out", out, *flags, "--max-steps", "5"]) == 0
+    written = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert written["max_steps"] == 5 and written["time_budget"] == 0
+    assert cli.main(["train", "--out", out, "--resume", "--time-budget", "0.5",
+                     "--max-steps", "1000000000"]) == 0  # ends by its clock
+    step = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"]
+    line = fails(capsys, ["train", "--out", out, "--resume", "--time-budget", "0.5"], "is finished")
+    assert "a --time-budget above" in line and "--max-steps" not in line
+    assert cli.main(["train", "--out", out, "--resume", "--max-steps", str(step + 3)]) == 0
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == step + 3
+
+
+def test_progress_bar_counts_steps_with_the_time_left_and_resumes_at_its_step(corpus, tmp_path, monkeypatch):
+    from tqdm import tqdm
+
+    import scratchrnn.lm.train as train_module
+
+    shown = io.StringIO()
+
+    def bar(*args, **kw):  # the bar on a "terminal"
+        return tqdm(*args, **{**kw, "disable": False, "file": shown, "mininterval": 0})
+
+    monkeypatch.setattr(train_module, "tqdm", bar)
+    out = str(tmp_path / "run")
+    flags = [f for f in TINY if f != "--no-progress"]
+    assert cli.main(["train", "--data", corpus, "--out", out, *flags]) == 0
+    first = shown.getvalue()
+    assert "1/12" in first and "12/12" in first and "step/s" in first and "s left" not in first
+    shown.truncate(0)
+    shown.seek(0)
+    assert cli.main(["train", "--out", out, "--resume", "--max-steps", "20", "--time-budget", "600"]) == 0
+    resumed = shown.getvalue()
+    assert "13/20" in resumed and "20/20" in resumed and " 1/20" not in resumed
+    assert re.search(r"\b[56]\d\d s left", resumed) and not re.search(r"\ds/s", resumed)  # was "1394.76 s/s"
+
+
+def test_temperature_zero_is_greedy(capsys, run):
+    # nanoGPT-style samplers take 0 for greedy; it was refused.
+    ckpt = str(run / "checkpoint.pt")
+    texts = set()
+    for seed in ("1", "2"):
+        argv = ["sample", "--checkpoint", ckpt, "--length", "40", "--temperature", "0", "--seed", seed]
+        assert cli.main(argv) == 0
+        texts.add(capsys.readouterr().out)
+    assert len(texts) == 1  # the seed plays no part
+
+
+@pytest.mark.parametrize("make", [
+    lambda path: path.write_text("ROMEO: a text file, not a checkpoint\n"),
+    lambda path: path.write_bytes(_zip_with_a_pickle_that_runs_code()),
+])
+def test_a_non_checkpoint_is_refused_without_torchs_weights_only_advice(capsys, tmp_path, make):
+    # torch's message suggests retrying with weights_only=False: arbitrary code execution.
+    path = tmp_path / "not.pt"
+    make(path)
+    line = fails(capsys, ["sample", "--checkpoint", str(path)], "not a")
+    assert "weights_only" not in line and "False" not in line
+
+
+def _zip_with_a_pickle_that_runs_code() -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02cos\nsystem\nq\x00.")
+        z.writestr("archive/version", "3\n")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("command", ["demo", "bench", "lab", "train", "sample", "eval", "inspect"])
+def test_help_states_each_default_once_and_never_none(capsys, command):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for nothing in ("(default: None)", "(default: )", "(default: False)"):
+        assert nothing not in text
+    if command == "inspect":  # "--text" printed two defaults
+        text_help = text.split("--text TEXT UTF-8", 1)[1].split("--split", 1)[0]
+        assert text_help.count("default") == 1

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import io
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from chromium import find_chromium, load, record
 
+import scratchrnn.apps.inspect
 from scratchrnn.apps.cli import main
 from scratchrnn.apps.inspect import collect, decode_activations, decode_top_ids, render, write
 from scratchrnn.apps.inspect.data import layer_states
@@ -22,7 +25,7 @@ from scratchrnn.apps.inspect.features import (
     position_in_line,
     speaker_line,
 )
-from scratchrnn.lm.data import Vocab, read_text
+from scratchrnn.lm.data import Vocab, read_text, split_text
 from scratchrnn.lm.model import CharRNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -225,6 +228,29 @@ def test_cli_refuses_too_few_characters(checkpoint, tmp_path, capsys):
     assert "--chars must be at least 2" in capsys.readouterr().err
 
 
+def test_cli_shows_the_models_own_text_by_default_as_eval_does(corpus, tmp_path, capsys):
+    # A model trained with --data is shown its own text (its validation split), not tiny
+    # Shakespeare's, and the page lands beside the checkpoint; a missing text is one clear line.
+    data = tmp_path / "mine.txt"
+    data.write_text(read_text(corpus)[::-1])  # the corpus backwards: not the bundled text
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), "--hidden-size", "8",
+                 "--embedding-dim", "4", "--batch-size", "4", "--seq-len", "8", "--max-steps", "2",
+                 "--time-budget", "0", "--eval-interval", "2", "--sample-length", "0", "--no-progress"]) == 0
+    checkpoint = str(out / "checkpoint.pt")
+    json_out = str(tmp_path / "d.json")
+    assert main(["inspect", "--checkpoint", checkpoint, "--chars", "300", "--json", json_out]) == 0
+    shown = json.loads((tmp_path / "d.json").read_text())
+    assert shown["text"] == split_text(data.read_text())[1][:300]
+    assert shown["source"] == f"{data} (val split)"
+    assert str(out / "inspect.html") in capsys.readouterr().out and (out / "inspect.html").is_file()
+    data.unlink()
+    assert main(["inspect", "--checkpoint", checkpoint, "--out", str(tmp_path / "p.html")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"scratchrnn inspect: error: the model trained on {data}, which is missing: "
+                   "pass --text FILE to show another text"]
+
+
 @pytest.mark.skipif(find_chromium() is None, reason="needs chromium (apt-get install chromium)")
 def test_page_in_headless_chromium_has_no_errors_no_requests_and_responds(tmp_path):
     import matplotlib.image
@@ -275,3 +301,16 @@ def test_recorded_load_timings_join_the_summary(tmp_path):
     assert entry["logical_cpus"] >= 1 and "Chrom" in entry["chromium"]  # Chromium or Chrome
     # The screenshots' scripts pick a unit by feature; a name that is not there is an error.
     assert "no unit scored for the feature" in " ".join(load(page, before="showFeature('rhyme')").errors)
+
+
+def test_the_page_colours_are_light_tints_that_black_text_reads_on():
+    # The page once coloured black text with fully saturated red and blue (contrast 3:1 on red).
+    page = (Path(scratchrnn.apps.inspect.__file__).parent / "page.html").read_text(encoding="utf-8")
+    tint = float(re.search(r"const TINT = ([0-9.]+)", page)[1])
+    for name in ("BLUE", "RED"):
+        full = [int(c) for c in re.search(name + r" = \[(\d+), (\d+), (\d+)\]", page).groups()]
+        strongest = [255 + (c - 255) * tint for c in full]  # diverging(±1) in the page's script
+        linear = [(c / 255 / 12.92) if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4
+                  for c in strongest]
+        luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+        assert (luminance + 0.05) / 0.05 >= 7, name  # WCAG's AAA contrast with black text

@@ -255,12 +255,34 @@ def test_cli_lab_one_experiment_prints_its_summary(tmp_path, capsys):
     assert str(tmp_path / "c" / "concat.png") in printed
 
 
-def test_cli_lab_into_docs_img_refreshes_the_tutorial_next_to_it(tmp_path):
+def test_cli_lab_into_docs_img_refreshes_the_tutorial_next_to_it(tmp_path, monkeypatch):
+    import scratchrnn.apps.lab as lab
+
+    def measure(name, out, quick=False):  # a full-size run, faked: its results.json
+        Path(out).mkdir(parents=True)
+        (Path(out) / "results.json").write_text('{"bench_shape": {"T": 7}}')
+        return lab.LabResult(name, Path(out), {}, "# concat")
+
+    monkeypatch.setattr(lab, "run", measure)
     tutorial = tmp_path / "tutorial.md"
     tutorial.write_text("T is 0<!-- = concat/bench_shape/T -->.\n", encoding="utf-8")
-    assert main(["lab", "concat", "--quick", "--out", str(tmp_path / "img" / "concat")]) == 0
-    T = _numbers(tmp_path / "img", "concat")["bench_shape"]["T"]
-    assert T != 0 and tutorial.read_text(encoding="utf-8") == f"T is {T}<!-- = concat/bench_shape/T -->.\n"
+    assert main(["lab", "concat", "--out", str(tmp_path / "img" / "concat")]) == 0
+    assert tutorial.read_text(encoding="utf-8") == "T is 7<!-- = concat/bench_shape/T -->.\n"
+
+
+@pytest.mark.parametrize("name", ["concat", "all"])
+def test_cli_lab_quick_into_docs_img_is_refused_and_rewrites_nothing(tmp_path, capsys, name):
+    # The README's `--out docs/img/NAME` with --quick would put toy numbers into the prose.
+    (tmp_path / "docs" / "img").mkdir(parents=True)
+    (tmp_path / "README.md").write_text("T is 0<!-- = concat/bench_shape/T -->.\n", encoding="utf-8")
+    tutorial = tmp_path / "docs" / "tutorial.md"
+    tutorial.write_text("T is 0<!-- = concat/bench_shape/T -->.\n", encoding="utf-8")
+    out = tmp_path / "docs" / "img" / ("concat" if name == "concat" else "")
+    assert main(["lab", name, "--quick", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--quick measures at toy sizes" in err[0] and "leave out --quick" in err[0]
+    assert not (out / "results.json").exists() and not (out / "lab_all.md").exists()
+    assert tutorial.read_text(encoding="utf-8") == "T is 0<!-- = concat/bench_shape/T -->.\n"
 
 
 def test_cli_lab_refuses_a_file_as_its_folder(tmp_path, capsys):

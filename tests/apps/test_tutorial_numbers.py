@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from scratchrnn.apps.lab.prose import check, marked_numbers, marked_tables, refresh, refresh_files
+from scratchrnn.apps.lab.prose import check, documents, marked_numbers, marked_tables, refresh, refresh_files
 
 ROOT = Path(__file__).resolve().parents[2]
 IMG = ROOT / "docs" / "img"
 TUTORIALS = [ROOT / "docs" / "tutorial.md", ROOT / "docs" / "tutorial.zh.md"]
 README = ROOT / "README.md"
+# The README and the pages moved out of it (docs/*.md): wherever a marked number goes, it is checked.
+PAGES = [README, *sorted(p for p in (ROOT / "docs").glob("*.md") if p not in TUTORIALS)]
 
 
 @pytest.mark.parametrize("tutorial", TUTORIALS, ids=lambda p: p.name)
@@ -55,19 +57,28 @@ def test_markers_format_and_divide(tmp_path):
     assert check(text.replace("2400", "2401"), tmp_path) == ["2401 should be 2400 (exp/a/b/1 / exp/t|.0f)"]
 
 
-def test_the_readme_numbers_are_the_measured_ones():
-    text = README.read_text(encoding="utf-8")
-    assert len([spec for _, spec in marked_numbers(text) if spec.startswith("inspect/")]) >= 6
-    assert check(text, IMG) == []
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_the_readme_and_docs_numbers_are_the_measured_ones(page):
+    assert check(page.read_text(encoding="utf-8"), IMG) == []
 
 
-def test_refresh_files_rewrites_the_tutorials_and_the_readme_above_them(tmp_path):
+def test_the_inspect_figures_are_still_marked_wherever_they_moved():
+    specs = [spec for page in PAGES for _, spec in marked_numbers(page.read_text(encoding="utf-8"))]
+    assert len([spec for spec in specs if spec.startswith("inspect/")]) >= 6
+
+
+def test_lab_all_refreshes_every_page_that_quotes_its_results():
+    assert set(documents(IMG)) == {*TUTORIALS, *PAGES}
+
+
+def test_refresh_files_rewrites_the_tutorials_the_docs_pages_and_the_readme_above_them(tmp_path):
     (tmp_path / "docs" / "img" / "exp").mkdir(parents=True)
     (tmp_path / "docs" / "img" / "exp" / "results.json").write_text('{"x": 2.5}')
-    for path in (tmp_path / "docs" / "tutorial.md", tmp_path / "README.md"):
+    pages = [tmp_path / "docs" / "inspect.md", tmp_path / "docs" / "tutorial.md", tmp_path / "README.md"]
+    for path in pages:
         path.write_text("x is 9.9<!-- = exp/x -->.\n")
     changed = refresh_files(tmp_path / "docs" / "img")
-    assert changed == [tmp_path / "docs" / "tutorial.md", tmp_path / "README.md"]
+    assert changed == pages
     assert (tmp_path / "README.md").read_text() == "x is 2.5<!-- = exp/x -->.\n"
     # A lab run elsewhere (runs/lab) has no tutorials beside it: nothing is rewritten.
     (tmp_path / "runs" / "lab" / "exp").mkdir(parents=True)

@@ -224,7 +224,8 @@ def test_generate_uses_the_vocabulary_and_is_reproducible():
 
 
 @pytest.mark.parametrize(("kw", "match"), [
-    (dict(temperature=0.0), "temperature"), (dict(temperature=-1.0), "temperature"), (dict(top_k=0), "top-k"),
+    (dict(temperature=-1e-9), "temperature"), (dict(temperature=-1.0), "temperature"),
+    (dict(top_k=0), "top-k"),
 ])
 def test_generate_rejects_bad_arguments(kw, match):
     model = CharRNN(5, 2, 4)
@@ -261,3 +262,17 @@ def test_double_backward_through_the_heads_equals_autograd(diffs):
     worst = max(sym_rel_err(a, b) for a, b in zip(*results, strict=True))
     diffs("float64 relative vs autograd: heads' second derivatives", worst)
     assert worst <= 1e-10
+
+
+def test_temperature_zero_is_greedy_and_the_modules_print_as_torchs():
+    torch.manual_seed(0)
+    model = CharRNN(7, 3, 8)
+    prompt = torch.tensor([1, 2])
+    ids = generate(model, prompt, 12, temperature=0.0)
+    seq = prompt.tolist()
+    for _ in range(12):  # the likeliest next character, every time
+        seq.append(model(torch.tensor(seq).unsqueeze(1))[0][-1, 0].argmax().item())
+    assert ids.tolist() == seq[2:]
+    # print(model) once showed (embedding): Module() and (head): Module()
+    assert "Module()" not in repr(model) and repr(model) == repr(TorchCharRNN(7, 3, 8)).replace(
+        "TorchCharRNN", "CharRNN").replace("  (drop): Dropout(p=0.0, inplace=False)\n", "")

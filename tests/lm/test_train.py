@@ -349,3 +349,32 @@ def test_the_log_keeps_normal_permissions_after_a_resume(corpus, tmp_path):
         os.umask(old)
     assert {n: oct(stat.S_IMODE(os.stat(tmp_path / n).st_mode)) for n in os.listdir(tmp_path)} == {
         n: "0o644" for n in os.listdir(tmp_path)}
+
+
+def test_schedule_extend_replans_the_cosine_over_the_new_end(corpus, tmp_path, caplog):
+    # Training longer: "keep" (above) trains the new steps at the floor; "extend" goes back up the
+    # cosine to where a run planned to the new end would be, and decays to the floor at that end.
+    c = tiny(corpus, tmp_path, max_steps=10, warmup_steps=2)
+    train(c)
+    with caplog.at_level(logging.INFO, logger="scratchrnn.lm.schedule"):
+        train(resume_config(tmp_path, max_steps=30), resume=True, schedule="extend")
+    assert "the learning-rate schedule is re-planned to end at step 30 (--schedule extend" in caplog.text
+    lrs = records(tmp_path, "lr")
+    assert all(lrs[s] == pytest.approx(learning_rate(c, s - 1, (s - 1) / 30)) for s in range(11, 31))
+    assert lrs[11] > 5 * lrs[10] and lrs[30] == pytest.approx(1e-2 * 0.1, rel=0.05)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["schedule"] == {"max_steps": 30, "time_budget": None}
+    with pytest.raises(ValueError, match="needs --resume"):
+        train(tiny(corpus, tmp_path / "new"), schedule="extend")
+
+
+def test_the_clock_saved_is_the_clock_reported_and_a_finished_budget_names_what_to_raise(corpus, tmp_path):
+    # The last evaluation once counted in the clock after the checkpoint was saved: the run
+    # printed 600.7 s, saved 599.x, and a resume trained one more step with exit status 0.
+    result = train(tiny(corpus, tmp_path, max_steps=100_000, time_budget=1.0, eval_interval=1_000_000))
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert saved["elapsed"] == result.elapsed and saved["step"] == result.step and saved["finished"]
+    for given in ({}, {"max_steps": 200_000}):  # the time budget is what ended it, not the steps
+        with pytest.raises(ValueError, match=r"is finished .*; pass a --time-budget above [0-9.]+ \(seconds; "
+                           r"0: none\) with --resume") as err:
+            train(resume_config(tmp_path, **given), resume=True)
+        assert "--max-steps" not in str(err.value)

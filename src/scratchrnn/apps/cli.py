@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from scratchrnn.apps import inspect as inspect_page
+from scratchrnn.apps.helpformat import DefaultsHelpFormatter
 from scratchrnn.core.modules import RNN
 from scratchrnn.lm.config import MAX_SAMPLE_LENGTH, SEED_MAX, TrainConfig, check_count
 from scratchrnn.lm.distributed import (
@@ -35,6 +36,7 @@ from scratchrnn.lm.distributed import (
     raised_on_every_rank,
     watch_stop_signals,
 )
+from scratchrnn.lm.schedule import SCHEDULES
 
 log = logging.getLogger("scratchrnn")
 
@@ -47,7 +49,7 @@ def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="run a 2-layer RNN forward and backward and compare it with torch.nn.RNN",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--seq-len", type=int, default=20, help="T, time steps")
     p.add_argument("--batch-size", type=int, default=4, help="N, sequences")
@@ -92,9 +94,10 @@ def _add_bench(sub) -> None:
         description="Times forward and forward+backward of each variant in interleaved rounds, "
         "measures the peak memory of a training step, times the peers (JAX, torch.compile, oneDNN), "
         "checks the project's targets and prints a markdown report.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
-    p.add_argument("--quick", action="store_true", help="tiny shapes and 2 rounds: a smoke test")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny shapes and 2 rounds: a smoke test that says what ran, with no verdicts")
     p.add_argument("--out", type=Path, default=None, help="also write the report to this file")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts")
     # SUPPRESS: these defaults depend on --quick, so the help states them itself
@@ -142,7 +145,7 @@ def _cmd_bench(args) -> None:
     command += ["--out", str(args.out)] if args.out is not None else []
     report = bench.run_benchmark(
         shapes, args.threads, rounds, None if args.no_memory else memory_shape,
-        command=" ".join(command), progress=log.info, targets=targets, cells=args.cells,
+        command=" ".join(command), progress=log.info, targets=targets, cells=args.cells, smoke=args.quick,
     )
     print(report)
     if args.out is not None:
@@ -159,14 +162,15 @@ def _add_lab(sub) -> None:
         help="run an experiment that answers one of the tutorial's questions (plots + numbers)",
         description=f"Experiments: {listing}. 'all' runs every one and regenerates the plots and "
         "numbers of docs/tutorial.md (run it from the repository root).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("name", choices=[*EXPERIMENTS, "all"], help="the experiment, or all of them")
     p.add_argument("--quick", action="store_true", help="tiny sizes: seconds, for smoke tests")
     p.add_argument("--long", action="store_true", help="all: also the long experiments (longadding)")
     p.add_argument(
         "--out", type=Path, default=argparse.SUPPRESS,
-        help="run folder (default: runs/lab/NAME; for all: docs/img, one folder per experiment)",
+        help="run folder (default: runs/lab/NAME; for all: docs/img, one folder per experiment, "
+        "and the numbers the tutorials and README quote refreshed; with --quick: runs/lab)",
     )
 
 
@@ -174,13 +178,14 @@ def _cmd_lab(args) -> None:
     from scratchrnn.apps import lab
 
     if args.name == "all":
-        out = getattr(args, "out", Path("docs/img"))
+        out = getattr(args, "out", Path("runs/lab" if args.quick else "docs/img"))
         results = lab.run_all(out, quick=args.quick, progress=log.info, long=args.long)
         for result, seconds in results:
             print(result.summary, f"\n({result.name}: {seconds:.1f} s, files in {result.out})\n")
         print(f"lab all: {sum(s for _, s in results):.1f} s; index in {out / 'lab_all.md'}")
         return
     out = getattr(args, "out", Path("runs/lab") / args.name)
+    lab.check_quick_out(out.parent, args.quick, args.name)
     result = lab.run(args.name, out, quick=args.quick)
     # Into docs/img/NAME (as for the long experiment): the tutorials' marked numbers follow.
     refreshed = lab.prose.refresh_files(out.parent)
@@ -216,8 +221,9 @@ def _add_config_flags(p: argparse.ArgumentParser, config_class) -> dict:
             group.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
                                default=argparse.SUPPRESS, help=f"do not {help}" if f.default else help)
         else:
+            shown = "" if f.default is None else f" (default: {f.default})"  # the help says what None is
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind,
-                               default=argparse.SUPPRESS, help=f"{help} (default: {f.default})")
+                               default=argparse.SUPPRESS, help=help + shown)
     return groups
 
 
@@ -229,11 +235,15 @@ def _add_train(sub) -> None:
         "The defaults are the best settings found for 180 s on a 2-core CPU. Data-parallel on K "
         "processes: torchrun --nproc_per_node=K -m scratchrnn train ... (same flags; see README). "
         "With --resume, the flags given must agree with the saved run but for the stopping rule "
-        "and the output's cadence.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "and the output's cadence. --max-steps given without --time-budget is the only limit (the "
+        "default time budget is off).",
+        formatter_class=DefaultsHelpFormatter,
     )
     g = _add_config_flags(p, TrainConfig)["output"]
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument("--schedule", default="keep", choices=SCHEDULES,
+                   help="with --resume and a later end (--time-budget, --max-steps): keep the learning-rate "
+                   "schedule (past its end, its floor), or extend its cosine over the new end (train longer)")
     g.add_argument("--force", action="store_true",
                    help="replace a run that --out already holds (kept until the new one has a checkpoint)")
     g.add_argument("--auto-resume", action="store_true",
@@ -262,6 +272,9 @@ def _cmd_train(args) -> None:
     from scratchrnn.lm import distributed, train
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if "max_steps" in given and "time_budget" not in given:
+        # The steps asked for, all of them: not cut short by the default (or saved) time budget.
+        given["time_budget"] = 0.0
     # Under torchrun, one process per rank joins the group here (without it, a world of one).
     if args.auto_resume and (args.resume or args.force):
         raise ValueError("--auto-resume excludes --resume and --force: it chooses between them")
@@ -283,7 +296,9 @@ def _cmd_train(args) -> None:
             config = TrainConfig(**given)
         # popped, not kept: the checkpoint's tensors are not held for the rest of the run
         trainer = train.Trainer(config, resume=args.resume, force=args.force, world=world,
-                                saved=read.pop("run", None))
+                                saved=read.pop("run", None),
+                                # --auto-resume starting a run: nothing to re-plan yet
+                                schedule="keep" if args.auto_resume and not args.resume else args.schedule)
         result = trainer.run()
     if world.is_main:
         val = "n/a"
@@ -304,15 +319,16 @@ def _add_sample(sub) -> None:
     p = sub.add_parser(
         "sample",
         help="generate text from a trained language model",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt or best.pt of scratchrnn train")
     p.add_argument("--prompt", default="", help="text to start from (empty: a newline, if the vocabulary "
                    "has one, else its first character)")
     p.add_argument("--length", type=int, default=500, help="characters to generate")
     p.add_argument("--temperature", type=float, default=0.8,
-                   help=f"< 1: safer text, > 1: wilder; from {MIN_TEMPERATURE:g} (greedy already)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest only (None: all)")
+                   help=f"< 1: safer text, > 1: wilder; 0: greedy (the likeliest character), else from "
+                   f"{MIN_TEMPERATURE:g}")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest only (default: all)")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same text")
 
 
@@ -323,8 +339,9 @@ def _cmd_sample(args) -> None:
     if not 0 <= args.length <= MAX_SAMPLE_LENGTH:
         raise ValueError(f"length must be ≥ 0 and at most {MAX_SAMPLE_LENGTH:,}, got {args.length:,}")
     if args.temperature > 0 and not args.temperature >= MIN_TEMPERATURE:
-        raise ValueError(f"temperature must be ≥ {MIN_TEMPERATURE:g} (below, the logits divided by it "
-                         f"overflow float32, and sampling is greedy already), got {args.temperature:g}")
+        raise ValueError(f"temperature must be 0 (greedy) or ≥ {MIN_TEMPERATURE:g} (below, the logits "
+                         f"divided by it overflow float32, and sampling is greedy already), "
+                         f"got {args.temperature:g}")
     _check_seed(args.seed)
     model, vocab, _ = load_model(args.checkpoint)
     prompt = args.prompt or vocab.start
@@ -338,15 +355,15 @@ def _add_eval(sub) -> None:
     p = sub.add_parser(
         "eval",
         help="validation loss of a trained language model, in nats/char and bits/char",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt or best.pt of scratchrnn train")
     p.add_argument("--data", default=None,
-                   help="evaluate on the last 10%% of this UTF-8 file (None: the checkpoint's own "
+                   help="evaluate on the last 10%% of this UTF-8 file (default: the checkpoint's own "
                    "validation split)")
     p.add_argument("--window", type=int, default=None,
                    help="the loss over consecutive windows of this many characters, each read "
-                   "from a zero state (nanoGPT's statistic; None: the state carried through the text)")
+                   "from a zero state (nanoGPT's statistic; default: the state carried through the text)")
 
 
 def _cmd_eval(args) -> None:

@@ -73,7 +73,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ckpt = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types for a bad file; all mean the same here
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not raw.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive: this is another file
+            raise ValueError(f"{path} is not a readable checkpoint: not a file torch.save wrote (pass the "
+                             "checkpoint.pt or best.pt of a scratchrnn train run)") from None
+        # Never torch's advice to retry with weights_only=False: that runs whatever code the file holds.
+        lines = [line.split("WeightsUnpickler error:")[-1].strip() for line in str(err).splitlines()]
+        lines = [line for line in lines if line and "weights_only" not in line]
+        reason = lines[0] if lines else type(err).__name__
         raise ValueError(f"{path} is not a readable checkpoint (corrupt or truncated?): {reason}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a scratchrnn language-model checkpoint")

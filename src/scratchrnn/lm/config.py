@@ -52,7 +52,7 @@ class TrainConfig:
     """Every setting of a training run, with the defaults of ``scratchrnn train``.
 
     The defaults are the best settings found for 180 s of training on a 2-core CPU
-    (see README, "language model").
+    (see docs/benchmarks.md, "The language model").
     """
 
     data: str | None = setting(None, "UTF-8 text file (None: the bundled tiny Shakespeare)", "data")
@@ -81,9 +81,12 @@ class TrainConfig:
         64, "N, parallel streams in all (global): under torchrun each of K processes trains on N/K "
         "of them (K must divide N); the batch means the same for any K", "optimisation")
     seq_len: int = setting(64, "T, steps of truncated BPTT", "optimisation")
-    max_steps: int | None = setting(None, "stop after this many steps (None: no limit)", "optimisation")
+    max_steps: int | None = setting(
+        None, "stop after this many steps (None: no limit); on the command line, given without "
+        "--time-budget, the only limit", "optimisation")
     time_budget: float | None = setting(
-        180.0, "stop after this many seconds of training and evaluation (0: no limit)", "optimisation")
+        180.0, "stop after this many seconds of training and evaluation (0: no limit; off when "
+        "--max-steps is given alone)", "optimisation")
     seed: int = setting(0, f"random seed, 0 … {SEED_MAX}", "optimisation")
     backend: str = setting("scratch", "ours, or torch: the same model on nn.RNN + autograd + torch.optim",
                            "optimisation", choices=BACKENDS)

@@ -257,6 +257,21 @@ class _CharModel(nn.Module):
         return self.config.dropout if self.config.num_layers > 1 else 0.0
 
 
+class _Holder(nn.Module):
+    """A module that only holds parameters (the arithmetic is in the Functions above) and prints as
+    the torch module it stands for (``Embedding(65, 64)``, as TorchCharRNN's), not ``Module()``."""
+
+    def __init__(self, kind: str, description: str) -> None:
+        super().__init__()
+        self.kind, self.description = kind, description
+
+    def _get_name(self) -> str:
+        return self.kind
+
+    def extra_repr(self) -> str:
+        return self.description
+
+
 class CharRNN(_CharModel):
     r"""A character-level language model: embedding → :class:`scratchrnn.RNN` → output layer.
 
@@ -288,11 +303,11 @@ class CharRNN(_CharModel):
         V, E, H = config.vocab_size, config.embedding_dim, config.hidden_size
         # Modules as plain parameter holders (same names and init draws as TorchCharRNN's
         # nn.Embedding / nn.RNN / nn.Linear); the arithmetic is in the Functions above.
-        self.embedding = nn.Module()
+        self.embedding = _Holder("Embedding", f"{V}, {E}") if E else _Holder("OneHot", f"{V}")
         if E:
             self.embedding.weight = nn.Parameter(torch.randn(V, E))  # nn.Embedding's N(0, 1)
         self.rnn = self._recurrent(config)
-        self.head = nn.Module()
+        self.head = _Holder("Linear", f"in_features={H}, out_features={V}, bias=True")
         bound = 1 / math.sqrt(H)  # nn.Linear's U(−1/√H, 1/√H), weight first, then bias
         self.head.weight = nn.Parameter(torch.empty(V, H).uniform_(-bound, bound))
         self.head.bias = nn.Parameter(torch.empty(V).uniform_(-bound, bound))
@@ -370,7 +385,8 @@ def generate(
             and restored afterwards.
         prompt_ids: (P,) int64 ids, P ≥ 1; the state after reading them starts the sampling.
         length: the number of characters to sample.
-        temperature: the logits are divided by it before the softmax (< 1: safer, > 1: wilder).
+        temperature: the logits are divided by it before the softmax (< 1: safer, > 1: wilder);
+            0: greedy, the likeliest character every time (the generator is not used).
         top_k: sample among the k most likely characters only (None: all).
         generator: a seeded ``torch.Generator`` makes the text reproducible.
 
@@ -379,8 +395,8 @@ def generate(
     """
     if prompt_ids.dim() != 1 or len(prompt_ids) == 0:
         raise ValueError("the prompt must be a non-empty 1-D sequence of ids")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be ≥ 0 (0: greedy), got {temperature}")
     if top_k is not None and top_k <= 0:
         raise ValueError(f"top-k must be a positive integer, got {top_k}")
     was_training = model.training
@@ -390,12 +406,15 @@ def generate(
         y = logits[-1, 0]  # (V,)
         out = torch.empty(length, dtype=torch.long)
         for i in range(length):
-            y = y / temperature
-            if top_k is not None and top_k < y.numel():
-                kth = torch.topk(y, top_k).values[-1]
-                y = y.masked_fill(y < kth, -math.inf)
-            p = torch.softmax(y, 0)  # (V,)
-            c = torch.multinomial(p, 1, generator=generator)  # (1,)
+            if temperature == 0:  # the limit of the softmax as the temperature goes to 0
+                c = y.argmax().view(1)  # (1,)
+            else:
+                y = y / temperature
+                if top_k is not None and top_k < y.numel():
+                    kth = torch.topk(y, top_k).values[-1]
+                    y = y.masked_fill(y < kth, -math.inf)
+                p = torch.softmax(y, 0)  # (V,)
+                c = torch.multinomial(p, 1, generator=generator)  # (1,)
             out[i] = c[0]
             logits, h = model(c.view(1, 1), h)
             y = logits[0, 0]

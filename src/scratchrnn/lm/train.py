@@ -7,7 +7,7 @@ parameters once. The learning rate warms up linearly over the first steps, then 
 from the peak down to ``min_lr_ratio`` × peak at the end of the schedule; the schedule ends at
 ``max_steps`` or the time budget as the run was created (a time-budgeted run measures its progress
 in seconds). A resumed run keeps that schedule: given a later end, it trains on at the floor
-learning rate (and says so).
+learning rate (and says so), unless ``schedule="extend"`` re-plans the cosine over the new end.
 
 :class:`Trainer` keeps the parts apart — :meth:`~Trainer.build` (model and optimizer),
 :meth:`~Trainer.train_step`, :meth:`~Trainer.evaluate`, :meth:`~Trainer.save_checkpoint` — and
@@ -185,7 +185,7 @@ def _resumed_checkpoint(files: RunDir, saved: SavedRun | None) -> dict:
 
 
 def _open_run(files: RunDir, world: World, config: TrainConfig, resume: bool, force: bool,
-              saved: SavedRun | None):
+              saved: SavedRun | None, schedule_rule: str = "keep"):
     """Check the settings, read the text (and the checkpoint, unless ``saved`` holds it), open the
     run directory; returns (config with absolute paths, checkpoint or None, corpus, schedule). Run
     by rank 0 alone."""
@@ -199,7 +199,7 @@ def _open_run(files: RunDir, world: World, config: TrainConfig, resume: bool, fo
         files.open("resume")
         ckpt = _resumed_checkpoint(files, saved)
         refuse(changes_refused(ckpt["train_config"], asdict(config)), files.path)
-        schedule = resumed_schedule(config, ckpt, files.path)
+        schedule = resumed_schedule(config, ckpt, files.path, schedule_rule)
     corpus = load_corpus(config.data, Vocab(ckpt["vocab"]) if ckpt else None)
     if resume:  # the text it trained on, or --allow-data-change
         files.check_data_file(ckpt, corpus.data_file, config.allow_data_change)
@@ -324,13 +324,22 @@ def noted_signals() -> Iterator[list[int]]:
             signal.signal(sig, old)
 
 
-def _progress_bar(config: TrainConfig, is_main: bool) -> tqdm:
-    """Steps, or seconds when a time budget is set; on rank 0's terminal only."""
-    by_step = bool(config.max_steps and not config.time_budget)
+def _progress_bar(config: TrainConfig, is_main: bool, step: int) -> tqdm:
+    """Steps, out of ``max_steps`` when it is set, from ``step`` (where a resumed run starts, so
+    that its rate and time left count this session's steps only); the time budget is shown as
+    time left (:func:`_progress_note`). On rank 0's terminal only."""
     return tqdm(
-        total=config.max_steps if by_step else round(config.time_budget), unit="step" if by_step else "s",
+        total=config.max_steps or None, initial=step, unit="step",
         disable=None if config.progress and is_main else True, dynamic_ncols=True, leave=False,
     )
+
+
+def _progress_note(config: TrainConfig, elapsed: float, loss: float, val_loss: float | None,
+                   chars_per_s: float) -> str:
+    """What the progress bar shows after its count: the losses, the rate, the time budget left."""
+    left = f" {max(config.time_budget - elapsed, 0):.0f} s left" if config.time_budget else ""
+    val = "-" if val_loss is None else f"{val_loss:.3f}"
+    return f"loss {loss:.3f} val {val} {chars_per_s:,.0f} chars/s{left}"
 
 
 def sample_text(model: nn.Module, vocab: Vocab, length: int, seed: int) -> str:
@@ -390,6 +399,9 @@ class Trainer:
             so that the checkpoint is not read a second time. It is used only if checkpoint.pt is
             still the file it was read from once the run directory is locked; else the file is
             read again.
+        schedule: with ``resume``, "keep" the saved learning-rate schedule (steps past its end
+            train at its floor) or "extend" it to end where training now stops (see
+            :func:`~scratchrnn.lm.schedule.resumed_schedule`).
 
     Nothing in the run directory is touched until the settings and the data have been checked.
     Rank 0 alone reads the text and the checkpoint and writes the run directory; the other ranks
@@ -397,14 +409,16 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, resume: bool = False, force: bool = False,
-                 world: World | None = None, saved: SavedRun | None = None) -> None:
+                 world: World | None = None, saved: SavedRun | None = None, schedule: str = "keep") -> None:
         if resume and force:
             raise ValueError("--resume and --force exclude each other")
+        if schedule != "keep" and not resume:
+            raise ValueError("--schedule extend re-plans a resumed run's schedule: it needs --resume")
         self.world = world = world or distributed.current()
         self.files = RunDir(os.path.abspath(config.out))
         try:
             self.config, ckpt, self.corpus, self.schedule = world.on_main(
-                _open_run, self.files, world, config, resume, force, saved)
+                _open_run, self.files, world, config, resume, force, saved, schedule)
             self.run_dir = Path(self.config.out)
             N, T = self.config.batch_size, self.config.seq_len
             self.batches = StreamBatches(self.corpus.train, N, T, "the training split").select(
@@ -565,7 +579,13 @@ class Trainer:
     # --- the loop -----------------------------------------------------------------------------
 
     def _eval_and_save(self) -> float:
+        """Validate, then checkpoint (and best.pt, and a sample); the evaluation's seconds, which
+        count in the run's clock before the checkpoint saves it: the time printed at the end is
+        the time saved, and a resume reads the clock the run stopped at."""
+        t0 = time.perf_counter()
         self.val_loss = self.evaluate()
+        seconds = self.world.main_value(time.perf_counter() - t0)  # rank 0's clock, as for the steps
+        self.elapsed += seconds
         if self.world.is_main:
             self.files.log({"step": self.step, "time": round(self.elapsed, 3), "val_loss": self.val_loss,
                             "val_bpc": self.val_loss * NATS_TO_BITS})
@@ -575,7 +595,7 @@ class Trainer:
             self.save_checkpoint(self.run_dir / "best.pt")
         if self.world.is_main:
             self._sample()
-        return self.val_loss
+        return seconds
 
     def _should_stop(self, s: _Session) -> bool:
         c = self.config
@@ -610,16 +630,11 @@ class Trainer:
                                 "train_loss": s.train_loss, "lr": lr})
             s.loss_sum, s.loss_count = 0.0, 0
         if self.step % c.eval_interval == 0:
-            t1 = time.perf_counter()
-            self._eval_and_save()
-            s.eval_seconds = self.world.main_value(time.perf_counter() - t1)
-            self.elapsed += s.eval_seconds
+            s.eval_seconds = self._eval_and_save()
             log.info("step %d: val loss %.4f nats/char (%.3f bits/char)",
                      self.step, self.val_loss, self.val_loss * NATS_TO_BITS)
-        elif self._checkpoint_due():
-            t1 = time.perf_counter()
-            self.save_checkpoint()  # bounds the work a fault can cost, whatever the validation's cadence
-            self.elapsed += self.world.main_value(time.perf_counter() - t1)
+        elif self._checkpoint_due():  # bounds the work a fault can cost, whatever the validation's
+            self.save_checkpoint()  # cadence (its time, as every save's, is not training time)
         return loss_value
 
     def _checkpoint_due(self) -> bool:
@@ -633,21 +648,16 @@ class Trainer:
 
     def _loop(self, s: _Session) -> None:
         chars_per_step = self.config.batch_size * self.config.seq_len
-        by_step = bool(self.config.max_steps and not self.config.time_budget)
-        bar = _progress_bar(self.config, self.world.is_main)
+        bar = _progress_bar(self.config, self.world.is_main, self.step)
         # Several processes may wait for each other in a collective: the watchdog ends a process
         # whose save-and-stop takes longer than torchrun's patience (see distributed.stop_grace).
         grace = None if self.world.size == 1 else distributed.LOOP_GRACE
         with noted_signals() as received, distributed.stop_grace(grace), bar, logging_redirect_tqdm():
             while not self._should_stop(s):
                 loss_value = self._one_step(s, received)
-                bar.update(1 if by_step else round(self.elapsed) - bar.n)
-                bar.set_postfix_str(
-                    f"step {self.step} loss {loss_value:.3f} "
-                    f"val {'-' if self.val_loss is None else f'{self.val_loss:.3f}'} "
-                    f"{s.chars_per_s(chars_per_step):,.0f} chars/s",
-                    refresh=False,
-                )
+                bar.update(1)
+                bar.set_postfix_str(_progress_note(self.config, self.elapsed, loss_value, self.val_loss,
+                                                   s.chars_per_s(chars_per_step)), refresh=False)
 
     def run(self) -> TrainResult:
         """Train until max_steps, the time budget, or SIGINT/SIGTERM; evaluate and checkpoint on
@@ -665,9 +675,7 @@ class Trainer:
             else:
                 self._finished = True  # marked in the checkpoints from here on
                 if self.val_loss is None or self.step % c.eval_interval:
-                    t1 = time.perf_counter()
-                    self._eval_and_save()
-                    self.elapsed += self.world.main_value(time.perf_counter() - t1)  # within the budget
+                    self._eval_and_save()  # its seconds count within the budget (kept in reserve)
                 else:  # the loop's last evaluation wrote the checkpoint: mark it finished
                     self.save_checkpoint()
             if self.world.is_main:
@@ -679,7 +687,7 @@ class Trainer:
 
 
 def train(config: TrainConfig | None = None, resume: bool = False, force: bool = False,
-          auto: bool = False) -> TrainResult | None:
+          auto: bool = False, schedule: str = "keep") -> TrainResult | None:
     """Train a :class:`CharRNN` as ``config`` says (defaults: ``TrainConfig()``); see :class:`Trainer`.
 
     With ``auto``, resume the run in ``config.out`` if it holds one with these settings (but for
@@ -692,7 +700,7 @@ def train(config: TrainConfig | None = None, resume: bool = False, force: bool =
     """
     config = config or TrainConfig()
     if not auto:
-        return Trainer(config, resume=resume, force=force).run()
+        return Trainer(config, resume=resume, force=force, schedule=schedule).run()
     if resume or force:
         raise ValueError("auto excludes resume and force: it chooses between them")
     world = distributed.current()
@@ -702,4 +710,4 @@ def train(config: TrainConfig | None = None, resume: bool = False, force: bool =
         log.info("%s", note)
         return None
     return Trainer(config, resume=mode == "resume", force=mode == "force", world=world,
-                   saved=read.pop("run", None)).run()
+                   saved=read.pop("run", None), schedule=schedule if mode == "resume" else "keep").run()

@@ -815,8 +815,12 @@ def run_benchmark(
     peers: Sequence[str] | None = None,
     targets: Mapping | None = None,
     cells: Sequence[str] = CELLS,
+    smoke: bool = False,
 ) -> str:
     """Times every variant, measures memory, times the peers, and returns the report as markdown.
+
+    ``smoke`` (``--quick``): the report says only what ran (:func:`smoke_report`), since timings
+    at toy shapes judge nothing.
 
     ``peers``: which of :data:`peers.PEERS` to time (None: all, but torch.compile only outside the
     quick smoke test, for its minutes of compiling); for the GRU the same, with nn.GRU for nn.RNN.
@@ -833,6 +837,8 @@ def run_benchmark(
     if not cells or set(cells) - set(CELLS):
         raise ValueError(f"cells must be among {list(CELLS)}, got {list(cells)}")
     measured = measure_all(shapes, threads, rounds, memory_shape, progress, peers, cells)
+    if smoke:
+        return smoke_report(measured, shapes, threads, rounds, command)
     return report(measured, shapes, threads, rounds, memory_shape, command, targets)
 
 
@@ -992,3 +998,33 @@ def report(m: Measured, shapes: Sequence[Shape], threads: Sequence[int], rounds:
                 "",
             ]
     return "\n".join(parts)
+
+
+def smoke_report(m: Measured, shapes: Sequence[Shape], threads: Sequence[int], rounds: int,
+                 command: str) -> str:
+    """The report of a smoke test (``--quick``): what ran, with its medians; no targets, ratios,
+    rates or verdicts, which toy shapes cannot support."""
+    variants = list(dict.fromkeys(k[3] for k in m.samples))  # the RNN's, then the GRU's, as timed
+    rows = [[str(n), str(shape), mode, *(fmt_ms(statistics.median(m.samples[n, shape, mode, v]))
+                                         if (n, shape, mode, v) in m.samples else "-" for v in variants)]
+            for n in threads for mode in MODES for shape in shapes]
+    results = (*m.peer_results, *m.gru_peer_results)
+    timed = sorted({p for r in results for c in r["cells"] for p in _peer_names(c)})
+    ran = [f"peers timed: {', '.join(timed)}" if timed else "peers: none (missing, or no 1-layer shape)"]
+    ran += [f"peak-memory subprocesses: {', '.join(m.memory)}" if m.memory else "peak memory: not measured"]
+    return "\n".join([
+        "# scratchrnn bench --quick: a smoke test",
+        "",
+        f"`{command}`: a smoke test, not a benchmark: toy shapes and {rounds} rounds check that every "
+        "variant runs; no targets, ratios or verdicts (run `scratchrnn bench` for those).",
+        "",
+        md_table(["threads", "shape (T, N, D, H, L)", "mode", *(f"{v} ms" for v in variants)], rows),
+        "",
+        *(f"- {line}" for line in ran),
+        f"- {m.elapsed:.0f} s, torch {torch.__version__}",
+        "",
+    ])
+
+
+def _peer_names(cell: dict) -> set[str]:
+    return {key.split("|")[0] for key in cell["samples"]}

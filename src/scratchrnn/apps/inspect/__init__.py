@@ -10,7 +10,6 @@ data for notebooks (decode the activations with :func:`decode_activations`).
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
@@ -18,6 +17,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from scratchrnn.apps.helpformat import DefaultsHelpFormatter
 from scratchrnn.apps.inspect.data import collect, decode_activations, decode_top_ids
 from scratchrnn.lm.checkpoint import load_model
 from scratchrnn.lm.data import read_text, split_text
@@ -134,13 +134,20 @@ def write(data: dict, out: str | Path, json_out: str | Path | None = None,
     return paths
 
 
-def passage(text_file: str | None, split: str, chars: int, known: set[str]) -> tuple[str, str]:
-    """The first ``chars`` characters the model knows of the text to show, and where it came from."""
+def passage(text_file: str | None, split: str, chars: int, known: set[str],
+            trained_on: str | None = None) -> tuple[str, str]:
+    """The first ``chars`` characters the model knows of the text to show, and where it came from:
+    ``text_file``, else the ``split`` of the text the model trained on (``trained_on``, as its
+    checkpoint names it; None: the bundled tiny Shakespeare), as ``scratchrnn eval`` reads it."""
     if text_file is not None:
         text, source = read_text(text_file), text_file
     else:
-        train, val = split_text(read_text(None))
-        text, source = (val if split == "val" else train), f"tiny Shakespeare ({split} split)"
+        if trained_on is not None and not Path(trained_on).exists():
+            raise FileNotFoundError(f"the model trained on {trained_on}, which is missing: pass --text FILE "
+                                    "to show another text")
+        train, val = split_text(read_text(trained_on))
+        name = "tiny Shakespeare" if trained_on is None else trained_on
+        text, source = (val if split == "val" else train), f"{name} ({split} split)"
     return "".join(c for c in text if c in known)[:chars], source
 
 
@@ -165,16 +172,18 @@ def add_parser(sub) -> None:
         description="One self-contained HTML page (opens from disk, no network): each character "
         "coloured by a hidden unit's activation, top-5 predictions on hover, a surprise mode, the "
         "units that track named features of the text, and saturation.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by scratchrnn train")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--text", default=None, help="UTF-8 text file to show (default: --split)")
+    source.add_argument("--text", default=None,
+                        help="UTF-8 text file to show (default: the --split of the model's training text)")
     source.add_argument("--split", default="val", choices=("train", "val"),
-                        help="which part of the bundled tiny Shakespeare to show")
+                        help="which part of the model's training text to show")
     p.add_argument("--chars", type=int, default=DEFAULT_CHARS, help="characters to show")
     p.add_argument("--layer", type=int, default=-1, help="RNN layer to show (−1: the last)")
-    p.add_argument("--out", default="inspect.html", help="the HTML page to write")
+    p.add_argument("--out", default=None, help="the HTML page to write (default: inspect.html beside the "
+                   "checkpoint)")
     p.add_argument("--json", default=None, help="also write the page's data as JSON here")
     p.add_argument("--summary", default=None,
                    help="also write the found units and saturation (results.json, summary.md) here")
@@ -185,10 +194,12 @@ def main(args) -> None:
     if args.chars < 2:
         raise ValueError(f"--chars must be at least 2, got {args.chars}")
     model, vocab, checkpoint = load_model(args.checkpoint)
-    text, source = passage(args.text, args.split, args.chars, set(vocab.chars))
+    text, source = passage(args.text, args.split, args.chars, set(vocab.chars),
+                           trained_on=checkpoint["train_config"].get("data"))
     data = {**collect(model, vocab, text, layer=args.layer, source=source),
             "model": describe(checkpoint, args.checkpoint)}
-    paths = write(data, args.out, args.json, args.summary)
+    out = args.out if args.out is not None else Path(args.checkpoint).parent / "inspect.html"
+    paths = write(data, out, args.json, args.summary)
     found = [f"{f['feature']}: unit {f['units'][0]['unit']} (R² {f['units'][0]['r2']:.2f})"
              for f in data["found"] if f["found"]]
     print(f"{len(text):,} characters, layer {data['layer']}: found " + ("; ".join(found) or "no unit"))

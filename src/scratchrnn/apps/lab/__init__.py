@@ -18,7 +18,7 @@ from scratchrnn.apps.bench.harness import num_threads
 from scratchrnn.apps.lab import prose
 from scratchrnn.apps.lab._common import LabResult
 
-__all__ = ["EXPERIMENTS", "LabResult", "is_long", "run", "run_all"]
+__all__ = ["EXPERIMENTS", "LabResult", "check_quick_out", "is_long", "run", "run_all"]
 
 EXPERIMENTS = {
     "gradflow": "why not ×0.01: ‖∂L/∂h_t‖ back through time per initialisation",
@@ -39,6 +39,16 @@ def run(name: str, out: str | Path, quick: bool = False) -> LabResult:
     # thread mostly waits for the first.
     with num_threads(1):
         return module.run(out, quick=quick)
+
+
+def check_quick_out(img: str | Path, quick: bool, name: str = "all") -> None:
+    """Refuse a ``quick`` run (toy sizes) into a folder of figures that prose quotes (``docs/img``):
+    its results would replace the measured ones, and the tutorials and README with them."""
+    if quick and prose.documents(img):
+        default = "runs/lab" if name == "all" else f"runs/lab/{name}"
+        raise ValueError(f"--quick measures at toy sizes, and {Path(img)} holds the figures the "
+                         f"tutorials and the README quote: write elsewhere (the default: {default}), "
+                         "or leave out --quick")
 
 
 def is_long(name: str) -> bool:
@@ -62,6 +72,7 @@ def run_all(
     (:mod:`scratchrnn.apps.lab.prose`).
     """
     out = Path(out)
+    check_quick_out(out, quick)
     results, cpu = [], []
     for name in (n for n in EXPERIMENTS if long or quick or not is_long(n)):
         if progress is not None:

@@ -13,8 +13,8 @@ the lab writes into ``img/<experiment>/``:
 
 :func:`check` lists every marked number or table that disagrees with the results (the tutorials'
 test runs it), and :func:`refresh` rewrites them from the results (``lab all`` runs it on the
-tutorials next to the folder it wrote, and the README above them, so rerunning the lab updates the
-prose).
+tutorials and pages next to the folder it wrote, and the README above them, so rerunning the lab
+updates the prose). A ``--quick`` run (toy sizes) is refused a folder that has such prose beside it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from scratchrnn.apps.bench.harness import fmt
 
-__all__ = ["check", "marked_numbers", "marked_tables", "refresh", "refresh_files"]
+__all__ = ["check", "documents", "marked_numbers", "marked_tables", "refresh", "refresh_files"]
 
 _NUMBER = re.compile(r"(-?[0-9][0-9,]*(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?)<!-- = (.+?) -->")
 _TABLE = re.compile(r"<!-- table: (\S+) (\d+) -->\n((?:\|.*\n)+)")
@@ -97,15 +97,21 @@ def refresh(text: str, img: str | Path) -> str:
     return _TABLE.sub(lambda m: f"<!-- table: {m[1]} {m[2]} -->\n{summary_table(img, m[1], int(m[2]))}", text)
 
 
-def refresh_files(img: str | Path) -> list[Path]:
-    """Refresh the tutorials (``tutorial*.md``) next to the folder ``img`` and, where there are
-    tutorials (``img`` is ``docs/img``), the project's README.md above them; the paths rewritten."""
+def documents(img: str | Path) -> list[Path]:
+    """The prose whose marked numbers come from the folder ``img``: where ``img`` is ``docs/img``,
+    the pages of ``docs/`` (the tutorials and the pages moved out of the README) and the project's
+    README.md above them; elsewhere (``runs/lab``), none."""
     img = Path(img)
-    changed, targets = [], sorted(img.parent.glob("tutorial*.md"))
+    if not any(img.parent.glob("tutorial*.md")):
+        return []
     readme = img.parent.parent / "README.md"
-    if targets and readme.is_file():
-        targets.append(readme)
-    for path in targets:
+    return sorted(img.parent.glob("*.md")) + ([readme] if readme.is_file() else [])
+
+
+def refresh_files(img: str | Path) -> list[Path]:
+    """Refresh the marked numbers of :func:`documents` from ``img``; the paths rewritten."""
+    changed = []
+    for path in documents(img):
         before = path.read_text(encoding="utf-8")
         after = refresh(before, img)
         if after != before:
