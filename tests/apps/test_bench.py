@@ -156,8 +156,9 @@ def test_quick_bench_is_a_smoke_test_and_the_full_report_is_well_formed(tmp_path
     assert cli.main(["bench", *argv]) == 0
     smoke = out.read_text()
     assert capsys.readouterr().out.strip() == smoke.strip()
-    assert smoke.startswith(f"# scratchrnn bench --quick: a smoke test\n\n`scratchrnn bench {' '.join(argv)}`: "
-                            "a smoke test, not a benchmark")
+    command = f"scratchrnn bench {' '.join(argv)}"
+    title = "# scratchrnn bench --quick: a smoke test"
+    assert smoke.startswith(f"{title}\n\n`{command}`: a smoke test, not a benchmark")
     for verdict in ("Target", "**no**", "GFLOP/s", "MiB", "×", "Geometric", "% of"):
         assert verdict not in smoke
     _, rows = _parse_table(smoke, "a smoke test")
