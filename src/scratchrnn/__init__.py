@@ -9,9 +9,10 @@ of a cell of one's own (:class:`Recurrent` over a :class:`Cell`), :func:`convert
 from scratchrnn.core.cells import Activation, Cell
 from scratchrnn.core.init import init_rnn_
 from scratchrnn.core.modules import GRU, RNN, GRUCell, Recurrent, RNNCell, convert
+from scratchrnn.lm.config import TrainConfig
 from scratchrnn.lm.data import Vocab
 from scratchrnn.lm.model import CharRNN, generate
-from scratchrnn.lm.train import TrainConfig, train
+from scratchrnn.lm.train import train
 
 __all__ = [
     "GRU", "RNN", "Activation", "Cell", "CharRNN", "GRUCell", "RNNCell", "Recurrent", "TrainConfig", "Vocab",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from scratchrnn.apps.bench import harness
 from scratchrnn.apps.bench.lm import step_flops
-from scratchrnn.lm.train import TrainConfig
+from scratchrnn.lm.config import TrainConfig
 
 
 def test_interleaved_samples_rotate_the_order_and_run_setup_untimed():

@@ -25,9 +25,12 @@ import pytest
 import torch
 
 from scratchrnn.lm import distributed
+from scratchrnn.lm.checkpoint import load_checkpoint
+from scratchrnn.lm.config import TrainConfig
 from scratchrnn.lm.data import StreamBatches, read_text
 from scratchrnn.lm.distributed import World, raised_on_every_rank
-from scratchrnn.lm.train import TrainConfig, load_checkpoint, resume_config, train
+from scratchrnn.lm.rundir import resume_config
+from scratchrnn.lm.train import train
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gloo on the loopback interface 'lo'"),

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from scratchrnn.lm.checkpoint import load_checkpoint
 from scratchrnn.lm.data import read_text
-from scratchrnn.lm.train import load_checkpoint
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gloo on 'lo', /proc"),
@@ -398,7 +398,8 @@ def test_auto_resume_restarts_a_run_killed_before_its_first_checkpoint(tmp_path,
 
 
 def test_auto_resume_from_python(tmp_path, corpus):
-    from scratchrnn.lm.train import TrainConfig, train
+    from scratchrnn.lm.config import TrainConfig
+    from scratchrnn.lm.train import train
 
     config = TrainConfig(data=corpus, out=str(tmp_path / "run"), hidden_size=16, embedding_dim=4,
                          batch_size=4, seq_len=8, eval_streams=4, sample_length=0, time_budget=None,

@@ -7,7 +7,10 @@ import pytest
 
 from scratchrnn.apps.cli import build_parser
 from scratchrnn.core.modules import GRU, RNN
-from scratchrnn.lm.train import TrainConfig, Trainer, load_model, resume_config, train
+from scratchrnn.lm.checkpoint import load_model
+from scratchrnn.lm.config import TrainConfig
+from scratchrnn.lm.rundir import resume_config
+from scratchrnn.lm.train import Trainer, train
 
 
 def tiny(corpus, out, **kw) -> TrainConfig:

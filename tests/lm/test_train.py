@@ -17,19 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from scratchrnn.lm.train import (
-    CHECKPOINT_VERSION,
-    TrainConfig,
-    Trainer,
-    TrainingDiverged,
-    evaluate_checkpoint,
-    learning_rate,
-    load_checkpoint,
-    load_model,
-    read_run,
-    resume_config,
-    train,
-)
+from scratchrnn.lm.checkpoint import CHECKPOINT_VERSION, load_checkpoint, load_model
+from scratchrnn.lm.config import TrainConfig
+from scratchrnn.lm.evaluation import evaluate_checkpoint
+from scratchrnn.lm.rundir import read_run, resume_config
+from scratchrnn.lm.schedule import learning_rate
+from scratchrnn.lm.train import Trainer, TrainingDiverged, train
 
 
 def tiny(corpus, out, **kw) -> TrainConfig:

@@ -262,9 +262,9 @@ def _add_train(sub) -> None:
 
 def _read_run(into: dict, out: str, given: dict) -> TrainConfig:
     """The settings to resume the run in ``out`` with; what was read is left in ``into["run"]``."""
-    from scratchrnn.lm import train
+    from scratchrnn.lm.rundir import read_run
 
-    into["run"] = train.read_run(out, **given)
+    into["run"] = read_run(out, **given)
     return into["run"].config
 
 

@@ -46,19 +46,16 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from scratchrnn.core import optim
 from scratchrnn.lm import distributed
 from scratchrnn.lm.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
     check_finite,
     check_resumable,
     load_checkpoint,
-    load_model,
     save_checkpoint,
     saved_hidden,
 )
 from scratchrnn.lm.config import TrainConfig
 from scratchrnn.lm.data import StreamBatches, Vocab, load_corpus, resolve_data
 from scratchrnn.lm.distributed import STOP_SIGNALS, World
-from scratchrnn.lm.evaluation import NATS_TO_BITS, Evaluation, eval_batches, evaluate, evaluate_checkpoint
+from scratchrnn.lm.evaluation import NATS_TO_BITS, Evaluation, eval_batches, evaluate
 from scratchrnn.lm.files import file_version
 from scratchrnn.lm.model import CharRNN, TorchCharRNN, cross_entropy, generate
 from scratchrnn.lm.rundir import (
@@ -69,29 +66,18 @@ from scratchrnn.lm.rundir import (
     read_log,
     read_run,
     refuse,
-    resume_config,
 )
 from scratchrnn.lm.schedule import Schedule, is_finished, learning_rate, resumed_schedule
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
-    "CHECKPOINT_VERSION",
-    "NATS_TO_BITS",
     "Backend",
-    "Schedule",
-    "TrainConfig",
     "TrainResult",
     "Trainer",
     "TrainingDiverged",
     "auto_resume",
-    "evaluate_checkpoint",
-    "learning_rate",
-    "load_checkpoint",
-    "load_model",
+    "check_memory",
     "make_backend",
-    "read_log",
-    "read_run",
-    "resume_config",
+    "noted_signals",
     "sample_text",
     "train",
     "training_bytes",

@@ -35,7 +35,8 @@ import torch
 
 from scratchrnn.apps.bench.harness import cpu_name, interleaved_samples, load_average
 from scratchrnn.apps.bench.peers import fma_peak
-from scratchrnn.lm.train import TrainConfig, Trainer
+from scratchrnn.lm.config import TrainConfig
+from scratchrnn.lm.train import Trainer
 
 TWIN = "torch.nn.RNN + autograd + torch.optim"
 

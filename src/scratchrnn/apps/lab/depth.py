@@ -20,8 +20,10 @@ from pathlib import Path
 
 from scratchrnn.apps.bench.harness import fmt, md_table
 from scratchrnn.apps.lab._common import LabResult, finish, new_figure, prepare_out, save
+from scratchrnn.lm.config import TrainConfig
 from scratchrnn.lm.data import read_text
-from scratchrnn.lm.train import NATS_TO_BITS, TrainConfig, Trainer
+from scratchrnn.lm.evaluation import NATS_TO_BITS
+from scratchrnn.lm.train import Trainer
 
 LAYERS = (1, 2, 3, 4)
 
