@@ -1,7 +1,9 @@
 """The ``scratchrnn`` command line: a thin shell over the library.
 
-Each subcommand has an ``_add_<name>`` function that declares its flags and a ``_cmd_<name>``
-function that calls the library. The flags of ``train`` are generated from the fields of
+Each subcommand has an ``_add_<name>`` function that declares its flags and names, with
+``set_defaults(run=...)``, the ``_cmd_<name>`` function that calls the library: an application
+adds its subcommand that way and one line in :func:`build_parser` (``inspect`` is one). The
+flags of ``train`` are generated from the fields of
 :class:`~scratchrnn.lm.config.TrainConfig` (name, type, default, help, group, choices), with no
 default of their own: a flag is "given" when it is on the command line, whatever its value.
 
@@ -51,6 +53,7 @@ def _add_demo(sub) -> None:
         help="run a 2-layer RNN forward and backward and compare it with torch.nn.RNN",
         formatter_class=DefaultsHelpFormatter,
     )
+    p.set_defaults(run=_cmd_demo)
     p.add_argument("--seq-len", type=int, default=20, help="T, time steps")
     p.add_argument("--batch-size", type=int, default=4, help="N, sequences")
     p.add_argument("--input-size", type=int, default=8, help="D, input features")
@@ -96,6 +99,7 @@ def _add_bench(sub) -> None:
         "checks the project's targets and prints a markdown report.",
         formatter_class=DefaultsHelpFormatter,
     )
+    p.set_defaults(run=_cmd_bench)
     p.add_argument("--quick", action="store_true",
                    help="tiny shapes and 2 rounds: a smoke test that says what ran, with no verdicts")
     p.add_argument("--out", type=Path, default=None, help="also write the report to this file")
@@ -164,6 +168,7 @@ def _add_lab(sub) -> None:
         "numbers of docs/tutorial.md (run it from the repository root).",
         formatter_class=DefaultsHelpFormatter,
     )
+    p.set_defaults(run=_cmd_lab)
     p.add_argument("name", choices=[*EXPERIMENTS, "all"], help="the experiment, or all of them")
     p.add_argument("--quick", action="store_true", help="tiny sizes: seconds, for smoke tests")
     p.add_argument("--long", action="store_true", help="all: also the long experiments (longadding)")
@@ -239,6 +244,7 @@ def _add_train(sub) -> None:
         "default time budget is off).",
         formatter_class=DefaultsHelpFormatter,
     )
+    p.set_defaults(run=_cmd_train)
     g = _add_config_flags(p, TrainConfig)["output"]
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--schedule", default="keep", choices=SCHEDULES,
@@ -321,6 +327,7 @@ def _add_sample(sub) -> None:
         help="generate text from a trained language model",
         formatter_class=DefaultsHelpFormatter,
     )
+    p.set_defaults(run=_cmd_sample)
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt or best.pt of scratchrnn train")
     p.add_argument("--prompt", default="", help="text to start from (empty: a newline, if the vocabulary "
                    "has one, else its first character)")
@@ -357,6 +364,7 @@ def _add_eval(sub) -> None:
         help="validation loss of a trained language model, in nats/char and bits/char",
         formatter_class=DefaultsHelpFormatter,
     )
+    p.set_defaults(run=_cmd_eval)
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt or best.pt of scratchrnn train")
     p.add_argument("--data", default=None,
                    help="evaluate on the last 10%% of this UTF-8 file (default: the checkpoint's own "
@@ -394,9 +402,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = {"demo": _cmd_demo, "bench": _cmd_bench, "lab": _cmd_lab}
-_COMMANDS.update(train=_cmd_train, sample=_cmd_sample, eval=_cmd_eval)
-_COMMANDS.update(inspect=inspect_page.main)
 
 
 class _Stopped(BaseException):
@@ -441,7 +446,7 @@ def _main(argv: list[str] | None) -> int:
     rank = os.environ.get("RANK", "0")  # set by torchrun
     where = "" if rank == "0" else f" (rank {rank})"
     try:
-        _COMMANDS[args.command](args)
+        args.run(args)  # what the subcommand's parser named (set_defaults)
     except (ValueError, OSError) as err:
         if rank != "0" and raised_on_every_rank(err):
             return 2  # rank 0 reports it

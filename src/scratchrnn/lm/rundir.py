@@ -368,30 +368,6 @@ class RunDir:
     def add_sample(self, header: str, text: str) -> None:
         append_text(self.path / "samples.txt", f"--- {header} ---\n{text}\n\n")
 
-    def plot(self, title: str) -> Path:
-        """loss.png: train and validation loss against steps and against seconds."""
-        from matplotlib.figure import Figure  # imported here: only a run's end needs it
-
-        records = self.read_log()
-        train = [r for r in records if "train_loss" in r]
-        val = [r for r in records if "val_loss" in r]
-        fig = Figure(figsize=(11, 4))
-        axes = fig.subplots(1, 2, sharey=True)
-        for ax, key, label in ((axes[0], "step", "step"), (axes[1], "time", "training time (s)")):
-            ax.plot([r[key] for r in train], [r["train_loss"] for r in train], label="train", lw=1)
-            ax.plot([r[key] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
-            ax.set_xlabel(label)
-            ax.grid(alpha=0.3)
-            ax.legend()
-        axes[0].set_ylabel("cross-entropy (nats/char)")
-        fig.suptitle(title)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-        path = self.path / "loss.png"
-        atomic_write(path, buffer.getvalue())
-        return path
-
 
 # --------------------------------------------------------------------------------------------
 # Resuming: the saved settings, and what may change.

@@ -56,8 +56,9 @@ from scratchrnn.lm.config import TrainConfig
 from scratchrnn.lm.data import StreamBatches, Vocab, load_corpus, resolve_data
 from scratchrnn.lm.distributed import STOP_SIGNALS, World
 from scratchrnn.lm.evaluation import NATS_TO_BITS, Evaluation, eval_batches, evaluate
-from scratchrnn.lm.files import file_version
+from scratchrnn.lm.files import atomic_write, file_version
 from scratchrnn.lm.model import CharRNN, TorchCharRNN, cross_entropy, generate
+from scratchrnn.lm.plot import loss_png
 from scratchrnn.lm.rundir import (
     REPLACED,
     RunDir,
@@ -559,8 +560,11 @@ class Trainer:
     def plot(self) -> Path:
         """loss.png: train and validation loss against steps and against seconds."""
         c = self.config
-        return self.files.plot(f"CharRNN, H = {c.hidden_size}, L = {c.num_layers}, {c.optimizer} "
-                               f"lr {c.lr:g}, N = {c.batch_size}, T = {c.seq_len}")
+        title = (f"CharRNN, H = {c.hidden_size}, L = {c.num_layers}, {c.optimizer} lr {c.lr:g}, "
+                 f"N = {c.batch_size}, T = {c.seq_len}")
+        path = self.files.path / "loss.png"
+        atomic_write(path, loss_png(self.files.read_log(), title))
+        return path
 
     # --- the loop -----------------------------------------------------------------------------
 

@@ -174,6 +174,7 @@ def add_parser(sub) -> None:
         "units that track named features of the text, and saturation.",
         formatter_class=DefaultsHelpFormatter,
     )
+    p.set_defaults(run=main)
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by scratchrnn train")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--text", default=None,
