@@ -292,13 +292,22 @@ def test_the_targets_file_loads_and_a_bad_one_is_refused(tmp_path):
         bench.load_targets(bad)
 
 
-def test_quick_gru_bench_writes_its_rows(tmp_path, capsys):
-    """The GRU rows, their peers and memory; with no scratchrnn.GRU built, nn.GRU's alone and a note."""
+def test_quick_gru_bench_writes_its_rows(tmp_path, capsys, monkeypatch):
+    """The GRU rows, their peers and memory; with no scratchrnn.GRU built, nn.GRU's alone and a note.
+    --quick prints the smoke report (the variants that ran); the full report is checked on the same
+    measurements."""
+    measured = []
+    real = bench.measure_all
+    monkeypatch.setattr(bench, "measure_all", lambda *a: measured.append(real(*a)) or measured[-1])
     out = tmp_path / "RESULTS.md"
     assert cli.main(["bench", "--quick", "--threads", "1", "--cells", "gru", "--targets", str(TARGETS),
                      "--out", str(out)]) == 0
-    text = out.read_text()
+    smoke = out.read_text()
     capsys.readouterr()
+    head, _ = _parse_table(smoke, "a smoke test")
+    assert head[3:] == [f"{v} ms" for v in gru_bench.available_variants()]
+    text = bench.report(measured[0], bench.QUICK_SHAPES, [1], 2, bench.QUICK_MEMORY_SHAPE, "scratchrnn bench",
+                        bench.load_targets(TARGETS))
     ours = gru_bench.available_variants() == gru_bench.VARIANTS
     gru_section = text.split("## GRU: scratchrnn.GRU vs torch.nn.GRU", 1)[1]
     head, rows = _parse_table(gru_section, "Median ms per call")
