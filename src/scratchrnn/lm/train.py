@@ -53,7 +53,7 @@ from scratchrnn.lm.checkpoint import (
     saved_hidden,
 )
 from scratchrnn.lm.config import TrainConfig
-from scratchrnn.lm.data import StreamBatches, Vocab, load_corpus, resolve_data
+from scratchrnn.lm.data import StreamBatches, Vocab, available_memory, load_corpus, resolve_data
 from scratchrnn.lm.distributed import STOP_SIGNALS, World
 from scratchrnn.lm.evaluation import NATS_TO_BITS, Evaluation, eval_batches, evaluate
 from scratchrnn.lm.files import atomic_write, file_version
@@ -127,17 +127,7 @@ def _available_bytes(device: torch.device) -> int | None:
     """Memory free for a new allocation on ``device`` (None: unknown)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    return available_memory()
 
 
 def check_memory(config: TrainConfig, vocab_size: int, world: World) -> None:
