@@ -336,3 +336,31 @@ def test_tutorial_shows_the_plots_that_lab_all_writes(tutorial):
         assert (tutorial.parent / image).is_file(), image
         assert (tutorial.parent / image).parent.joinpath("summary.md").is_file()
     assert "⟦" not in text  # no number left unfilled
+
+
+def test_options_trains_every_single_for_each_seed_in_the_same_budget(lab_all):
+    from scratchrnn.apps.lab.options import SEEDS, SINGLES
+
+    numbers = _numbers(lab_all, "options")
+    configs = numbers["configs"]
+    assert [key for key, _, _ in SINGLES] == numbers["order"][: len(SINGLES)]  # then "combined", if any
+    for key, _, changes in SINGLES:
+        assert configs[key]["changes"] == changes
+        assert len(configs[key]["seeds"]) == len(SEEDS)
+        assert configs[key]["steps"] > 0
+    budget = numbers["settings"]["time_budget"]
+    for r in numbers["runs"]:
+        assert r["seconds"] <= budget * 1.5 and r["val_curve"]  # each run kept to its wall time
+    assert configs["default"]["delta"] == 0
+    assert numbers["best"] == min(configs, key=lambda k: configs[k]["mean"])
+
+
+def test_options_combines_the_singles_that_beat_the_default_but_not_the_gru():
+    from scratchrnn.apps.lab.options import combination
+
+    configs = {"default": {"mean": 1.5, "changes": {}},
+               "layer_norm": {"mean": 1.49, "changes": {"layer_norm": True}},
+               "zoneout": {"mean": 1.51, "changes": {"zoneout": 0.05}},
+               "weight_drop": {"mean": 1.48, "changes": {"weight_drop": 0.2}},
+               "gru": {"mean": 1.4, "changes": {"cell": "gru"}}}
+    assert combination(configs) == {"layer_norm": True, "weight_drop": 0.2}
