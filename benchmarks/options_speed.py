@@ -5,16 +5,19 @@ Forward + backward of one layer, float32, padded (T, N, D) input, in training (m
 call), interleaved rounds, medians; the compile time of the loop is reported apart (its first call
 minus a steady one). Also each option's overhead over the plain scratchrnn.RNN.
 
-    flock /tmp/scratchrnn-cpu.lock .venv/bin/python benchmarks/options_speed.py [--quick] [--compile]
+    flock /tmp/scratchrnn-cpu.lock .venv/bin/python benchmarks/options_speed.py --compile \
+        --out benchmarks/OPTIONS_RESULTS.md
 
-It prints a markdown table and writes nothing.
+It prints a markdown table (and writes it to --out, with the command that made it).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +29,8 @@ from scratchrnn.apps.bench.harness import cpu_name, load_average
 SHAPES = [(100, 32, 64, 128), (100, 32, 128, 256), (50, 64, 256, 512)]  # (T, N, D, H)
 OPTIONS = {"plain": {}, "gelu": {"nonlinearity": "gelu"}, "layer_norm": {"layer_norm": True},
            "recurrent_dropout": {"recurrent_dropout": 0.25}, "weight_drop": {"weight_drop": 0.5},
-           "zoneout": {"zoneout": 0.1}}
+           "zoneout": {"zoneout": 0.1},
+           "all four": {"layer_norm": True, "recurrent_dropout": 0.25, "weight_drop": 0.5, "zoneout": 0.1}}
 
 
 def autograd_loop(m: scratchrnn.RNN, ln: nn.LayerNorm | None):
@@ -69,12 +73,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="one tiny shape, two rounds (a smoke test)")
     p.add_argument("--compile", action="store_true", help="also time the loop under torch.compile")
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--out", help="also write the report (markdown) to this file")
     args = p.parse_args(argv)
+    lines = []
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
     shapes, rounds = ([(5, 2, 3, 4)], 2) if args.quick else (SHAPES, args.rounds)
-    print(f"{cpu_name()}, {torch.get_num_threads()} threads, load {load_average()}\n")
-    print("| option | T, N, D, H | scratchrnn ms | autograd loop ms | loop ÷ ours | compiled loop ms "
+    say("# Options: scratchrnn against the autograd loop users write today")
+    say()
+    say("`python benchmarks/options_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`")
+    say()
+    say(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, load {load_average()} "
+        f"(before). Forward + backward of one layer, float32, training mode; medians of {rounds} "
+        "interleaved rounds.")
+    say()
+    say("| option | T, N, D, H | scratchrnn ms | autograd loop ms | loop ÷ ours | compiled loop ms "
           "| compiled ÷ ours | compile s | ours ÷ plain ours |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    say("|---|---|---|---|---|---|---|---|---|")
     for T, N, D, H in shapes:
         plain_ms = None
         for name, options in OPTIONS.items():
@@ -110,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
             plain_ms = ms["ours"] if name == "plain" else plain_ms
             compiled_cells = (f"{ms['compiled']:.2f} | {ms['compiled'] / ms['ours']:.2f} | {compile_s:.1f}"
                               if args.compile else "— | — | —")
-            print(f"| {name} | {T}, {N}, {D}, {H} | {ms['ours']:.2f} | {ms['loop']:.2f} | "
-                  f"{ms['loop'] / ms['ours']:.2f} | {compiled_cells} | {ms['ours'] / plain_ms:.2f} |")
+            say(f"| {name} | {T}, {N}, {D}, {H} | {ms['ours']:.2f} | {ms['loop']:.2f} | "
+                f"{ms['loop'] / ms['ours']:.2f} | {compiled_cells} | {ms['ours'] / plain_ms:.2f} |")
+    say()
+    say(f"Load average after: {load_average()}.")
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return 0
 
 
