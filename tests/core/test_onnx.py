@@ -51,8 +51,13 @@ def export(model, args, dynamic_shapes, path):
     [{}, {"num_layers": 2, "bidirectional": True}, {"num_layers": 3, "nonlinearity": "relu"},
      {"num_layers": 2, "bias": False, "batch_first": True}, {"cell": "gru"},
      {"cell": "gru", "num_layers": 2, "bidirectional": True},
-     {"cell": "gru", "num_layers": 2, "bias": False, "batch_first": True}],
-    ids=["L1", "L2-bi", "L3-relu", "L2-nobias-NTD", "gru", "gru-L2-bi", "gru-L2-nobias-NTD"],
+     {"cell": "gru", "num_layers": 2, "bias": False, "batch_first": True},
+     {"num_layers": 2, "bidirectional": True, "nonlinearity": "sigmoid"}, {"nonlinearity": "softsign"},
+     {"nonlinearity": "leaky_relu", "bidirectional": True},
+     {"num_layers": 2, "recurrent_dropout": 0.3, "weight_drop": 0.5},
+     {"cell": "gru", "weight_drop": 0.5}],
+    ids=["L1", "L2-bi", "L3-relu", "L2-nobias-NTD", "gru", "gru-L2-bi", "gru-L2-nobias-NTD",
+         "L2-bi-sigmoid", "softsign", "bi-leaky_relu", "L2-dropouts-in-eval", "gru-weight_drop-in-eval"],
 )
 def test_rnn_model_runs_in_onnxruntime_like_pytorch(config, tmp_path, diffs):
     model = Tagger(**config).eval()
@@ -81,3 +86,12 @@ def test_char_rnn_runs_in_onnxruntime_like_pytorch(embedding_dim, tmp_path, diff
         for got, w in zip(run_onnx(tmp_path / "charrnn.onnx", ids, h0), model(ids, h0), strict=True):
             diffs("float32 relative, onnxruntime vs PyTorch", rel_err(torch.from_numpy(got), w))
             assert rel_err(torch.from_numpy(got), w) <= REL_TOL_F32
+
+
+@pytest.mark.parametrize("config", [{"nonlinearity": "gelu"}, {"layer_norm": True}, {"zoneout": 0.1}],
+                         ids=["gelu", "layer_norm", "zoneout"])
+def test_a_cell_onnx_has_no_operator_for_is_refused_naming_it(config, tmp_path):
+    model = Tagger(**config).eval()
+    with pytest.raises(Exception, match="ONNX export of the cell") as info:
+        export(model, (torch.randn(5, 2, 3), torch.randn(1, 2, 4)), None, tmp_path / "m.onnx")
+    assert model.rnn.cell_name in str(info.value)

@@ -13,7 +13,9 @@ W_ih, W_hh, b_ih, b_hh stacked over the directions. ONNX's GRU takes the same wi
 gates in z, r, h order (ours, torch's, are r, z, n: the rows are reordered) and
 ``linear_before_reset=1``: the reset gate applied after the recurrent product, as ours. A stacked
 RNN is one ONNX operator per layer, each reading the previous one's Y as (T, N, dirs·H). Padded
-input in eval mode only: a PackedSequence or dropout masks have no ONNX counterpart here.
+input in eval mode only: a PackedSequence or dropout masks have no ONNX counterpart here. The Elman
+cells whose f ONNX's RNN has (:data:`ONNX_ACTIVATIONS`) export; so do the options that are off in
+eval (recurrent dropout, weight drop); layer norm, zoneout, gelu, silu and a user's cell do not.
 onnxscript is imported only when this is called (an optional dependency: ``pip install
 scratchrnn[onnx]``).
 """
@@ -23,9 +25,10 @@ from __future__ import annotations
 import importlib.util
 import sys
 
+from scratchrnn.core.cells.activations import NEGATIVE_SLOPE
 from scratchrnn.core.stack import Layout
 
-__all__ = ["onnx_translation_table", "register_with_exporter"]
+__all__ = ["ONNX_ACTIVATIONS", "onnx_translation_table", "register_with_exporter"]
 
 # torch.onnx.export builds its table of translations from this module's list, ``_registry``.
 _EXPORTER_TABLE = "torch.onnx._internal.exporter._registration"
@@ -80,6 +83,12 @@ class _AfterImport:
         return spec
 
 
+# The Elman cells ONNX's RNN operator computes: (its activation, its alpha), torch's leaky_relu
+# slope as ours. gelu, silu and a user's Activation have no ONNX RNN activation.
+ONNX_ACTIVATIONS = {"rnn_tanh": ("Tanh", None), "rnn_relu": ("Relu", None), "rnn_sigmoid": ("Sigmoid", None),
+                    "rnn_softsign": ("Softsign", None), "rnn_leaky_relu": ("LeakyRelu", NEGATIVE_SLOPE)}
+
+
 def onnx_translation_table() -> dict:
     """``{torch.ops.scratchrnn.rnn.default: translation}`` for ``torch.onnx.export``'s
     ``custom_translation_table`` argument."""
@@ -94,10 +103,11 @@ def onnx_translation_table() -> dict:
         return op.Concat(rows(1, 2), rows(0, 1), rows(2, 3), axis=0)
 
     def rnn(x, hx, weights, masks, batch_sizes, num_layers, bidirectional, bias, cell):
+        if cell != "gru" and cell not in ONNX_ACTIVATIONS:
+            raise NotImplementedError(f"ONNX export of the cell {cell!r}: only gru and "
+                                      f"{', '.join(ONNX_ACTIVATIONS)} (ONNX's RNN and GRU operators)")
         if batch_sizes is not None or masks:
             raise NotImplementedError("ONNX export of scratchrnn's RNNs: padded input in eval mode only")
-        if cell not in ("rnn_tanh", "rnn_relu", "gru"):
-            raise NotImplementedError(f"ONNX export of the cell {cell!r}: only rnn_tanh, rnn_relu, gru")
         layout = Layout(num_layers, bidirectional, bias)
         dirs, H = layout.dirs, weights[1].shape[1]
         order = (lambda t: zrn(t, H)) if cell == "gru" else (lambda t: t)
@@ -112,8 +122,10 @@ def onnx_translation_table() -> dict:
             if cell == "gru":
                 Y, Y_h = op.GRU(*args, direction=direction, hidden_size=H, linear_before_reset=1)
             else:
-                Y, Y_h = op.RNN(*args, activations=["Tanh" if cell == "rnn_tanh" else "Relu"] * dirs,
-                                direction=direction, hidden_size=H)
+                activation, alpha = ONNX_ACTIVATIONS[cell]
+                extra = {} if alpha is None else {"activation_alpha": [alpha] * dirs}
+                Y, Y_h = op.RNN(*args, activations=[activation] * dirs, direction=direction,
+                                hidden_size=H, **extra)
             layer_in = op.Reshape(op.Transpose(Y, perm=[0, 2, 1, 3]), [0, 0, -1])  # (T, N, dirs·H)
             outputs.append(layer_in)
             h_n.append(Y_h)
