@@ -364,8 +364,7 @@ def test_compile_and_export_with_each_option(options, tmp_path):
 @pytest.mark.parametrize("options", COMPILED, ids=_id)
 def test_double_backward_and_forward_mode(options):
     """gradgradcheck (autograd over our differentiable backward) for each option; forward mode
-    (torch.func.jvp) equals the Jacobian from reverse mode where written, and says which cells
-    it is not written for (layer_norm, recurrent_dropout)."""
+    (torch.func.jvp) equals the Jacobian from reverse mode."""
     m = build(RNN, options, {"num_layers": 2, "bidirectional": True})
     names = [n for n, _ in m.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in m.parameters()]
@@ -377,10 +376,6 @@ def test_double_backward_and_forward_mode(options):
 
     assert gradgradcheck(f, (x, *params))
     v = torch.randn_like(x)
-    if options.get("layer_norm") or options.get("recurrent_dropout"):
-        with pytest.raises(NotImplementedError, match="forward-mode AD of the 'rnn_"):
-            torch.func.jvp(lambda x: f(x, *params), (x,), (v,))
-        return
     _, jvp = torch.func.jvp(lambda x: f(x, *params), (x,), (v,))
     jacobian = torch.func.jacrev(lambda x: f(x, *params))(x.detach())  # (T, N, dirs·H, T, N, D)
     assert max_abs(jvp, (jacobian * v).sum((-3, -2, -1))) <= TOL
