@@ -447,7 +447,8 @@ def test_jvp_equals_the_reference(options, case_name, loops):
 
 
 @pytest.mark.parametrize("case_name", ["L2-bi-dropout", "packed-L2-bi"])
-@pytest.mark.parametrize("options", [{"layer_norm": True, "recurrent_dropout": 0.3, "zoneout": 0.3}], ids=_id)
+@pytest.mark.parametrize("options", [{"layer_norm": True}, {"recurrent_dropout": 0.3}, {"zoneout": 0.3},
+                                     {"layer_norm": True, "recurrent_dropout": 0.3, "zoneout": 0.3}], ids=_id)
 def test_jacfwd_equals_the_reference_jacobian(options, case_name, loops):
     """jacfwd (vmap over our jvp; randomness="same": one set of masks) equals jacrev of the
     reference (reverse-mode autograd over plain ops), wrt x, hx and every parameter."""
