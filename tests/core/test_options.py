@@ -364,8 +364,7 @@ def test_compile_and_export_with_each_option(options, tmp_path):
 @pytest.mark.parametrize("options", COMPILED, ids=_id)
 def test_double_backward_and_forward_mode(options):
     """gradgradcheck (autograd over our differentiable backward) for each option; forward mode
-    (torch.func.jvp) equals the Jacobian from reverse mode where written, and says which cells
-    it is not written for (layer_norm, recurrent_dropout)."""
+    (torch.func.jvp) equals the Jacobian from reverse mode."""
     m = build(RNN, options, {"num_layers": 2, "bidirectional": True})
     names = [n for n, _ in m.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in m.parameters()]
@@ -377,13 +376,122 @@ def test_double_backward_and_forward_mode(options):
 
     assert gradgradcheck(f, (x, *params))
     v = torch.randn_like(x)
-    if options.get("layer_norm") or options.get("recurrent_dropout"):
-        with pytest.raises(NotImplementedError, match="forward-mode AD of the 'rnn_"):
-            torch.func.jvp(lambda x: f(x, *params), (x,), (v,))
-        return
     _, jvp = torch.func.jvp(lambda x: f(x, *params), (x,), (v,))
     jacobian = torch.func.jacrev(lambda x: f(x, *params))(x.detach())  # (T, N, dirs·H, T, N, D)
     assert max_abs(jvp, (jacobian * v).sum((-3, -2, -1))) <= TOL
+
+
+# ----- forward mode (torch.func.jvp, jacfwd) against forward and reverse mode over the reference --
+
+JVP_OPTIONS = [{"layer_norm": True}, {"recurrent_dropout": 0.3}, {"layer_norm": True, "zoneout": 0.3},
+               {"recurrent_dropout": 0.3, "zoneout": 0.3}, {"layer_norm": True, "recurrent_dropout": 0.3},
+               {"layer_norm": True, "recurrent_dropout": 0.3, "zoneout": 0.3}, ALL[0]]
+
+
+class _Reference(nn.Module):
+    """:func:`reference` as a module around ``m``, so that torch.func.functional_call can swap m's
+    parameters (the reference reads them by name from m)."""
+
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, x_rows, hx, sizes, seed):
+        return reference(self.m, x_rows, sizes, hx, seed)
+
+
+def _functions(m: nn.Module, case_name: str, seed: int = 7):
+    """(ours, the reference, params, x, hx): ours(params, x, hx) and ref(params, x, hx), both
+    (output rows, h_n) in the reference's layout, x the input's rows (packed: the data)."""
+    _, T, lengths, batched = CASES[case_name]
+    _, _, inp, hx, x_rows, sizes, _ = inputs(m, T, lengths, batched)
+    ref_module = _Reference(m)
+    params = {name: p.detach() for name, p in m.named_parameters()}
+
+    def ours(params, x, hx):
+        torch.manual_seed(seed)
+        packed = PackedSequence(x, inp.batch_sizes) if lengths else x.reshape(inp.shape)
+        output, h_n = torch.func.functional_call(m, params, (packed, hx))
+        return rows_of(m, output, batched), h_n
+
+    def ref(params, x, hx):
+        return torch.func.functional_call(ref_module, {f"m.{n}": p for n, p in params.items()},
+                                          (x, hx, sizes, seed))
+
+    return ours, ref, params, x_rows.detach(), hx.detach()
+
+
+@pytest.mark.parametrize("case_name", ["L2-bi-dropout", "packed-L2-bi"])
+@pytest.mark.parametrize("options", JVP_OPTIONS, ids=_id)
+def test_jvp_equals_the_reference(options, case_name, loops):
+    """torch.func.jvp of our hand-written tangents (layer norm's γ̇, β̇ among them; the masks
+    constant) equals PyTorch's forward mode over the reference, with the same masks; tangents on
+    x, hx and every parameter, in training (masks drawn) and in eval (zoneout's expectation)."""
+    for training in (True, False):
+        m = build(RNN, options, CASES[case_name][0], training)
+        ours, ref, params, x, hx = _functions(m, case_name)
+        gen = torch.Generator().manual_seed(2)
+        tangents = ({n: torch.randn(p.shape, generator=gen, dtype=F64) for n, p in params.items()},
+                    torch.randn(x.shape, generator=gen, dtype=F64),
+                    torch.randn(hx.shape, generator=gen, dtype=F64))
+        got = torch.func.jvp(ours, (params, x, hx), tangents)
+        want = torch.func.jvp(ref, (params, x, hx), tangents)
+        for a, b in zip([*got[0], *got[1]], [*want[0], *want[1]], strict=True):
+            assert rel_err(a, b) <= TOL, rel_err(a, b)
+        # Each parameter's tangent alone (γ, β among them) reaches the outputs.
+        for name in params:
+            alone = ({n: t if n == name else torch.zeros_like(t) for n, t in tangents[0].items()},
+                     torch.zeros_like(x), torch.zeros_like(hx))
+            (_, a), (_, b) = (torch.func.jvp(f, (params, x, hx), alone) for f in (ours, ref))
+            assert rel_err(a[0], b[0]) <= TOL and rel_err(a[1], b[1]) <= TOL, name
+
+
+@pytest.mark.parametrize("case_name", ["L2-bi-dropout", "packed-L2-bi"])
+@pytest.mark.parametrize("options", [{"layer_norm": True}, {"recurrent_dropout": 0.3}, {"zoneout": 0.3},
+                                     {"layer_norm": True, "recurrent_dropout": 0.3, "zoneout": 0.3}], ids=_id)
+def test_jacfwd_equals_the_reference_jacobian(options, case_name, loops):
+    """jacfwd (vmap over our jvp; randomness="same": one set of masks) equals jacrev of the
+    reference (reverse-mode autograd over plain ops), wrt x, hx and every parameter."""
+    m = build(RNN, options, CASES[case_name][0])
+    ours, ref, params, x, hx = _functions(m, case_name)
+    got = torch.func.jacfwd(ours, argnums=(0, 1, 2), randomness="same")(params, x, hx)
+    want = torch.func.jacrev(ref, argnums=(0, 1, 2))(params, x, hx)
+    got, want = torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)
+    assert len(got) == len(want) == 2 * (len(params) + 2)
+    for a, b in zip(got, want, strict=True):
+        assert rel_err(a, b) <= TOL, rel_err(a, b)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_cell_jvp_with_layer_norm_and_zoneout(training):
+    """RNNCell (one step per call): jvp wrt x, h and every parameter (γ, β included) equals
+    PyTorch's forward mode over the one-step reference, with the same zoneout mask."""
+    torch.manual_seed(0)
+    cell = RNNCell(D, H, dtype=F64, layer_norm=True, zoneout=0.3).train(training)
+    with torch.no_grad():
+        for name in cell._ln_names:
+            getattr(cell, name).uniform_(0.5, 1.5)
+    params = {n: p.detach() for n, p in cell.named_parameters()}
+    gen = torch.Generator().manual_seed(1)
+    x, h = (torch.randn(3, D, generator=gen, dtype=F64), torch.randn(3, H, generator=gen, dtype=F64))
+
+    def ours(params, x, h):
+        torch.manual_seed(7)
+        return torch.func.functional_call(cell, params, (x, h))
+
+    def ref(params, x, h):
+        torch.manual_seed(7)
+        z = x.new_empty(1, x.shape[0], H).bernoulli_(0.3)[0] if training else x.new_full((x.shape[0], H), 0.3)
+        a = (F.linear(x, params["weight_ih"], params["bias_ih"])
+             + F.linear(h, params["weight_hh"], params["bias_hh"]))
+        a = F.layer_norm(a, (H,), params["ln_weight"], params["ln_bias"], eps=1e-5)
+        return z * h + (1 - z) * torch.tanh(a)
+
+    tangents = ({n: torch.randn(p.shape, generator=gen, dtype=F64) for n, p in params.items()},
+                torch.randn(x.shape, generator=gen, dtype=F64),
+                torch.randn(h.shape, generator=gen, dtype=F64))
+    (out, out_dot), (ref_out, ref_dot) = (torch.func.jvp(f, (params, x, h), tangents) for f in (ours, ref))
+    assert rel_err(out, ref_out) <= TOL and rel_err(out_dot, ref_dot) <= TOL
 
 
 @pytest.mark.parametrize("name", ["gelu", "silu", "softsign", "sigmoid", "leaky_relu"])

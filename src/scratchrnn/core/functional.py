@@ -40,7 +40,8 @@ backward itself never uses autograd.
 
 Forward mode (:func:`rnn_jvp`), one sequential loop like the forward: ẋp = ẋ W_ihᵀ + x Ẇ_ihᵀ +
 ḃ_ih and the known part of ḣp, h_{t−1} Ẇ_hhᵀ + ḃ_hh, are one GEMM each over all steps; only
-ḣ_{t−1} W_hhᵀ stays inside the loop, and the cell's step tangent gives ḣ_t.
+ḣ_{t−1} W_hhᵀ stays inside the loop, and the cell's step tangent gives ḣ_t (from the tangents of
+the cell's extra parameters too). A cell's recurrent mask m multiplies h_{t−1} and ḣ_{t−1} there.
 
 The per-step loops exist twice for the built-in cells: in PyTorch here (the reference, and the path
 on GPUs and for other dtypes) and in C (``_steps.c``, loaded by ``accel``), used on the CPU for
@@ -407,14 +408,19 @@ def layer_jvp(
     weights_dot: Sequence[Tensor | None],
     reverse: bool = False,
     aux: Sequence[Tensor] = (),
+    aux_dot: Sequence[Tensor | None] = (),
 ) -> tuple[Tensor, Tensor]:
     """Forward mode through one layer and direction: the tangents ḣ_t of ``out`` and ḣ_n.
 
     Args:
-        cell, x, h0, W_ih, W_hh, b_ih, b_hh, plan, reverse: as in :func:`layer_forward`
+        cell, x, h0, W_ih, W_hh, b_ih, b_hh, plan, reverse, aux: as in :func:`layer_forward`
             (``out`` is its result, the h_t).
         x_dot (rows, D), h0_dot (N, H), weights_dot (Ẇ_ih, Ẇ_hh, ḃ_ih, ḃ_hh): the tangents of the
             inputs, None where zero.
+        aux_dot: the tangents of the cell's extra parameters (the first of ``aux``; layer norm's
+            γ̇, β̇), None where zero, handed to every step's tangent; the masks are constants.
+            A cell's recurrent mask m (:meth:`~scratchrnn.core.cells.Cell.recurrent_mask`) enters
+            ḣp_t as it entered hp_t: (h_{t−1} ⊙ m) Ẇ_hhᵀ + (ḣ_{t−1} ⊙ m) W_hhᵀ.
 
     Returns:
         out_dot (rows, H), the ḣ_t; h_n_dot (N, H), the tangent of each sequence's last state.
@@ -430,13 +436,17 @@ def layer_jvp(
         xp_dot = xp_dot + x @ W_ih_dot.t()  # x_t Ẇ_ihᵀ
     if b_ih_dot is not None:
         xp_dot = xp_dot + b_ih_dot  # ḃ_ih
+    h_prev = cache(lambda: plan.h_prev(out, h0, reverse))
+    residuals = cell.residuals(x, h_prev, out, W_ih, W_hh, b_ih, b_hh, *aux)
+    mask = cell.recurrent_mask(residuals)  # (rows, H) or None: m on h_{t-1} where it enters W_hh
     hp_dot = out.new_zeros(rows, GH)  # (rows, G·H)
     if W_hh_dot is not None:
-        hp_dot = hp_dot + cell.recurrent(plan.h_prev(out, h0, reverse), W_hh_dot)  # h_{t-1} Ẇ_hhᵀ
+        h_in = h_prev() if mask is None else h_prev() * mask  # h_{t-1} (⊙ m)
+        hp_dot = hp_dot + cell.recurrent(h_in, W_hh_dot)  # (h_{t-1} ⊙ m) Ẇ_hhᵀ
     if b_hh_dot is not None:
         hp_dot = hp_dot + b_hh_dot  # ḃ_hh
-    h_prev = cache(lambda: plan.h_prev(out, h0, reverse))
-    residual_steps = plan.split(cell.residuals(x, h_prev, out, W_ih, W_hh, b_ih, b_hh, *aux))
+    residual_steps = plan.split(residuals)
+    mask_steps = plan.split(mask) if mask is not None else None
     xp_dot_steps, hp_dot_steps, out_steps = plan.split(xp_dot), plan.split(hp_dot), plan.split(out)
     h0_dot = h0_dot if h0_dot is not None else h0.new_zeros(N, H)
     steps = plan.steps(reverse)
@@ -447,10 +457,11 @@ def layer_jvp(
         t, b, c = step.t, step.size, step.carried
         h_dot_prev = h_dot_prev[:c] if c == b else h0_dot[:b] if c == 0 else \
             torch.cat([h_dot_prev[:c], h0_dot[c:b]])
-        hp_dot_t = hp_dot_steps[t] + cell.recurrent(h_dot_prev, W_hh)  # ḣp_t = … + ḣ_{t-1} W_hhᵀ
+        h_dot_in = h_dot_prev if mask_steps is None else h_dot_prev * mask_steps[t]  # ḣ_{t-1} (⊙ m)
+        hp_dot_t = hp_dot_steps[t] + cell.recurrent(h_dot_in, W_hh)  # ḣp_t = … + (ḣ_{t-1} ⊙ m) W_hhᵀ
         h_dot_prev = h_dot_steps[t] = cell.step_tangent(
             xp_dot_steps[t], hp_dot_t, h_dot_prev, residual_steps[t],
-            plan.h_prev_at(out_steps, h0, reverse, k),
+            plan.h_prev_at(out_steps, h0, reverse, k), *aux_dot,
         )
         if step.kept < b:
             h_n_dot_pieces.append((step.kept, h_dot_prev[step.kept :]))
@@ -477,10 +488,13 @@ def rnn_jvp(
     """Forward mode through the whole stack, first layer first: the jvp of :func:`rnn_forward`.
 
     Takes the forward's inputs and ``layer_outputs``, and the inputs' tangents (None where zero;
-    the masks are constants). Returns the tangents of output, h_n and every layer's output.
+    the masks are constants; ``weights_dot`` like ``weights``: nn's, then the cell's extra
+    parameters'). Returns the tangents of output, h_n and every layer's output.
     """
     step_cell, layout, plan = cells.get(cell), Layout(num_layers, bidirectional, bias), Plan(batch_sizes)
     weights, masks, aux = _split_options(step_cell, layout, plan, weights, masks)
+    extras_dot = weights_dot[len(weights) :]  # the cell's extra parameters' tangents, as in weights
+    e = len(extras_dot) // (num_layers * layout.dirs)
     H = hx.shape[-1]
     inputs = layer_inputs(x, layer_outputs, masks)
     h_n_dots: list[Tensor] = [hx] * (num_layers * layout.dirs)
@@ -493,6 +507,7 @@ def rnn_jvp(
             step_cell, inputs[layer], hx[idx], layer_outputs[layer][:, d * H : (d + 1) * H],
             *layout.weights(weights, idx), plan, in_dot, None if hx_dot is None else hx_dot[idx],
             layout.weights(weights_dot, idx), reverse=d == 1, aux=aux[idx],
+            aux_dot=extras_dot[idx * e : (idx + 1) * e],
         )
         directions.append(out_dot)
         if d == layout.dirs - 1:

@@ -23,7 +23,7 @@ does. What a cell writes, one line of code per equation, with rows as batch elem
   A cell whose recurrent weight is not a G·H × H matrix (IndRNN's vector u: hp = u ⊙ h) overrides
   :meth:`Cell.recurrent`, :meth:`Cell.recurrent_backward` and :meth:`Cell.recurrent_weight_grad`.
 - :meth:`Cell.step_tangent`: forward mode, ḣ_t from ẋp_t, ḣp_t (= h_{t−1} Ẇ_hhᵀ + ḃ_hh +
-  ḣ_{t−1} W_hhᵀ, made by the stack) and ḣ_{t−1}.
+  ḣ_{t−1} W_hhᵀ, made by the stack) and ḣ_{t−1} (and the tangents of its extra parameters).
 
 The step backward must be written in differentiable torch operations, out of place: that is how
 double backward works (autograd differentiating our hand-written backward); the first-order
@@ -138,8 +138,9 @@ class Cell:
         raise NotImplementedError
 
     def step_tangent(self, xp_dot_t: Tensor, hp_dot_t: Tensor, h_dot_prev: Tensor,
-                     residuals_t: Tensor, h_prev: Tensor) -> Tensor:
-        """ḣ_t (b, H) from the tangents ẋp_t (b, G·H), ḣp_t (b, G·H) and ḣ_{t−1} (b, H)."""
+                     residuals_t: Tensor, h_prev: Tensor, *aux_dot: Tensor | None) -> Tensor:
+        """ḣ_t (b, H) from the tangents ẋp_t (b, G·H), ḣp_t (b, G·H) and ḣ_{t−1} (b, H); a cell
+        with extra parameters gets their tangents after (``aux_dot``, None where zero)."""
         raise NotImplementedError
 
     def recurrent_mask(self, residuals: Tensor) -> Tensor | None:

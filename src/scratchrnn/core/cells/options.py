@@ -178,13 +178,33 @@ class Options(Cell):
         da = (g - g.mean(1, keepdim=True) - n_hat * (g * n_hat).mean(1, keepdim=True)) * rstd  # da_t
         return da, da, dh_direct, torch.cat([da_hat * n_hat, da_hat], 1)  # per row: dγ, dβ
 
-    def step_tangent(self, xp_dot_t, hp_dot_t, h_dot_prev, residuals_t, h_prev):
-        if self.ln or self.rd:
-            raise NotImplementedError(f"forward-mode AD of the {self.name!r} cell (layer_norm or "
-                                      "recurrent_dropout) is not written")
-        first, _, _, _, _, z = self._split_residuals(residuals_t, h_dot_prev.shape[1])
-        if self.elman:
-            h_dot_cand = (xp_dot_t + hp_dot_t) * first  # ḣ̃ = f'(a) ⊙ (ẋp + ḣp)
-        else:
+    def step_tangent(self, xp_dot_t, hp_dot_t, h_dot_prev, residuals_t, h_prev, gamma_dot=None,
+                     beta_dot=None):
+        r"""ḣ_t from ẋp_t = ẋ_t W_ihᵀ + x_t Ẇ_ihᵀ + ḃ_ih, ḣp_t = (ḣ_{t−1} ⊙ m) W_hhᵀ +
+        (h_{t−1} ⊙ m) Ẇ_hhᵀ + ḃ_hh (the stack masks both by :meth:`recurrent_mask`), ḣ_{t−1}, and
+        γ̇, β̇ (layer norm's parameters' tangents, None where zero; the masks are constants):
+
+            ȧ_t  = ẋp_t + ḣp_t
+            ṅ_t  = (ȧ_t − mean(ȧ_t) − n̂_t ⊙ mean(ȧ_t ⊙ n̂_t)) / s_t      (layer norm; means over H)
+            â̇_t  = γ ⊙ ṅ_t + γ̇ ⊙ n̂_t + β̇                                (layer norm; else â̇_t = ȧ_t)
+            ḣ̃_t  = f'(â_t) ⊙ â̇_t                                       (the base's step tangent, for a GRU)
+            ḣ_t  = z_t ⊙ ḣ_{t−1} + (1 − z_t) ⊙ ḣ̃_t                      (zoneout)
+        """
+        first, n_hat, rstd, gamma, _, z = self._split_residuals(residuals_t, h_dot_prev.shape[1])
+        if not self.elman:
             h_dot_cand = self.base.step_tangent(xp_dot_t, hp_dot_t, h_dot_prev, first, h_prev)
+        else:
+            a_dot = xp_dot_t + hp_dot_t  # ȧ_t = ẋp_t + ḣp_t
+            a_hat_dot = a_dot
+            if self.ln:
+                n_dot = (a_dot - a_dot.mean(1, keepdim=True)
+                         - n_hat * (a_dot * n_hat).mean(1, keepdim=True)) * rstd  # ṅ_t
+                a_hat_dot = gamma * n_dot  # â̇_t = γ ⊙ ṅ_t
+                if gamma_dot is not None:
+                    a_hat_dot = a_hat_dot + gamma_dot * n_hat  # + γ̇ ⊙ n̂_t
+                if beta_dot is not None:
+                    a_hat_dot = a_hat_dot + beta_dot  # + β̇
+            h_dot_cand = first * a_hat_dot  # ḣ̃_t = f'(â_t) ⊙ â̇_t
+        if z is None:
+            return h_dot_cand
         return z * h_dot_prev + (1 - z) * h_dot_cand  # ḣ_t = z ⊙ ḣ_{t−1} + (1 − z) ⊙ ḣ̃_t
