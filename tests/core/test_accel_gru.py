@@ -117,6 +117,39 @@ def test_c_gru_steps_match_the_pytorch_step_loop(dtype, packed, bias, reverse):
         torch.testing.assert_close(a, b, **_tol(dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_c_gru_backward_without_ws_matches_the_one_with_ws(dtype, packed, bias, reverse):
+    """gru_backward_recompute_steps (gates recomputed from xp and hp, which receive dxp and dhp)
+    gives what gru_backward_steps gives from the ws the forward saved."""
+    H = 5
+    batch_sizes = [6, 5, 5, 3, 1, 1] if packed else [4] * 6
+    N, rows = batch_sizes[0], sum(batch_sizes)
+    g = torch.Generator().manual_seed(1)
+    xp, h0, W_hh = (torch.randn(s, generator=g, dtype=dtype) for s in ((rows, 3 * H), (N, H), (3 * H, H)))
+    b_hh = torch.randn(3 * H, generator=g, dtype=dtype) if bias else None
+    out, _, ws = _c_forward(xp, h0, W_hh, b_hh, batch_sizes, reverse)
+    dout, dh_n = torch.randn(rows, H, generator=g, dtype=dtype), torch.randn(N, H, generator=g, dtype=dtype)
+    dh = _with_dh_n(dout, dh_n, batch_sizes, reverse)
+    dxp, dhp, dh0 = _c_backward(dh.clone(), out, h0, W_hh, ws, batch_sizes, reverse)
+    hp = _h_prev_rows(out, h0, batch_sizes, reverse) @ W_hh.t() + (0 if b_hh is None else b_hh)
+    xp_in, hp_in, dh0_in = xp.clone(), hp.contiguous(), torch.empty_like(h0)
+    accel.gru_backward_recompute_steps(dh.clone(), out, h0, W_hh, xp_in, hp_in, batch_sizes, dh0_in, reverse)
+    for a, b in ((xp_in, dxp), (hp_in, dhp), (dh0_in, dh0)):
+        torch.testing.assert_close(a, b, **_tol(dtype))
+
+
+def test_c_gru_backward_without_ws_refuses_buffers_too_small():
+    H, batch_sizes = 3, [2, 2]
+    dh, out = torch.zeros(4, H, dtype=torch.float64), torch.zeros(4, H, dtype=torch.float64)
+    h0, W_hh = torch.zeros(2, H, dtype=torch.float64), torch.zeros(3 * H, H, dtype=torch.float64)
+    xp, hp = torch.zeros(4, 3 * H, dtype=torch.float64), torch.zeros(3, 3 * H, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="hp"):
+        accel.gru_backward_recompute_steps(dh, out, h0, W_hh, xp, hp, batch_sizes, h0.clone(), False)
+
+
 def _ours_and_nn_gru(dtype, H, lengths, packed, D=4):
     """Output, h_n and the gradients of x, h0 and every parameter of a 1-layer bidirectional
     nn.GRU, and the same through the C steps (both directions in one (rows, 2H) output buffer,

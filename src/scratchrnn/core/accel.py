@@ -191,6 +191,8 @@ _SIGNATURES = {
                     _INT],
     "gru_backward": [*_STEPS, _P, _I64, _P, _I64, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64,
                      _P, _I64, _INT],
+    "gru_backward_recompute": [*_STEPS, _P, _I64, _P, _I64, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64,
+                               _P, _I64, _INT],
 }
 _STEPS_ERRORS = {1: "inconsistent step sizes or width", 2: "a buffer too small for the steps",
                  3: "out of memory"}
@@ -542,3 +544,22 @@ def gru_backward_steps(dh: Tensor, out: Tensor, h0: Tensor, W_hh: Tensor, ws: Te
                         ("dhp", dhp, (rows, 3 * H), _CONTIGUOUS), ("dh0", dh0, (N, H), _CONTIGUOUS))
     if H > 0:  # H = 0 (RNNCell(n, 0), as torch allows): nothing to compute
         _call("gru_backward", dh, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, int(reverse))
+
+
+def gru_backward_recompute_steps(dh: Tensor, out: Tensor, h0: Tensor, W_hh: Tensor, xp: Tensor, hp: Tensor,
+                                 batch_sizes: Sequence[int], dh0: Tensor, reverse: bool) -> None:
+    """The GRU's BPTT loop without ws (cells/gru.c): the gates recomputed row by row from xp and hp,
+    which receive dL/dxp and dL/dhp in their place; dL/dh0.
+
+    dh, out, h0, W_hh, dh0: as in :func:`gru_backward_steps`; xp: (rows, 3H) contiguous, x W_ihᵀ + b_ih;
+    hp: (rows, 3H) contiguous, h_{t−1} W_hhᵀ + b_hh of every row (both overwritten).
+    """
+    sizes, offsets, N, rows = _steps(batch_sizes)
+    H = _width(dh, "dh")
+    args, _keep = _door(dh.dtype, ("dh", dh, (rows, H), _CONTIGUOUS), ("out", out, (rows, H), _READ_ROWS),
+                        ("h0", h0, (N, H), _CONTIGUOUS), ("weight_hh", W_hh, (3 * H, H), _COPIED),
+                        ("xp", xp, (rows, 3 * H), _CONTIGUOUS), ("hp", hp, (rows, 3 * H), _CONTIGUOUS),
+                        ("dh0", dh0, (N, H), _CONTIGUOUS))
+    if H > 0:  # H = 0 (RNNCell(n, 0), as torch allows): nothing to compute
+        _call("gru_backward_recompute", dh, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args,
+              int(reverse))

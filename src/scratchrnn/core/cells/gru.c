@@ -97,6 +97,52 @@ static const REAL *gru_backward_##SUFFIX(const void *state, const backward_step_
     return dhp_t;                                                                                  \
 }                                                                                                  \
                                                                                                    \
+/* The backward without ws: each row's gates recomputed from its xp and hp (rows x 3H, both with \
+ * their biases: x W_ihᵀ + b_ih and h_{t-1} W_hhᵀ + b_hh, made by two GEMMs over all steps before  \
+ * the loop), which then receive dxp and dhp in their place (each element read before written):  \
+ * no ws, and no buffers of their own for dxp and dhp. */                                          \
+static inline __attribute__((always_inline)) void gru_backward_row_recompute_##SUFFIX(            \
+    int H, REAL *restrict xp, REAL *restrict hp, const REAL *restrict h_prev,                      \
+    const REAL *restrict dh, REAL *restrict dh_prev, int accumulate) {                             \
+    for (int j = 0; j < H; j++) {                                                                  \
+        REAL hp_n = hp[2 * H + j];                                                                 \
+        REAL r_t = SIGMOID(xp[j] + hp[j]);                                                         \
+        REAL z_t = SIGMOID(xp[H + j] + hp[H + j]);                                                 \
+        REAL n_t = TANH(xp[2 * H + j] + r_t * hp_n);                                               \
+        REAL dn = dh[j] * (1 - z_t);                                                               \
+        REAL dz = dh[j] * (h_prev[j] - n_t);                                                       \
+        REAL da_n = dn * (1 - n_t * n_t);                                                          \
+        REAL da_r = da_n * hp_n * (r_t * (1 - r_t));                                               \
+        REAL da_z = dz * (z_t * (1 - z_t));                                                        \
+        xp[j] = da_r;                                                                              \
+        xp[H + j] = da_z;                                                                          \
+        xp[2 * H + j] = da_n;                                                                      \
+        hp[j] = da_r;                                                                              \
+        hp[H + j] = da_z;                                                                          \
+        hp[2 * H + j] = da_n * r_t;                                                                \
+        dh_prev[j] = accumulate ? dh_prev[j] + dh[j] * z_t : dh[j] * z_t;                          \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+static const REAL *gru_backward_recompute_##SUFFIX(const void *state,                             \
+                                                   const backward_step_##SUFFIX *s) {              \
+    const gru_state *cell = state;                                                                 \
+    int H = s->H;                                                                                  \
+    REAL *dhp_t = (REAL *)cell->dhp + s->first * 3 * H;                                            \
+    for (int r = 0; r < s->rows; r++) {                                                            \
+        const REAL *dh = s->dh_t + (int64_t)r * H;                                                 \
+        REAL *xp = (REAL *)cell->dxp + (s->first + r) * 3 * H;                                     \
+        REAL *hp = dhp_t + (int64_t)r * 3 * H;                                                     \
+        if (r < s->carried)                                                                        \
+            gru_backward_row_recompute_##SUFFIX(H, xp, hp, s->h_prev + (int64_t)r * s->ld_prev, dh, \
+                                                s->dh_prev + (int64_t)r * H, 1);                   \
+        else                                                                                       \
+            gru_backward_row_recompute_##SUFFIX(H, xp, hp, s->h0 + (int64_t)r * H, dh,             \
+                                                s->dh0 + (int64_t)r * H, 0);                       \
+    }                                                                                              \
+    return dhp_t;                                                                                  \
+}                                                                                                  \
+                                                                                                   \
 /* Forward: xp (rows x 3H, contiguous), h0 (N x H), W_hh (3H x H), b_hh (3H) or NULL; out (rows x \
  * H, row stride ld_out) and h_n (N x H) receive h_t and each sequence's last h_t; ws (rows x 4H) \
  * [r, z, n, hp_n] or NULL. Each pointer comes with its length in elements, checked with the    \
@@ -144,6 +190,27 @@ int scratchrnn_gru_backward_##SUFFIX(int64_t T, const int64_t *sizes, const int6
         return STEPS_BAD_BUFFER;                                                                   \
     gru_state state = {NULL, NULL, (void *)ws, dxp, dhp};                                          \
     cell_##SUFFIX cell = {3, 0, 1, gru_forward_##SUFFIX, gru_backward_##SUFFIX, &state};           \
+    return backward_loop_##SUFFIX(&cell, (int)T, sizes, offsets, (int)H, dh, out, (int)ld_out, h0, \
+                                  W_hh, dh0, reverse);                                             \
+}                                                                                                  \
+                                                                                                   \
+/* Backward without ws: xp and hp (rows x 3H, contiguous) hold x W_ihᵀ + b_ih and h_{t-1} W_hhᵀ +  \
+ * b_hh of every row, and receive dxp and dhp; dh, out, h0, W_hh, dh0 as in the backward above. */ \
+int scratchrnn_gru_backward_recompute_##SUFFIX(                                                   \
+    int64_t T, const int64_t *sizes, const int64_t *offsets, int64_t H, REAL *dh, int64_t dh_len,  \
+    const REAL *out, int64_t out_len, int64_t ld_out, const REAL *h0, int64_t h0_len,              \
+    const REAL *W_hh, int64_t W_hh_len, REAL *xp, int64_t xp_len, REAL *hp, int64_t hp_len,        \
+    REAL *dh0, int64_t dh0_len, int reverse) {                                                     \
+    int64_t rows = checked_rows(T, sizes, offsets);                                                \
+    if (rows < 0 || !good_width(H, 4, ld_out, H)) return STEPS_BAD_SIZES;                          \
+    int64_t N = sizes[0];                                                                          \
+    if (!holds(dh, dh_len, rows, H, H) || !holds(out, out_len, rows, H, ld_out)                    \
+        || !holds(h0, h0_len, N, H, H) || !holds(xp, xp_len, rows, 3 * H, 3 * H)                   \
+        || !holds(hp, hp_len, rows, 3 * H, 3 * H) || !holds(dh0, dh0_len, N, H, H) || !W_hh        \
+        || W_hh_len != 3 * H * H)                                                                  \
+        return STEPS_BAD_BUFFER;                                                                   \
+    gru_state state = {NULL, NULL, NULL, xp, hp};                                                  \
+    cell_##SUFFIX cell = {3, 0, 1, gru_forward_##SUFFIX, gru_backward_recompute_##SUFFIX, &state}; \
     return backward_loop_##SUFFIX(&cell, (int)T, sizes, offsets, (int)H, dh, out, (int)ld_out, h0, \
                                   W_hh, dh0, reverse);                                             \
 }

@@ -28,6 +28,8 @@ Tangent (ẋp_t, ḣp_t the tangents of xp_t and hp_t):
 
 What the backward reads, per row: [r, z, n, hp_n] (rows, 4H), recomputed from x and h_{t−1} by two
 GEMMs over all steps at once (no step waits for another), so the forward saves nothing per step.
+The C backward (:meth:`GRU.backward_accel`) keeps only the two GEMMs' results xp and hp (rows, 3H
+each), recomputes the gates from them row by row and writes dxp and dhp in their place.
 """
 
 from __future__ import annotations
@@ -54,6 +56,27 @@ def _gates(xp: Tensor, hp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def _recurrent(h_prev: Tensor, W_hh_T: Tensor, b_hh: Tensor | None) -> Tensor:
     """hp = h_{t−1} W_hhᵀ + b_hh."""
     return h_prev @ W_hh_T if b_hh is None else torch.addmm(b_hh, h_prev, W_hh_T)
+
+
+def _recurrent_rows(h_prev, out: Tensor, h0: Tensor, W_hh: Tensor, b_hh: Tensor | None,
+                    batch_sizes, reverse: bool) -> Tensor:
+    """hp = h_{t−1} W_hhᵀ + b_hh of every row (rows, 3H), contiguous. Padded input: h_{t−1} read
+    as views of out and h0 (two GEMMs into the rows of one buffer), never gathered into a copy."""
+    N, T = batch_sizes[0], len(batch_sizes)
+    if N == 0 or batch_sizes[-1] != N:  # packed (the sizes never grow): h_prev() gathers the rows
+        return _recurrent(h_prev(), W_hh.t(), b_hh).contiguous()
+    rows = N * T
+    hp = out.new_empty(rows, W_hh.shape[0])
+    if reverse:  # the rows starting from h0, the rows carried on, the rows they carry on from
+        from_h0, carried, prev = slice(rows - N, rows), slice(0, rows - N), slice(N, rows)
+    else:
+        from_h0, carried, prev = slice(0, N), slice(N, rows), slice(0, rows - N)
+    for rows_hp, h in ((from_h0, h0), (carried, out[prev])):
+        if b_hh is None:
+            torch.mm(h, W_hh.t(), out=hp[rows_hp])
+        else:
+            torch.addmm(b_hh, h, W_hh.t(), out=hp[rows_hp])
+    return hp
 
 
 class GRU(Cell):
@@ -102,8 +125,10 @@ class GRU(Cell):
                                 None, reverse)  # ws None: the backward recomputes the gates
 
     def backward_accel(self, dh, x, h0, h_prev, out, W_ih, W_hh, b_ih, b_hh, batch_sizes, dh0, reverse):
-        ws = self.residuals(x, h_prev, out, W_ih, W_hh, b_ih, b_hh).contiguous()  # (rows, 4H)
-        dxp = dh.new_empty(dh.shape[0], 3 * dh.shape[1])  # (rows, 3H)
-        dhp = torch.empty_like(dxp)
-        accel.gru_backward_steps(dh, out, h0, W_hh.contiguous(), ws, batch_sizes, dxp, dhp, dh0, reverse)
+        # xp and hp of every row by two GEMMs; the C loop recomputes the gates from them row by row
+        # and writes dxp and dhp in their place: no ws, no buffers of their own (rows x 6H in all).
+        dxp = self.project(x, W_ih, b_ih, out).contiguous()  # (rows, 3H): xp, then dxp
+        dhp = _recurrent_rows(h_prev, out, h0, W_hh, b_hh, batch_sizes, reverse)  # hp, then dhp
+        accel.gru_backward_recompute_steps(dh, out, h0, W_hh.contiguous(), dxp, dhp, batch_sizes, dh0,
+                                           reverse)
         return dxp, dhp
