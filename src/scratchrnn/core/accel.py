@@ -187,10 +187,7 @@ _STEPS = [_I64, _P, _P, _I64]  # T, sizes, offsets, H
 _SIGNATURES = {
     "forward": [*_STEPS, _P, _I64, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _INT, _INT],
     "backward": [*_STEPS, _P, _I64, _P, _I64, _I64, _P, _I64, _P, _I64, _INT, _INT],
-    "gru_forward": [*_STEPS, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _I64, _P, _I64, _P, _I64,
-                    _INT],
-    "gru_backward": [*_STEPS, _P, _I64, _P, _I64, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64,
-                     _P, _I64, _INT],
+    "gru_forward": [*_STEPS, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _I64, _P, _I64, _INT],
     "gru_backward_recompute": [*_STEPS, _P, _I64, _P, _I64, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64,
                                _P, _I64, _INT],
 }
@@ -226,11 +223,10 @@ def _passes_self_test(lib: ctypes.CDLL) -> bool:
             return False
         xp, W_hh, b_hh = (torch.randn(size, generator=g, dtype=dtype) for size in ((T * N, 3 * H), (3 * H, H),
                                                                                   (3 * H,)))
-        out, h_n, ws = torch.empty(T * N, H, dtype=dtype), torch.empty(N, H, dtype=dtype), torch.empty(
-            T * N, 4 * H, dtype=dtype)
+        out, h_n = torch.empty(T * N, H, dtype=dtype), torch.empty(N, H, dtype=dtype)
         rc = getattr(lib, f"scratchrnn_gru_forward_{suffix}")(
             T, _ptr(sizes), _ptr(offsets), H, *_buf(xp), *_buf(h0), *_buf(W_hh), *_buf(b_hh), *_buf(out), H,
-            *_buf(h_n), *_buf(ws), 0)
+            *_buf(h_n), 0)
         h, expected = h0, []
         for t in range(T):
             x_r, x_z, x_n = xp[t * N : (t + 1) * N].chunk(3, 1)
@@ -508,51 +504,31 @@ def backward_steps(dh: Tensor, out: Tensor, W_hh: Tensor, batch_sizes: Sequence[
 
 
 def gru_forward_steps(xp: Tensor, h0: Tensor, W_hh: Tensor, b_hh: Tensor | None, batch_sizes: Sequence[int],
-                      out: Tensor, h_n: Tensor, ws: Tensor | None, reverse: bool) -> None:
+                      out: Tensor, h_n: Tensor, reverse: bool) -> None:
     """The GRU's step loop (cells/gru.c): h_t for every row into ``out``, each sequence's last into h_n.
 
     xp: (rows, 3H) contiguous, x W_ihᵀ + b_ih; h0: (N, H) contiguous; W_hh: (3H, H); b_hh: (3H,) or
-    None; out: (rows, H), unit column stride; h_n: (N, H) contiguous; ws: (rows, 4H) contiguous,
-    filled with [r, z, n, hp_n] per row for the backward, or None (nothing saved).
+    None; out: (rows, H), unit column stride; h_n: (N, H) contiguous. Nothing is saved for the
+    backward, which recomputes the gates (:func:`gru_backward_recompute_steps`).
     """
     sizes, offsets, N, rows = _steps(batch_sizes)
     H = _width(out, "out")
     args, _keep = _door(xp.dtype, ("xp", xp, (rows, 3 * H), _CONTIGUOUS), ("h0", h0, (N, H), _CONTIGUOUS),
                         ("weight_hh", W_hh, (3 * H, H), _COPIED), ("bias_hh", b_hh, (3 * H,), _COPIED),
-                        ("out", out, (rows, H), _ROWS), ("h_n", h_n, (N, H), _CONTIGUOUS),
-                        ("ws", ws, (rows, 4 * H), _CONTIGUOUS))
+                        ("out", out, (rows, H), _ROWS), ("h_n", h_n, (N, H), _CONTIGUOUS))
     if H > 0:  # H = 0 (RNNCell(n, 0), as torch allows): nothing to compute
         _call("gru_forward", xp, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, int(reverse))
 
 
-def gru_backward_steps(dh: Tensor, out: Tensor, h0: Tensor, W_hh: Tensor, ws: Tensor,
-                       batch_sizes: Sequence[int], dxp: Tensor, dhp: Tensor, dh0: Tensor,
-                       reverse: bool) -> None:
-    """The GRU's BPTT loop (cells/gru.c): dL/dxp and dL/dhp for every row, dL/dh0.
-
-    dh: (rows, H) contiguous, ∂L/∂h_t from the output with ∂L/∂h_n added at each sequence's last
-    step (overwritten); out, h0, W_hh, ws: as in the forward; dxp, dhp: (rows, 3H) contiguous,
-    dh0: (N, H) contiguous, filled.
-    """
-    sizes, offsets, N, rows = _steps(batch_sizes)
-    H = _width(dh, "dh")
-    if ws is None:
-        raise RuntimeError("gru_backward_steps needs the ws the forward saved, got None")
-    args, _keep = _door(dh.dtype, ("dh", dh, (rows, H), _CONTIGUOUS), ("out", out, (rows, H), _READ_ROWS),
-                        ("h0", h0, (N, H), _CONTIGUOUS), ("weight_hh", W_hh, (3 * H, H), _COPIED),
-                        ("ws", ws, (rows, 4 * H), _CONTIGUOUS), ("dxp", dxp, (rows, 3 * H), _CONTIGUOUS),
-                        ("dhp", dhp, (rows, 3 * H), _CONTIGUOUS), ("dh0", dh0, (N, H), _CONTIGUOUS))
-    if H > 0:  # H = 0 (RNNCell(n, 0), as torch allows): nothing to compute
-        _call("gru_backward", dh, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, int(reverse))
-
-
 def gru_backward_recompute_steps(dh: Tensor, out: Tensor, h0: Tensor, W_hh: Tensor, xp: Tensor, hp: Tensor,
                                  batch_sizes: Sequence[int], dh0: Tensor, reverse: bool) -> None:
-    """The GRU's BPTT loop without ws (cells/gru.c): the gates recomputed row by row from xp and hp,
-    which receive dL/dxp and dL/dhp in their place; dL/dh0.
+    """The GRU's BPTT loop (cells/gru.c): the gates recomputed row by row from xp and hp, which
+    receive dL/dxp and dL/dhp in their place; dL/dh0.
 
-    dh, out, h0, W_hh, dh0: as in :func:`gru_backward_steps`; xp: (rows, 3H) contiguous, x W_ihᵀ + b_ih;
-    hp: (rows, 3H) contiguous, h_{t−1} W_hhᵀ + b_hh of every row (both overwritten).
+    dh: (rows, H) contiguous, ∂L/∂h_t from the output with ∂L/∂h_n added at each sequence's last
+    step (overwritten); out, h0, W_hh: as in the forward; xp: (rows, 3H) contiguous, x W_ihᵀ + b_ih;
+    hp: (rows, 3H) contiguous, h_{t−1} W_hhᵀ + b_hh of every row (both overwritten); dh0: (N, H)
+    contiguous, filled.
     """
     sizes, offsets, N, rows = _steps(batch_sizes)
     H = _width(dh, "dh")

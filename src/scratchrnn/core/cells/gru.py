@@ -121,8 +121,8 @@ class GRU(Cell):
 
     def forward_accel(self, xp, h0, W_hh, b_ih, b_hh, batch_sizes, out, h_n, reverse):
         b_hh = None if b_hh is None else b_hh.contiguous()
-        accel.gru_forward_steps(xp.contiguous(), h0, W_hh.contiguous(), b_hh, batch_sizes, out, h_n,
-                                None, reverse)  # ws None: the backward recomputes the gates
+        # Nothing saved: the backward recomputes the gates.
+        accel.gru_forward_steps(xp.contiguous(), h0, W_hh.contiguous(), b_hh, batch_sizes, out, h_n, reverse)
 
     def backward_accel(self, dh, x, h0, h_prev, out, W_ih, W_hh, b_ih, b_hh, batch_sizes, dh0, reverse):
         # xp and hp of every row by two GEMMs; the C loop recomputes the gates from them row by row
