@@ -517,3 +517,4 @@ DEFINE_STEPS(f64, double, dgemm)
 /* The cells: each one's elementwise steps and its entry points, beside its Python twin. */
 #include "cells/elman.c"
 #include "cells/gru.c"
+#include "cells/options.c"

@@ -191,6 +191,10 @@ _SIGNATURES = {
                     _INT],
     "gru_backward": [*_STEPS, _P, _I64, _P, _I64, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64,
                      _P, _I64, _INT],
+    "options_forward": [*_STEPS, _P, _I64, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64,
+                        _P, _I64, _INT, _INT],
+    "options_backward": [*_STEPS, _P, _I64, _P, _I64, _I64, _P, _I64, _P, _I64, _I64, _P, _I64, _INT, _INT,
+                         _INT],
 }
 _STEPS_ERRORS = {1: "inconsistent step sizes or width", 2: "a buffer too small for the steps",
                  3: "out of memory"}
@@ -205,7 +209,8 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 def _passes_self_test(lib: ctypes.CDLL) -> bool:
     """A two-step forward of each cell through the library, float32 and float64, against the same
-    in torch (the Elman cell with tanh, the GRU with its gates)."""
+    in torch (the Elman cell with tanh, the GRU with its gates, the Elman cell with layer norm and
+    zoneout)."""
     g = torch.Generator().manual_seed(0)
     T, N, H = 2, 2, 3
     sizes = torch.full((T,), N, dtype=torch.int64)
@@ -238,6 +243,19 @@ def _passes_self_test(lib: ctypes.CDLL) -> bool:
             h = n + z * (h - n)
             expected.append(h)
         if rc != 0 or not (torch.allclose(out, torch.cat(expected), **tol) and torch.equal(h_n, out[-N:])):
+            return False
+        a, gamma, beta = (torch.randn(size, generator=g, dtype=dtype) for size in ((T * N, H), (H,), (H,)))
+        W_hh, z = torch.randn(H, H, generator=g, dtype=dtype), torch.rand(T * N, H, generator=g, dtype=dtype)
+        expected, h = a.clone(), h0
+        for t in range(T):
+            rows = slice(t * N, (t + 1) * N)
+            a_t = expected[rows].addmm_(h, W_hh.t())
+            h_cand = torch.tanh(torch.nn.functional.layer_norm(a_t, (H,), gamma, beta, eps=1e-5))
+            h = expected[rows] = z[rows] * h + (1 - z[rows]) * h_cand
+        rc = getattr(lib, f"scratchrnn_options_forward_{suffix}")(
+            T, _ptr(sizes), _ptr(offsets), H, *_buf(a), H, *_buf(h0), *_buf(W_hh), None, 0, *_buf(gamma),
+            *_buf(beta), *_buf(z), *_buf(h_n), 0, 0)
+        if rc != 0 or not (torch.allclose(a, expected, **tol) and torch.equal(h_n, a[-N:])):
             return False
     return True
 
@@ -542,3 +560,46 @@ def gru_backward_steps(dh: Tensor, out: Tensor, h0: Tensor, W_hh: Tensor, ws: Te
                         ("dhp", dhp, (rows, 3 * H), _CONTIGUOUS), ("dh0", dh0, (N, H), _CONTIGUOUS))
     if H > 0:  # H = 0 (RNNCell(n, 0), as torch allows): nothing to compute
         _call("gru_backward", dh, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, int(reverse))
+
+
+def options_forward_steps(out: Tensor, h0: Tensor, W_hh: Tensor, bias: Tensor | None, gamma: Tensor | None,
+                          beta: Tensor | None, z: Tensor | None, batch_sizes: Sequence[int], h_n: Tensor,
+                          relu: bool, reverse: bool) -> None:
+    """The Elman cell's step loop with layer norm and/or zoneout (cells/options.c): as
+    :func:`forward_steps`, plus â = γ ⊙ n̂ + β before the nonlinearity (``gamma`` and ``beta``
+    given together, or neither) and h_t = z ⊙ h_{t-1} + (1 − z) ⊙ h̃_t after it (``z`` given).
+
+    out: (rows, H), unit column stride, holds x_t W_ihᵀ; h0, h_n: (N, H) contiguous; W_hh: (H, H);
+    bias, gamma, beta: (H,) or None; z: (rows, H) contiguous or None.
+    """
+    sizes, offsets, N, rows = _steps(batch_sizes)
+    H = _width(out, "out")
+    if (gamma is None) != (beta is None):
+        raise RuntimeError("options_forward_steps: layer norm takes gamma and beta together, got one")
+    args, _keep = _door(out.dtype, ("out", out, (rows, H), _ROWS), ("h0", h0, (N, H), _CONTIGUOUS),
+                        ("weight_hh", W_hh, (H, H), _COPIED), ("bias", bias, (H,), _COPIED),
+                        ("ln_weight", gamma, (H,), _COPIED), ("ln_bias", beta, (H,), _COPIED),
+                        ("zoneout mask", z, (rows, H), _CONTIGUOUS), ("h_n", h_n, (N, H), _CONTIGUOUS))
+    if H > 0:  # H = 0: nothing to compute
+        _call("options_forward", out, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args,
+              int(reverse), int(relu))
+
+
+def options_backward_steps(dh: Tensor, out: Tensor, W_hh: Tensor, res: Tensor, batch_sizes: Sequence[int],
+                           dh0: Tensor, ln: bool, zo: bool, reverse: bool) -> None:
+    """The BPTT loop of :func:`options_forward_steps`: turns ``dh`` into da in place and the first H
+    columns of ``res`` (f'(â)) into dâ; fills dh0.
+
+    dh: (rows, H) contiguous; out: (rows, H), unit column stride; W_hh: (H, H); res: (rows, width)
+    contiguous, [f'(â) | n̂ | 1/s | γ | z] (n̂, 1/s, γ with ``ln``, z with ``zo``: width
+    H(1 + 2ln + zo) + ln), as Options.residuals makes it; dh0: (N, H) contiguous.
+    """
+    sizes, offsets, N, rows = _steps(batch_sizes)
+    H = _width(dh, "dh")
+    width = H * (1 + 2 * ln + zo) + ln
+    args, _keep = _door(dh.dtype, ("dh", dh, (rows, H), _CONTIGUOUS), ("out", out, (rows, H), _READ_ROWS),
+                        ("weight_hh", W_hh, (H, H), _COPIED), ("residuals", res, (rows, width), _CONTIGUOUS))
+    dh0_args, _ = _door(dh.dtype, ("dh0", dh0, (N, H), _CONTIGUOUS))
+    if H > 0:  # H = 0: nothing to compute
+        _call("options_backward", dh, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, width,
+              *dh0_args, int(reverse), int(ln), int(zo))

@@ -96,12 +96,13 @@ class GRU(Cell):
         # Where the library has the GRU's C steps (cells/gru.c through accel), else the PyTorch loop.
         return hasattr(accel, "gru_forward_steps") and accel.available_for(*tensors)
 
-    def forward_accel(self, xp, h0, W_hh, b_ih, b_hh, batch_sizes, out, h_n, reverse):
+    def forward_accel(self, xp, h0, W_hh, b_ih, b_hh, batch_sizes, out, h_n, reverse, *aux):
         b_hh = None if b_hh is None else b_hh.contiguous()
         accel.gru_forward_steps(xp.contiguous(), h0, W_hh.contiguous(), b_hh, batch_sizes, out, h_n,
                                 None, reverse)  # ws None: the backward recomputes the gates
 
-    def backward_accel(self, dh, x, h0, h_prev, out, W_ih, W_hh, b_ih, b_hh, batch_sizes, dh0, reverse):
+    def backward_accel(self, dh, x, h0, h_prev, out, W_ih, W_hh, b_ih, b_hh, batch_sizes, dh0, reverse,
+                       *aux):
         ws = self.residuals(x, h_prev, out, W_ih, W_hh, b_ih, b_hh).contiguous()  # (rows, 4H)
         dxp = dh.new_empty(dh.shape[0], 3 * dh.shape[1])  # (rows, 3H)
         dhp = torch.empty_like(dxp)

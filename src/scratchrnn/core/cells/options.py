@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from scratchrnn.core import accel
 from scratchrnn.core.cells.base import Cell
 from scratchrnn.core.cells.elman import Elman
 
@@ -85,8 +86,9 @@ class Options(Cell):
 
     def project(self, x, W_ih, b_ih, out, *aux):
         _, _, m, z = self._unpack(aux)
-        # The Elman path adds b_ih with b_hh in the step; another base projects as it does.
-        xp = x @ W_ih.t() if self.elman else \
+        # The Elman path writes x W_ihᵀ into the output buffer, as the Elman cell does (the C loop
+        # forms a_t there in place) and adds b_ih with b_hh in the step; another base projects as it does.
+        xp = out.addmm_(x, W_ih.t(), beta=0) if self.elman else \
             self.base.project(x, W_ih, b_ih, x.new_empty(x.shape[0], W_ih.shape[0] // self.gates))
         masks = [t for t in (m, z) if t is not None]
         return torch.cat([xp, *masks], 1) if masks else xp  # (rows, G·H [+ H] [+ H])
@@ -188,3 +190,25 @@ class Options(Cell):
         else:
             h_dot_cand = self.base.step_tangent(xp_dot_t, hp_dot_t, h_dot_prev, first, h_prev)
         return z * h_dot_prev + (1 - z) * h_dot_cand  # ḣ_t = z ⊙ ḣ_{t−1} + (1 − z) ⊙ ḣ̃_t
+
+    # ----- the loop in C (cells/options.c): layer norm and zoneout on the Elman cell, tanh or relu
+
+    def accel_ready(self, *tensors):
+        # Recurrent dropout (and a GRU base, or another nonlinearity) runs the PyTorch loop.
+        return self.elman and self.base._c and not self.rd and accel.available_for(*tensors)
+
+    def forward_accel(self, xp, h0, W_hh, b_ih, b_hh, batch_sizes, out, h_n, reverse, *aux):
+        gamma, beta, _, z = self._unpack(aux)  # out holds x W_ihᵀ (see project)
+        bias = None if b_ih is None else b_ih + b_hh
+        accel.options_forward_steps(out, h0, W_hh, bias, gamma, beta, None if z is None else z.contiguous(),
+                                    batch_sizes, h_n, self.base.nonlinearity == "relu", reverse)
+
+    def backward_accel(self, dh, x, h0, h_prev, out, W_ih, W_hh, b_ih, b_hh, batch_sizes, dh0, reverse,
+                       *aux):
+        res = self.residuals(x, h_prev, out, W_ih, W_hh, b_ih, b_hh, *aux).contiguous()  # [f' | n̂ | …]
+        accel.options_backward_steps(dh, out, W_hh, res, batch_sizes, dh0, self.ln, self.zo, reverse)
+        if not self.ln:
+            return dh, dh  # dh turned into da in place
+        H = dh.shape[1]
+        da_hat, n_hat = res[:, :H], res[:, H : 2 * H]  # dâ (left by the C loop in f'(â)'s place), n̂
+        return dh, dh, torch.cat([(da_hat * n_hat).sum(0), da_hat.sum(0)]).unsqueeze(0)  # dγ, dβ
