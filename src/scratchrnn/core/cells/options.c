@@ -22,22 +22,6 @@
 
 #define OPTIONS_EPS 1e-5
 
-/* 1 / √x for x = σ² + ε >= ε (once per row), our own as tanh is (libm's sqrt would be a symbol to
- * link: the library links nothing): the exponent-halving first guess (3.5 % off), then Newton's
- * y <- y (3/2 − x y²/2), which squares the relative error each time: 5 steps reach double's
- * rounding (a few ulp; float32 rounds the double result). NaN stays NaN (every step propagates
- * it); x = +inf gives 0, as torch.rsqrt. */
-static inline double rsqrt_d(double x) {
-    if (x == (double)INFINITY) return 0;
-    uint64_t bits;
-    memcpy(&bits, &x, sizeof bits);
-    bits = 0x5FE6EB50C7B537A9ull - (bits >> 1);
-    double y;
-    memcpy(&y, &bits, sizeof y);
-    for (int i = 0; i < 5; i++) y = y * (1.5 - 0.5 * x * y * y);
-    return y;
-}
-
 typedef struct {
     const void *bias, *gamma, *beta; /* (H) each, or NULL: no bias; no layer norm */
     const void *z;                   /* (rows x H) zoneout mask, or NULL */
