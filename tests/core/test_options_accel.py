@@ -221,12 +221,23 @@ def test_the_door_refuses_what_the_c_loop_cannot_read():
     with pytest.raises(RuntimeError, match=r"dtype torch\.float64, got torch\.float32"):
         forward(z=b["z"].float())
     F64 = torch.float64
-    dh, res, dh0 = torch.randn(6, H, dtype=F64), torch.randn(6, 3 * H + 1), torch.empty(2, H, dtype=F64)
-    with pytest.raises(RuntimeError, match=r"residuals of shape \[6, 19\], got \[6, 25\]"):
-        accel.options_backward_steps(dh, b["out"], b["W_hh"], torch.randn(6, 4 * H + 1, dtype=F64),
-                                     b["sizes"], dh0, True, False, False)
+    dh, a, dh0 = torch.randn(6, H, dtype=F64), torch.randn(6, H, dtype=F64), torch.empty(2, H, dtype=F64)
+    dextra = torch.empty(6, 2 * H, dtype=F64)
+
+    def backward(**changes):
+        c = {"a": a, "gamma": b["gamma"], "beta": b["beta"], "z": b["z"], "dextra": dextra} | changes
+        accel.options_backward_steps(dh.clone(), b["out"], b["W_hh"], c["a"], c["gamma"], c["beta"], c["z"],
+                                     c["dextra"], b["sizes"], dh0, False, False)
+
+    backward()
+    with pytest.raises(RuntimeError, match="gamma, beta and dextra together"):
+        backward(dextra=None)
+    with pytest.raises(RuntimeError, match=r"dextra of shape \[6, 12\], got \[6, 6\]"):
+        backward(dextra=torch.empty(6, H, dtype=F64))
+    with pytest.raises(RuntimeError, match=r"a of shape \[6, 6\], got \[5, 6\]"):
+        backward(a=a[:-1])
     with pytest.raises(RuntimeError, match=r"dtype torch\.float64, got torch\.float32"):
-        accel.options_backward_steps(dh, b["out"], b["W_hh"], res, b["sizes"], dh0, True, False, False)
+        backward(a=a.float())
 
 
 def test_the_c_entry_points_refuse_inconsistent_sizes():
@@ -245,11 +256,16 @@ def test_the_c_entry_points_refuse_inconsistent_sizes():
     assert fwd(*args, *buf(b["gamma"]), *buf(b["beta"]), b["z"].data_ptr(), rows * H - 1, *buf(b["h_n"]),
                0, 0) == 2
     F64 = torch.float64
-    dh, res = torch.randn(rows, H, dtype=F64), torch.randn(rows, 4 * H + 1, dtype=F64)
-    dh0 = torch.empty(2, H, dtype=F64)
+    dh, a = torch.randn(rows, H, dtype=F64), torch.randn(rows, H, dtype=F64)
+    dh0, dextra = torch.empty(2, H, dtype=F64), torch.empty(rows, 2 * H, dtype=F64)
     bwd = lib.scratchrnn_options_backward_f64
     head = (3, sizes.data_ptr(), offsets.data_ptr(), H, *buf(dh), *buf(b["out"]), H, *buf(b["W_hh"]))
-    assert bwd(*head, *buf(res), 4 * H + 1, *buf(dh0), 0, 1, 1) == 0
-    assert bwd(*head, *buf(res), 4 * H + 1, *buf(dh0), 0, 1, 0) == 1  # the width of ln + zo, not of ln
-    assert bwd(*head, res.data_ptr(), rows * (4 * H + 1) - 1, 4 * H + 1, *buf(dh0), 0, 1, 1) == 2
-    assert bwd(*head, *buf(res), 4 * H + 1, dh0.data_ptr(), 2 * H - 1, 0, 1, 1) == 2
+    ln = (*buf(b["gamma"]), *buf(b["beta"]))
+    assert bwd(*head, *buf(a), *ln, *buf(b["z"]), *buf(dextra), *buf(dh0), 0, 0) == 0
+    assert bwd(*head, *buf(a), *ln, *buf(b["z"]), None, 0, *buf(dh0), 0, 0) == 2  # γ, β without dextra
+    assert bwd(*head, *buf(a), *ln, *buf(b["z"]), dextra.data_ptr(), rows * 2 * H - 1, *buf(dh0), 0, 0) == 2
+    assert bwd(*head, a.data_ptr(), rows * H - 1, *ln, *buf(b["z"]), *buf(dextra), *buf(dh0), 0, 0) == 2
+    assert bwd(*head, *buf(a), *ln, *buf(b["z"]), *buf(dextra), dh0.data_ptr(), 2 * H - 1, 0, 0) == 2
+    shifted = offsets + 1  # offsets that are not the running sum (kept alive while C reads it)
+    bad_steps = (3, sizes.data_ptr(), shifted.data_ptr(), H)
+    assert bwd(*bad_steps, *head[4:], *buf(a), *ln, *buf(b["z"]), *buf(dextra), *buf(dh0), 0, 0) == 1

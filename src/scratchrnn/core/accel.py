@@ -193,8 +193,8 @@ _SIGNATURES = {
                      _P, _I64, _INT],
     "options_forward": [*_STEPS, _P, _I64, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64,
                         _P, _I64, _INT, _INT],
-    "options_backward": [*_STEPS, _P, _I64, _P, _I64, _I64, _P, _I64, _P, _I64, _I64, _P, _I64, _INT, _INT,
-                         _INT],
+    "options_backward": [*_STEPS, _P, _I64, _P, _I64, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64,
+                         _P, _I64, _P, _I64, _INT, _INT],
 }
 _STEPS_ERRORS = {1: "inconsistent step sizes or width", 2: "a buffer too small for the steps",
                  3: "out of memory"}
@@ -585,21 +585,26 @@ def options_forward_steps(out: Tensor, h0: Tensor, W_hh: Tensor, bias: Tensor | 
               int(reverse), int(relu))
 
 
-def options_backward_steps(dh: Tensor, out: Tensor, W_hh: Tensor, res: Tensor, batch_sizes: Sequence[int],
-                           dh0: Tensor, ln: bool, zo: bool, reverse: bool) -> None:
-    """The BPTT loop of :func:`options_forward_steps`: turns ``dh`` into da in place and the first H
-    columns of ``res`` (f'(â)) into dâ; fills dh0.
+def options_backward_steps(dh: Tensor, out: Tensor, W_hh: Tensor, a: Tensor, gamma: Tensor | None,
+                           beta: Tensor | None, z: Tensor | None, dextra: Tensor | None,
+                           batch_sizes: Sequence[int], dh0: Tensor, relu: bool, reverse: bool) -> None:
+    """The BPTT loop of :func:`options_forward_steps`: turns ``dh`` into da in place, fills dh0 and,
+    with layer norm, ``dextra`` with each row's [dâ ⊙ n̂ | dâ] (dγ and dβ are their column sums).
 
-    dh: (rows, H) contiguous; out: (rows, H), unit column stride; W_hh: (H, H); res: (rows, width)
-    contiguous, [f'(â) | n̂ | 1/s | γ | z] (n̂, 1/s, γ with ``ln``, z with ``zo``: width
-    H(1 + 2ln + zo) + ln), as Options.residuals makes it; dh0: (N, H) contiguous.
+    dh: (rows, H) contiguous; out: (rows, H), unit column stride; W_hh: (H, H); a: (rows, H)
+    contiguous, a_t = x_t W_ihᵀ + b_ih + b_hh + h_{t-1} W_hhᵀ recomputed after the forward; gamma,
+    beta: (H,) or None; z: (rows, H) contiguous or None; dextra: (rows, 2H) contiguous, given with
+    gamma and beta, else None; dh0: (N, H) contiguous.
     """
     sizes, offsets, N, rows = _steps(batch_sizes)
     H = _width(dh, "dh")
-    width = H * (1 + 2 * ln + zo) + ln
+    if not (gamma is None) == (beta is None) == (dextra is None):
+        raise RuntimeError("options_backward_steps: layer norm takes gamma, beta and dextra together")
     args, _keep = _door(dh.dtype, ("dh", dh, (rows, H), _CONTIGUOUS), ("out", out, (rows, H), _READ_ROWS),
-                        ("weight_hh", W_hh, (H, H), _COPIED), ("residuals", res, (rows, width), _CONTIGUOUS))
-    dh0_args, _ = _door(dh.dtype, ("dh0", dh0, (N, H), _CONTIGUOUS))
+                        ("weight_hh", W_hh, (H, H), _COPIED), ("a", a, (rows, H), _CONTIGUOUS),
+                        ("ln_weight", gamma, (H,), _COPIED), ("ln_bias", beta, (H,), _COPIED),
+                        ("zoneout mask", z, (rows, H), _CONTIGUOUS),
+                        ("dextra", dextra, (rows, 2 * H), _CONTIGUOUS), ("dh0", dh0, (N, H), _CONTIGUOUS))
     if H > 0:  # H = 0: nothing to compute
-        _call("options_backward", dh, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args, width,
-              *dh0_args, int(reverse), int(ln), int(zo))
+        _call("options_backward", dh, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args,
+              int(reverse), int(relu))

@@ -11,13 +11,13 @@
  *   dâ   = dh̃ ⊙ f'(â_t)
  *   g    = γ ⊙ dâ;   da_t = (g − mean(g) − n̂ ⊙ mean(g ⊙ n̂)) ⊙ rstd                     (ln; else da_t = dâ)
  *   dxp_t = dhp_t = da_t;   dh_{t-1} += da_t W_hh        (the driver's product)
- *   dγ = Σ_t dâ ⊙ n̂;   dβ = Σ_t dâ                       (summed in Python from the dâ left in `res`)
+ *   dγ = Σ_t dâ ⊙ n̂;   dβ = Σ_t dâ                       (each row's share written; summed by the stack)
  * Included by _steps.c, whose driver runs the loops and the products. The forward is the Elman
  * cell's fused path (G = 1, product_into_out): `out` already holds x_t W_ihᵀ, the driver adds
- * h_{t-1} W_hhᵀ into it, and the step makes the rest of a row in place. The backward reads per row
- * what Options.residuals recomputes vectorised after the forward (two GEMMs over all steps):
- *   res = [f'(â) | n̂ | rstd | γ | z]   (n̂, rstd, γ with ln; z with zo; width H(1 + 2ln + zo) + ln)
- * turns dh_t into da_t in place, and overwrites f'(â) with dâ for dγ and dβ.
+ * h_{t-1} W_hhᵀ into it, and the step makes the rest of a row in place. Nothing is saved: the
+ * backward reads a_t, recomputed after the forward by two GEMMs over all steps (as the Python
+ * twin's residuals), and recomputes μ, rstd, n̂, â and f'(â) from it row by row (the row is in L1),
+ * then turns dh_t into da_t in place.
  * Recurrent dropout (h_{t-1} ⊙ m into W_hh) is not here: it runs the PyTorch loop. */
 
 #define OPTIONS_EPS 1e-5
@@ -25,11 +25,44 @@
 typedef struct {
     const void *bias, *gamma, *beta; /* (H) each, or NULL: no bias; no layer norm */
     const void *z;                   /* (rows x H) zoneout mask, or NULL */
-    void *res;                       /* the backward's (rows x width), see above */
-    int relu, ln, zo, width;
+    const void *a;                   /* the backward's a_t (rows x H) */
+    void *dextra;                    /* the backward's [dâ ⊙ n̂ | dâ] rows (rows x 2H), or NULL */
+    int relu, ln, zo;
 } options_state;
 
+/* The reductions over a row (means over H) run on 8 partial sums, which the compiler keeps in
+ * one vector register: a single running sum would chain every addition on the one before (no
+ * SIMD without -ffast-math), the slowest loop of the step at H = 640. */
 #define DEFINE_OPTIONS(SUFFIX, REAL, TANH)                                                         \
+/* Σ_j (x_j − c)(y_j − c'), with y = NULL meaning x − c itself (a sum of squares) and c = c' = 0 \
+ * giving a plain Σ x_j or Σ x_j y_j. */                                                            \
+static inline REAL row_sum_##SUFFIX(const REAL *restrict x, REAL c, const REAL *restrict y,       \
+                                    REAL c2, int H) {                                              \
+    REAL part[8] = {0};                                                                            \
+    int j = 0;                                                                                     \
+    if (y)                                                                                         \
+        for (; j + 8 <= H; j += 8)                                                                 \
+            for (int k = 0; k < 8; k++) part[k] += (x[j + k] - c) * (y[j + k] - c2);               \
+    else                                                                                           \
+        for (; j + 8 <= H; j += 8)                                                                 \
+            for (int k = 0; k < 8; k++) part[k] += (x[j + k] - c) * (x[j + k] - c);                \
+    REAL sum = 0;                                                                                  \
+    for (; j < H; j++) sum += y ? (x[j] - c) * (y[j] - c2) : (x[j] - c) * (x[j] - c);              \
+    for (int k = 0; k < 8; k++) sum += part[k];                                                    \
+    return sum;                                                                                    \
+}                                                                                                  \
+                                                                                                   \
+static inline REAL row_mean_##SUFFIX(const REAL *restrict x, int H) {                              \
+    REAL part[8] = {0};                                                                            \
+    int j = 0;                                                                                     \
+    for (; j + 8 <= H; j += 8)                                                                     \
+        for (int k = 0; k < 8; k++) part[k] += x[j + k];                                           \
+    REAL sum = 0;                                                                                  \
+    for (; j < H; j++) sum += x[j];                                                                \
+    for (int k = 0; k < 8; k++) sum += part[k];                                                    \
+    return sum / H;                                                                                \
+}                                                                                                  \
+                                                                                                   \
 /* One row of the forward, in place over a_t (the output row): + bias, layer norm, f, zoneout. */ \
 static void options_forward_##SUFFIX(const void *state, const forward_step_##SUFFIX *s) {         \
     const options_state *cell = state;                                                             \
@@ -40,11 +73,9 @@ static void options_forward_##SUFFIX(const void *state, const forward_step_##SUF
         if (bias)                                                                                  \
             for (int j = 0; j < H; j++) a[j] += bias[j]; /* + b_ih + b_hh */                       \
         if (cell->ln) {                                                                            \
-            REAL sum = 0, sq = 0;                                                                  \
-            for (int j = 0; j < H; j++) sum += a[j];                                               \
-            REAL mu = sum / H; /* μ */                                                             \
-            for (int j = 0; j < H; j++) sq += (a[j] - mu) * (a[j] - mu);                           \
-            REAL rstd = (REAL)rsqrt_d((double)(sq / H + (REAL)OPTIONS_EPS)); /* 1 / √(σ² + ε) */                  \
+            REAL mu = row_mean_##SUFFIX(a, H); /* μ */                                             \
+            REAL var = row_sum_##SUFFIX(a, mu, NULL, 0, H) / H; /* σ² */                           \
+            REAL rstd = (REAL)rsqrt_d((double)(var + (REAL)OPTIONS_EPS)); /* 1 / √(σ² + ε) */      \
             for (int j = 0; j < H; j++) a[j] = gamma[j] * ((a[j] - mu) * rstd) + beta[j]; /* â */ \
         }                                                                                          \
         if (cell->relu) /* h̃ = f(â); relu as torch's: NaN passes through */                        \
@@ -60,17 +91,18 @@ static void options_forward_##SUFFIX(const void *state, const forward_step_##SUF
     }                                                                                              \
 }                                                                                                  \
                                                                                                    \
-/* One step of the backward: dh_t -> da_t in place, the direct path into dL/dh_{t-1} (or dL/dh_0 \
- * for rows that started from h0), dâ into res's first H columns. */                               \
+/* One step of the backward: recomputes the row's n̂, â and f'(â) from a_t (in L1 now), sends the \
+ * direct path into dL/dh_{t-1} (or dL/dh_0 for rows that started from h0), turns dh_t into da_t \
+ * in place and writes the row's [dâ ⊙ n̂ | dâ] (summed into dγ, dβ by the stack). */              \
 static const REAL *options_backward_##SUFFIX(const void *state, const backward_step_##SUFFIX *s) { \
     const options_state *cell = state;                                                             \
-    int H = s->H, W = cell->width;                                                                 \
+    const REAL *gamma = cell->gamma, *beta = cell->beta;                                           \
+    int H = s->H;                                                                                  \
     for (int r = 0; r < s->rows; r++) {                                                            \
         REAL *d = s->dh_t + (int64_t)r * H;                                                        \
-        REAL *res = (REAL *)cell->res + (s->first + r) * W;                                        \
-        REAL *fprime = res; /* f'(â), overwritten with dâ */                                       \
+        const REAL *a = (const REAL *)cell->a + (s->first + r) * H;                                \
         if (cell->zo) {                                                                            \
-            const REAL *z = res + (cell->ln ? 3 * H + 1 : H);                                      \
+            const REAL *z = (const REAL *)cell->z + (s->first + r) * H;                            \
             if (r < s->carried) { /* dh_{t-1} += dh ⊙ z */                                         \
                 REAL *dh_prev = s->dh_prev + (int64_t)r * H;                                       \
                 for (int j = 0; j < H; j++) dh_prev[j] += d[j] * z[j];                             \
@@ -80,24 +112,42 @@ static const REAL *options_backward_##SUFFIX(const void *state, const backward_s
             }                                                                                      \
             for (int j = 0; j < H; j++) d[j] = d[j] * (1 - z[j]); /* dh̃ = dh ⊙ (1 − z) */          \
         }                                                                                          \
-        if (!cell->ln) {                                                                           \
-            for (int j = 0; j < H; j++) d[j] = d[j] * fprime[j]; /* da = dâ = dh̃ ⊙ f'(â) */        \
+        if (!cell->ln) { /* â = a: da = dh̃ ⊙ f'(a) */                                              \
+            if (cell->relu) /* f' = [f(a) > 0] as a 0/1 factor, as the Python twin's */            \
+                for (int j = 0; j < H; j++) d[j] = d[j] * (REAL)(a[j] > 0);                        \
+            else                                                                                   \
+                for (int j = 0; j < H; j++) {                                                      \
+                    REAL h = TANH(a[j]);                                                           \
+                    d[j] = d[j] * (1 - h * h);                                                     \
+                }                                                                                  \
             continue;                                                                              \
         }                                                                                          \
-        const REAL *n_hat = res + H, *gamma = res + 2 * H + 1;                                     \
-        REAL rstd = res[2 * H], mean_g = 0, mean_gn = 0;                                           \
-        for (int j = 0; j < H; j++) {                                                              \
-            REAL da_hat = d[j] * fprime[j]; /* dâ = dh̃ ⊙ f'(â) */                                  \
-            REAL g = gamma[j] * da_hat;     /* g = γ ⊙ dâ */                                       \
-            fprime[j] = da_hat;                                                                    \
-            d[j] = g;                                                                              \
-            mean_g += g;                                                                           \
-            mean_gn += g * n_hat[j];                                                               \
-        }                                                                                          \
-        mean_g /= H;                                                                               \
-        mean_gn /= H;                                                                              \
-        /* da = (g − mean(g) − n̂ ⊙ mean(g ⊙ n̂)) ⊙ rstd */                                           \
-        for (int j = 0; j < H; j++) d[j] = (d[j] - mean_g - n_hat[j] * mean_gn) * rstd;            \
+        REAL mu = row_mean_##SUFFIX(a, H); /* μ */                                                 \
+        REAL var = row_sum_##SUFFIX(a, mu, NULL, 0, H) / H; /* σ² */                               \
+        REAL rstd = (REAL)rsqrt_d((double)(var + (REAL)OPTIONS_EPS)); /* 1 / √(σ² + ε) */          \
+        REAL *dextra = (REAL *)cell->dextra + (s->first + r) * 2 * H;                              \
+        /* n̂ = (a − μ) rstd, â = γ ⊙ n̂ + β, dâ = dh̃ ⊙ f'(â); the rows of dγ, dβ; d <- g = γ ⊙ dâ */  \
+        if (cell->relu)                                                                            \
+            for (int j = 0; j < H; j++) {                                                          \
+                REAL n_hat = (a[j] - mu) * rstd;                                                   \
+                REAL da_hat = d[j] * (REAL)(gamma[j] * n_hat + beta[j] > 0); /* f' = [â > 0] */    \
+                dextra[j] = da_hat * n_hat;                                                        \
+                dextra[H + j] = da_hat;                                                            \
+                d[j] = gamma[j] * da_hat;                                                          \
+            }                                                                                      \
+        else                                                                                       \
+            for (int j = 0; j < H; j++) {                                                          \
+                REAL n_hat = (a[j] - mu) * rstd;                                                   \
+                REAL h = TANH(gamma[j] * n_hat + beta[j]); /* f(â) */                              \
+                REAL da_hat = d[j] * (1 - h * h);                                                  \
+                dextra[j] = da_hat * n_hat;                                                        \
+                dextra[H + j] = da_hat;                                                            \
+                d[j] = gamma[j] * da_hat;                                                          \
+            }                                                                                      \
+        REAL mean_g = row_mean_##SUFFIX(d, H);                                  /* mean(g) */      \
+        REAL mean_gn = row_sum_##SUFFIX(d, 0, a, mu, H) * rstd / H;             /* mean(g ⊙ n̂) */  \
+        for (int j = 0; j < H; j++) /* da = (g − mean(g) − n̂ ⊙ mean(g ⊙ n̂)) ⊙ rstd */                \
+            d[j] = (d[j] - mean_g - ((a[j] - mu) * rstd) * mean_gn) * rstd;                        \
     }                                                                                              \
     return s->dh_t;                                                                                \
 }                                                                                                  \
@@ -120,31 +170,34 @@ int scratchrnn_options_forward_##SUFFIX(                                        
         || (!gamma != !beta) || (gamma && (gamma_len != H || beta_len != H))                       \
         || (z && !holds(z, z_len, rows, H, H)))                                                    \
         return STEPS_BAD_BUFFER;                                                                   \
-    options_state state = {bias, gamma, beta, z, NULL, relu, gamma != NULL, z != NULL, 0};        \
+    options_state state = {bias, gamma, beta, z, NULL, NULL, relu, gamma != NULL, z != NULL};        \
     cell_##SUFFIX cell = {1, 1, 0, options_forward_##SUFFIX, options_backward_##SUFFIX, &state};   \
     return forward_loop_##SUFFIX(&cell, (int)T, sizes, offsets, (int)H, out, (int)ld_out, h0, W_hh, \
                                  h_n, reverse);                                                    \
 }                                                                                                  \
                                                                                                    \
 /* Backward: `dh` (rows x H, contiguous) holds dL/dh_t from the output, with dL/dh_n already added \
- * at each sequence's last step; it is overwritten with da_t. `res` (rows x width, contiguous) as \
- * above, its first H columns overwritten with dâ; width must be H(1 + 2ln + zo) + ln. dh0 (N x H) \
- * receives dL/dh_0. `out` is where the forward left h_t (only its layout is used). */             \
+ * at each sequence's last step; it is overwritten with da_t. `a` (rows x H, contiguous) is a_t, \
+ * recomputed after the forward; gamma, beta (H), z (rows x H) as in the forward; dextra (rows x  \
+ * 2H, contiguous; with layer norm) receives each row's [dâ ⊙ n̂ | dâ]; dh0 (N x H) dL/dh_0.     \
+ * `out` is where the forward left h_t (only its layout is used). */                               \
 int scratchrnn_options_backward_##SUFFIX(                                                          \
     int64_t T, const int64_t *sizes, const int64_t *offsets, int64_t H, REAL *dh, int64_t dh_len,  \
-    const REAL *out, int64_t out_len, int64_t ld_out, const REAL *W_hh, int64_t W_hh_len, REAL *res, \
-    int64_t res_len, int64_t width, REAL *dh0, int64_t dh0_len, int reverse, int ln, int zo) {    \
+    const REAL *out, int64_t out_len, int64_t ld_out, const REAL *W_hh, int64_t W_hh_len,          \
+    const REAL *a, int64_t a_len, const REAL *gamma, int64_t gamma_len, const REAL *beta,          \
+    int64_t beta_len, const REAL *z, int64_t z_len, REAL *dextra, int64_t dextra_len, REAL *dh0,   \
+    int64_t dh0_len, int reverse, int relu) {                                                      \
     int64_t rows = checked_rows(T, sizes, offsets);                                                \
-    ln = ln != 0, zo = zo != 0;                                                                    \
-    if (rows < 0 || !good_width(H, 4, ld_out, H) || width != H * (1 + 2 * ln + zo) + ln)           \
-        return STEPS_BAD_SIZES;                                                                    \
+    if (rows < 0 || !good_width(H, 2, ld_out, H)) return STEPS_BAD_SIZES;                          \
     int64_t N = sizes[0];                                                                          \
     if (!holds(dh, dh_len, rows, H, H) || !holds(out, out_len, rows, H, ld_out)                    \
-        || !holds(res, res_len, rows, width, width) || !holds(dh0, dh0_len, N, H, H) || !W_hh      \
-        || W_hh_len != H * H)                                                                      \
+        || !holds(a, a_len, rows, H, H) || !holds(dh0, dh0_len, N, H, H) || !W_hh                  \
+        || W_hh_len != H * H || (!gamma != !beta) || (!gamma != !dextra)                           \
+        || (gamma && (gamma_len != H || beta_len != H || !holds(dextra, dextra_len, rows, 2 * H, 2 * H))) \
+        || (z && !holds(z, z_len, rows, H, H)))                                                    \
         return STEPS_BAD_BUFFER;                                                                   \
-    options_state state = {NULL, NULL, NULL, NULL, res, 0, ln, zo, (int)width};                    \
-    cell_##SUFFIX cell = {1, 1, zo, options_forward_##SUFFIX, options_backward_##SUFFIX, &state};  \
+    options_state state = {NULL, gamma, beta, z, a, dextra, relu, gamma != NULL, z != NULL};       \
+    cell_##SUFFIX cell = {1, 1, z != NULL, options_forward_##SUFFIX, options_backward_##SUFFIX, &state}; \
     return backward_loop_##SUFFIX(&cell, (int)T, sizes, offsets, (int)H, dh, out, (int)ld_out, NULL, \
                                   W_hh, dh0, reverse);                                             \
 }

@@ -205,10 +205,10 @@ class Options(Cell):
 
     def backward_accel(self, dh, x, h0, h_prev, out, W_ih, W_hh, b_ih, b_hh, batch_sizes, dh0, reverse,
                        *aux):
-        res = self.residuals(x, h_prev, out, W_ih, W_hh, b_ih, b_hh, *aux).contiguous()  # [f' | n̂ | …]
-        accel.options_backward_steps(dh, out, W_hh, res, batch_sizes, dh0, self.ln, self.zo, reverse)
-        if not self.ln:
-            return dh, dh  # dh turned into da in place
-        H = dh.shape[1]
-        da_hat, n_hat = res[:, :H], res[:, H : 2 * H]  # dâ (left by the C loop in f'(â)'s place), n̂
-        return dh, dh, torch.cat([(da_hat * n_hat).sum(0), da_hat.sum(0)]).unsqueeze(0)  # dγ, dβ
+        gamma, beta, _, z = self._unpack(aux)
+        # a_t for all rows at once (two GEMMs); the C loop recomputes n̂, â and f'(â) from it per row.
+        a = self.base.pre_activation(x, h_prev(), W_ih, W_hh, b_ih, b_hh)  # (rows, H)
+        dextra = dh.new_empty(dh.shape[0], 2 * dh.shape[1]) if self.ln else None  # rows of [dγ | dβ]
+        accel.options_backward_steps(dh, out, W_hh, a, gamma, beta, None if z is None else z.contiguous(),
+                                     dextra, batch_sizes, dh0, self.base.nonlinearity == "relu", reverse)
+        return (dh, dh) if dextra is None else (dh, dh, dextra)  # dh turned into da in place
