@@ -52,6 +52,50 @@ static inline REAL row_sum_##SUFFIX(const REAL *restrict x, REAL c, const REAL *
     return sum;                                                                                    \
 }                                                                                                  \
                                                                                                    \
+/* The LN backward's elementwise pass over a row (`relu` a constant at each call: one loop each,  \
+ * no branch inside, vectorised; the buffers never overlap, hence restrict):                     \
+ * n̂ = (a − μ) rstd, â = γ ⊙ n̂ + β, dâ = dh̃ ⊙ f'(â), the row's dγ, dβ shares; d <- g = γ ⊙ dâ. */ \
+static inline __attribute__((always_inline)) void ln_backward_row_##SUFFIX(                       \
+    int H, const REAL *restrict a, const REAL *restrict gamma, const REAL *restrict beta, REAL mu,  \
+    REAL rstd, REAL *restrict d, REAL *restrict dextra, int relu) {                                \
+    for (int j = 0; j < H; j++) {                                                                  \
+        REAL n_hat = (a[j] - mu) * rstd;                                                           \
+        REAL a_hat = gamma[j] * n_hat + beta[j];                                                   \
+        REAL h = relu ? 0 : TANH(a_hat);                                                           \
+        REAL fprime = relu ? (REAL)(a_hat > 0) : 1 - h * h; /* f'(â) */                            \
+        REAL da_hat = d[j] * fprime;                                                               \
+        dextra[j] = da_hat * n_hat;                                                                \
+        dextra[H + j] = da_hat;                                                                    \
+        d[j] = gamma[j] * da_hat;                                                                  \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+/* Zoneout's backward over a row: the direct path dh ⊙ z added into dL/dh_{t-1} (`accumulate`) or \
+ * written as dL/dh_0's first part, then dh̃ = dh ⊙ (1 − z) in place. */                           \
+static inline __attribute__((always_inline)) void zo_backward_row_##SUFFIX(                       \
+    int H, const REAL *restrict z, REAL *restrict d, REAL *restrict direct, int accumulate) {      \
+    for (int j = 0; j < H; j++) {                                                                  \
+        direct[j] = accumulate ? direct[j] + d[j] * z[j] : d[j] * z[j];                            \
+        d[j] = d[j] * (1 - z[j]);                                                                  \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+/* Without layer norm (â = a): da = dh̃ ⊙ f'(a), f' = 1 − f(a)² or relu's [a > 0] as a 0/1 factor \
+ * (the Python twin's: f'(â) is a float tensor there), over d in place. */                         \
+static inline __attribute__((always_inline)) void fprime_row_##SUFFIX(                            \
+    int H, const REAL *restrict a, REAL *restrict d, int relu) {                                   \
+    for (int j = 0; j < H; j++) {                                                                  \
+        REAL h = relu ? 0 : TANH(a[j]);                                                            \
+        d[j] = d[j] * (relu ? (REAL)(a[j] > 0) : 1 - h * h);                                       \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+/* The last pass: da = (g − mean(g) − n̂ ⊙ mean(g ⊙ n̂)) ⊙ rstd, over d = g in place. */           \
+static inline void ln_backward_final_##SUFFIX(int H, const REAL *restrict a, REAL mu, REAL rstd,  \
+                                              REAL mean_g, REAL mean_gn, REAL *restrict d) {      \
+    for (int j = 0; j < H; j++) d[j] = (d[j] - mean_g - ((a[j] - mu) * rstd) * mean_gn) * rstd;    \
+}                                                                                                  \
+                                                                                                   \
 static inline REAL row_mean_##SUFFIX(const REAL *restrict x, int H) {                              \
     REAL part[8] = {0};                                                                            \
     int j = 0;                                                                                     \
@@ -103,51 +147,29 @@ static const REAL *options_backward_##SUFFIX(const void *state, const backward_s
         const REAL *a = (const REAL *)cell->a + (s->first + r) * H;                                \
         if (cell->zo) {                                                                            \
             const REAL *z = (const REAL *)cell->z + (s->first + r) * H;                            \
-            if (r < s->carried) { /* dh_{t-1} += dh ⊙ z */                                         \
-                REAL *dh_prev = s->dh_prev + (int64_t)r * H;                                       \
-                for (int j = 0; j < H; j++) dh_prev[j] += d[j] * z[j];                             \
-            } else { /* the direct part of dL/dh_0 (the driver adds da W_hh to it) */              \
-                REAL *dh0 = s->dh0 + (int64_t)r * H;                                               \
-                for (int j = 0; j < H; j++) dh0[j] = d[j] * z[j];                                  \
-            }                                                                                      \
-            for (int j = 0; j < H; j++) d[j] = d[j] * (1 - z[j]); /* dh̃ = dh ⊙ (1 − z) */          \
+            if (r < s->carried) /* dh_{t-1} += dh ⊙ z */                                           \
+                zo_backward_row_##SUFFIX(H, z, d, s->dh_prev + (int64_t)r * H, 1);                 \
+            else /* the direct part of dL/dh_0 (the driver adds da W_hh to it) */                  \
+                zo_backward_row_##SUFFIX(H, z, d, s->dh0 + (int64_t)r * H, 0);                     \
         }                                                                                          \
         if (!cell->ln) { /* â = a: da = dh̃ ⊙ f'(a) */                                              \
-            if (cell->relu) /* f' = [f(a) > 0] as a 0/1 factor, as the Python twin's */            \
-                for (int j = 0; j < H; j++) d[j] = d[j] * (REAL)(a[j] > 0);                        \
+            if (cell->relu)                                                                        \
+                fprime_row_##SUFFIX(H, a, d, 1);                                                   \
             else                                                                                   \
-                for (int j = 0; j < H; j++) {                                                      \
-                    REAL h = TANH(a[j]);                                                           \
-                    d[j] = d[j] * (1 - h * h);                                                     \
-                }                                                                                  \
+                fprime_row_##SUFFIX(H, a, d, 0);                                                   \
             continue;                                                                              \
         }                                                                                          \
         REAL mu = row_mean_##SUFFIX(a, H); /* μ */                                                 \
         REAL var = row_sum_##SUFFIX(a, mu, NULL, 0, H) / H; /* σ² */                               \
         REAL rstd = (REAL)rsqrt_d((double)(var + (REAL)OPTIONS_EPS)); /* 1 / √(σ² + ε) */          \
         REAL *dextra = (REAL *)cell->dextra + (s->first + r) * 2 * H;                              \
-        /* n̂ = (a − μ) rstd, â = γ ⊙ n̂ + β, dâ = dh̃ ⊙ f'(â); the rows of dγ, dβ; d <- g = γ ⊙ dâ */  \
         if (cell->relu)                                                                            \
-            for (int j = 0; j < H; j++) {                                                          \
-                REAL n_hat = (a[j] - mu) * rstd;                                                   \
-                REAL da_hat = d[j] * (REAL)(gamma[j] * n_hat + beta[j] > 0); /* f' = [â > 0] */    \
-                dextra[j] = da_hat * n_hat;                                                        \
-                dextra[H + j] = da_hat;                                                            \
-                d[j] = gamma[j] * da_hat;                                                          \
-            }                                                                                      \
+            ln_backward_row_##SUFFIX(H, a, gamma, beta, mu, rstd, d, dextra, 1);                   \
         else                                                                                       \
-            for (int j = 0; j < H; j++) {                                                          \
-                REAL n_hat = (a[j] - mu) * rstd;                                                   \
-                REAL h = TANH(gamma[j] * n_hat + beta[j]); /* f(â) */                              \
-                REAL da_hat = d[j] * (1 - h * h);                                                  \
-                dextra[j] = da_hat * n_hat;                                                        \
-                dextra[H + j] = da_hat;                                                            \
-                d[j] = gamma[j] * da_hat;                                                          \
-            }                                                                                      \
+            ln_backward_row_##SUFFIX(H, a, gamma, beta, mu, rstd, d, dextra, 0);                   \
         REAL mean_g = row_mean_##SUFFIX(d, H);                                  /* mean(g) */      \
         REAL mean_gn = row_sum_##SUFFIX(d, 0, a, mu, H) * rstd / H;             /* mean(g ⊙ n̂) */  \
-        for (int j = 0; j < H; j++) /* da = (g − mean(g) − n̂ ⊙ mean(g ⊙ n̂)) ⊙ rstd */                \
-            d[j] = (d[j] - mean_g - ((a[j] - mu) * rstd) * mean_gn) * rstd;                        \
+        ln_backward_final_##SUFFIX(H, a, mu, rstd, mean_g, mean_gn, d); /* da */                   \
     }                                                                                              \
     return s->dh_t;                                                                                \
 }                                                                                                  \
