@@ -24,7 +24,13 @@ The masks come in with the call (drawn by the module from torch's generator, out
 operator); the cell puts them beside xp (forward) and the residuals (backward), so that the stack
 hands each step its rows of them. What the backward reads per row: [f'(â), n̂, 1/s, γ | m | z];
 all recomputed from x and h_{t−1} after the forward (two GEMMs over all steps), nothing saved.
-No C loop: these cells run the PyTorch loop.
+
+The C loop (``cells/options.c`` through :mod:`~scratchrnn.core.accel`) runs layer norm and zoneout
+on the Elman cell with tanh or relu, where the plain cell's C loop would run (CPU, float32 or
+float64): the forward is the Elman cell's fused step (x W_ihᵀ in the output buffer, h_{t−1} W_hhᵀ
+added by the driver) with the normalisation and the blend per row; the backward gets a_t for all
+rows (the same two GEMMs) and recomputes n̂, 1/s, â and f'(â) from it row by row in C. Recurrent
+dropout in training, zoneout on a GRU and the other nonlinearities run the PyTorch loop.
 """
 
 from __future__ import annotations
