@@ -5,8 +5,10 @@ float64, fixed seeds, ≤ 1e-10 relative error (max |a − b| / max |b|); the sa
 sides because the reference draws them from torch's generator in the order the module documents
 (core/options.py), after the same ``manual_seed``.
 Grid: layers, bidirectional (with dropout between layers), packed, batch_first, unbatched, T = 1;
-each option alone, every pair, and all; both loop settings (the options run the PyTorch loop
-except weight_drop, which leaves the C loop on); gradcheck; torch.compile and torch.export.
+each option alone, every pair, and all; both loop settings (with the C loop enabled, layer_norm,
+zoneout and weight_drop on the tanh/relu Elman cell run it; recurrent_dropout in training and the
+other nonlinearities run the PyTorch loop; test_options_accel.py checks which runs); gradcheck;
+torch.compile and torch.export.
 Letters: T N D H L.
 """
 

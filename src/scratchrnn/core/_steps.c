@@ -6,8 +6,8 @@
  * This file is the driver, generic over the cell: the step loops (padded and packed, both
  * directions), the recurrent product of every step (W_hh is (G·H) x H: G = 1 for the Elman cell,
  * 3 for the GRU) with its levers (the small kernel, MKL's packed GEMM, one BLAS thread for small
- * steps), the checks of the sizes the loops rely on, and the shared math (tanh, sigmoid). Each
- * cell's elementwise step, forward and backward, and its entry points live beside its Python twin
+ * steps), the checks of the sizes the loops rely on, and the shared math (tanh, sigmoid, rsqrt).
+ * Each cell's elementwise step, forward and backward, and its entry points live beside its Python twin
  * in cells/<cell>.c, included at the end: one translation unit, so the steps inline their math.
  *
  * Why: each step's work is small (an (N, H) x (H, G·H) GEMM and an elementwise pass), so in Python
@@ -260,6 +260,23 @@ static inline float sigmoid_f(float x) {
     float e = (scale1 * p + scale1) * scale2;
     float s = 1.0f / (1.0f + e);
     return x >= 0 ? s : e * s;
+}
+
+/* 1 / √x, for x >= 1e-5 (layer norm's σ² + ε, once per row; cells/options.c), our own as tanh
+ * is (libm's sqrt would be a symbol to link: the library links nothing): the exponent-halving
+ * first guess (3.5 % off), then Newton's y <- y (3/2 − x y²/2), which squares the relative error
+ * each time: 5 steps reach double's rounding (a few ulp, 3e-16 relative at most over x in
+ * [1e-5, 1e15]; float32 rounds the double result). NaN stays NaN (every step propagates it);
+ * x = +inf gives 0, as torch.rsqrt. */
+static inline double rsqrt_d(double x) {
+    if (x == (double)INFINITY) return 0;
+    uint64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    bits = 0x5FE6EB50C7B537A9ull - (bits >> 1);
+    double y;
+    memcpy(&y, &bits, sizeof y);
+    for (int i = 0; i < 5; i++) y = y * (1.5 - 0.5 * x * y * y);
+    return y;
 }
 
 /* The array forms, for the tests (the loops call the inline forms). */
@@ -517,3 +534,4 @@ DEFINE_STEPS(f64, double, dgemm)
 /* The cells: each one's elementwise steps and its entry points, beside its Python twin. */
 #include "cells/elman.c"
 #include "cells/gru.c"
+#include "cells/options.c"

@@ -190,6 +190,10 @@ _SIGNATURES = {
     "gru_forward": [*_STEPS, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _I64, _P, _I64, _INT],
     "gru_backward_recompute": [*_STEPS, _P, _I64, _P, _I64, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64,
                                _P, _I64, _INT],
+    "options_forward": [*_STEPS, _P, _I64, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64,
+                        _P, _I64, _INT, _INT],
+    "options_backward": [*_STEPS, _P, _I64, _P, _I64, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64, _P, _I64,
+                         _P, _I64, _P, _I64, _INT, _INT],
 }
 _STEPS_ERRORS = {1: "inconsistent step sizes or width", 2: "a buffer too small for the steps",
                  3: "out of memory"}
@@ -204,7 +208,8 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 def _passes_self_test(lib: ctypes.CDLL) -> bool:
     """A two-step forward of each cell through the library, float32 and float64, against the same
-    in torch (the Elman cell with tanh, the GRU with its gates)."""
+    in torch (the Elman cell with tanh, the GRU with its gates, the Elman cell with layer norm and
+    zoneout)."""
     g = torch.Generator().manual_seed(0)
     T, N, H = 2, 2, 3
     sizes = torch.full((T,), N, dtype=torch.int64)
@@ -236,6 +241,19 @@ def _passes_self_test(lib: ctypes.CDLL) -> bool:
             h = n + z * (h - n)
             expected.append(h)
         if rc != 0 or not (torch.allclose(out, torch.cat(expected), **tol) and torch.equal(h_n, out[-N:])):
+            return False
+        a, gamma, beta = (torch.randn(size, generator=g, dtype=dtype) for size in ((T * N, H), (H,), (H,)))
+        W_hh, z = torch.randn(H, H, generator=g, dtype=dtype), torch.rand(T * N, H, generator=g, dtype=dtype)
+        expected, h = a.clone(), h0
+        for t in range(T):
+            rows = slice(t * N, (t + 1) * N)
+            a_t = expected[rows].addmm_(h, W_hh.t())
+            h_cand = torch.tanh(torch.nn.functional.layer_norm(a_t, (H,), gamma, beta, eps=1e-5))
+            h = expected[rows] = z[rows] * h + (1 - z[rows]) * h_cand
+        rc = getattr(lib, f"scratchrnn_options_forward_{suffix}")(
+            T, _ptr(sizes), _ptr(offsets), H, *_buf(a), H, *_buf(h0), *_buf(W_hh), None, 0, *_buf(gamma),
+            *_buf(beta), *_buf(z), *_buf(h_n), 0, 0)
+        if rc != 0 or not (torch.allclose(a, expected, **tol) and torch.equal(h_n, a[-N:])):
             return False
     return True
 
@@ -539,3 +557,51 @@ def gru_backward_recompute_steps(dh: Tensor, out: Tensor, h0: Tensor, W_hh: Tens
     if H > 0:  # H = 0 (RNNCell(n, 0), as torch allows): nothing to compute
         _call("gru_backward_recompute", dh, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args,
               int(reverse))
+
+
+def options_forward_steps(out: Tensor, h0: Tensor, W_hh: Tensor, bias: Tensor | None, gamma: Tensor | None,
+                          beta: Tensor | None, z: Tensor | None, batch_sizes: Sequence[int], h_n: Tensor,
+                          relu: bool, reverse: bool) -> None:
+    """The Elman cell's step loop with layer norm and/or zoneout (cells/options.c): as
+    :func:`forward_steps`, plus â = γ ⊙ n̂ + β before the nonlinearity (``gamma`` and ``beta``
+    given together, or neither) and h_t = z ⊙ h_{t-1} + (1 − z) ⊙ h̃_t after it (``z`` given).
+
+    out: (rows, H), unit column stride, holds x_t W_ihᵀ; h0, h_n: (N, H) contiguous; W_hh: (H, H);
+    bias, gamma, beta: (H,) or None; z: (rows, H) contiguous or None.
+    """
+    sizes, offsets, N, rows = _steps(batch_sizes)
+    H = _width(out, "out")
+    if (gamma is None) != (beta is None):
+        raise RuntimeError("options_forward_steps: layer norm takes gamma and beta together, got one")
+    args, _keep = _door(out.dtype, ("out", out, (rows, H), _ROWS), ("h0", h0, (N, H), _CONTIGUOUS),
+                        ("weight_hh", W_hh, (H, H), _COPIED), ("bias", bias, (H,), _COPIED),
+                        ("ln_weight", gamma, (H,), _COPIED), ("ln_bias", beta, (H,), _COPIED),
+                        ("zoneout mask", z, (rows, H), _CONTIGUOUS), ("h_n", h_n, (N, H), _CONTIGUOUS))
+    if H > 0:  # H = 0: nothing to compute
+        _call("options_forward", out, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args,
+              int(reverse), int(relu))
+
+
+def options_backward_steps(dh: Tensor, out: Tensor, W_hh: Tensor, a: Tensor, gamma: Tensor | None,
+                           beta: Tensor | None, z: Tensor | None, dextra: Tensor | None,
+                           batch_sizes: Sequence[int], dh0: Tensor, relu: bool, reverse: bool) -> None:
+    """The BPTT loop of :func:`options_forward_steps`: turns ``dh`` into da in place, fills dh0 and,
+    with layer norm, ``dextra`` with each row's [dâ ⊙ n̂ | dâ] (dγ and dβ are their column sums).
+
+    dh: (rows, H) contiguous; out: (rows, H), unit column stride; W_hh: (H, H); a: (rows, H)
+    contiguous, a_t = x_t W_ihᵀ + b_ih + b_hh + h_{t-1} W_hhᵀ recomputed after the forward; gamma,
+    beta: (H,) or None; z: (rows, H) contiguous or None; dextra: (rows, 2H) contiguous, given with
+    gamma and beta, else None; dh0: (N, H) contiguous.
+    """
+    sizes, offsets, N, rows = _steps(batch_sizes)
+    H = _width(dh, "dh")
+    if not (gamma is None) == (beta is None) == (dextra is None):
+        raise RuntimeError("options_backward_steps: layer norm takes gamma, beta and dextra together")
+    args, _keep = _door(dh.dtype, ("dh", dh, (rows, H), _CONTIGUOUS), ("out", out, (rows, H), _READ_ROWS),
+                        ("weight_hh", W_hh, (H, H), _COPIED), ("a", a, (rows, H), _CONTIGUOUS),
+                        ("ln_weight", gamma, (H,), _COPIED), ("ln_bias", beta, (H,), _COPIED),
+                        ("zoneout mask", z, (rows, H), _CONTIGUOUS),
+                        ("dextra", dextra, (rows, 2 * H), _CONTIGUOUS), ("dh0", dh0, (N, H), _CONTIGUOUS))
+    if H > 0:  # H = 0: nothing to compute
+        _call("options_backward", dh, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args,
+              int(reverse), int(relu))

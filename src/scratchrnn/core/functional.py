@@ -96,8 +96,8 @@ def layer_forward(
         aux: the cell's extra parameters and masks (rows, ·) of this layer and direction.
     """
     xp = cell.project(x, W_ih, b_ih, out, *aux)  # (rows, G·H): the input projection of all steps at once
-    if cell.accel_ready(out, h0, W_hh):
-        cell.forward_accel(xp, h0.contiguous(), W_hh, b_ih, b_hh, plan.sizes, out, h_n, reverse)
+    if cell.accel_ready(out, h0, W_hh, *aux):
+        cell.forward_accel(xp, h0.contiguous(), W_hh, b_ih, b_hh, plan.sizes, out, h_n, reverse, *aux)
         return
     constants = cell.step_constants(W_hh, b_ih, b_hh, *aux)
     xp_steps, out_steps = plan.split(xp), plan.split(out)
@@ -146,14 +146,15 @@ def layer_backward(
     matmul = torch.mm if differentiable else accel.matmul
     h_prev = cache(lambda: plan.h_prev(out, h0, reverse))  # (rows, H): h_{t−1} of every row
     mask, dextra = None, None  # the cell's mask on h_{t−1} into W_hh; its extra parameters' rows
-    if not differentiable and cell.accel_ready(dout, out, W_hh):
+    if not differentiable and cell.accel_ready(dout, out, W_hh, *aux):
         # The loop in C, over a buffer holding ∂L/∂h_t; ∂L/∂h_n joins the rows at the step where
         # each sequence ends (the last step processed).
         dh = dout.clone(memory_format=torch.contiguous_format)  # (rows, H)
         plan.add_final_(dh, dh_n, reverse)
         dh0 = torch.empty_like(h0, memory_format=torch.contiguous_format)
-        dxp, dhp = cell.backward_accel(dh, x, h0.contiguous(), h_prev, out, W_ih, W_hh, b_ih, b_hh,
-                                       plan.sizes, dh0, reverse)
+        dxp, dhp, *extra = cell.backward_accel(dh, x, h0.contiguous(), h_prev, out, W_ih, W_hh, b_ih,
+                                               b_hh, plan.sizes, dh0, reverse, *aux)
+        dextra = extra[0] if extra else None  # the extra parameters' gradient rows, as below
     else:
         dxp, dhp, dh0, mask, dextra = _bptt_steps(cell, dout, dh_n, x, h0, out, W_ih, W_hh, b_ih,
                                                   b_hh, plan, reverse, h_prev, aux)

@@ -150,22 +150,25 @@ class Cell:
     # ----- an optional loop in C -------------------------------------------------------------
 
     def accel_ready(self, *tensors: Tensor) -> bool:
-        """Whether :meth:`forward_accel` and :meth:`backward_accel` can run on these tensors."""
+        """Whether :meth:`forward_accel` and :meth:`backward_accel` can run on these tensors (the
+        stack passes the call's tensors, then the cell's ``aux``)."""
         return False
 
     def forward_accel(self, xp: Tensor, h0: Tensor, W_hh: Tensor, b_ih: Tensor | None,
                       b_hh: Tensor | None, batch_sizes: list[int], out: Tensor, h_n: Tensor,
-                      reverse: bool) -> None:
-        """The step loop in C: fills ``out`` and ``h_n`` as the PyTorch loop does."""
+                      reverse: bool, *aux: Tensor) -> None:
+        """The step loop in C: fills ``out`` and ``h_n`` as the PyTorch loop does. ``aux``: the cell's
+        extra parameters and masks, as :meth:`project` gets them."""
         raise NotImplementedError
 
     def backward_accel(self, dh: Tensor, x: Tensor, h0: Tensor, h_prev: Callable[[], Tensor],
                        out: Tensor, W_ih: Tensor, W_hh: Tensor, b_ih: Tensor | None,
-                       b_hh: Tensor | None, batch_sizes: list[int], dh0: Tensor, reverse: bool
-                       ) -> tuple[Tensor, Tensor]:
+                       b_hh: Tensor | None, batch_sizes: list[int], dh0: Tensor, reverse: bool,
+                       *aux: Tensor) -> tuple[Tensor, ...]:
         """The BPTT loop in C: (dxp, dhp) from ``dh`` (rows, H), the gradient from the output with
         ∂L/∂h_n added at each sequence's last step; fills ``dh0``. ``h_prev``: as in
-        :meth:`residuals`."""
+        :meth:`residuals`. A cell with extra parameters returns a third element, their gradient
+        rows (summed over rows by the stack, as the step backward's fourth element)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -92,10 +92,11 @@ class Elman(Cell):
     def accel_ready(self, *tensors):
         return self._c and accel.available_for(*tensors)
 
-    def forward_accel(self, xp, h0, W_hh, b_ih, b_hh, batch_sizes, out, h_n, reverse):
+    def forward_accel(self, xp, h0, W_hh, b_ih, b_hh, batch_sizes, out, h_n, reverse, *aux):
         bias = None if b_ih is None else b_ih + b_hh
         accel.forward_steps(out, h0, W_hh, bias, batch_sizes, h_n, self.nonlinearity == "relu", reverse)
 
-    def backward_accel(self, dh, x, h0, h_prev, out, W_ih, W_hh, b_ih, b_hh, batch_sizes, dh0, reverse):
+    def backward_accel(self, dh, x, h0, h_prev, out, W_ih, W_hh, b_ih, b_hh, batch_sizes, dh0, reverse,
+                       *aux):
         accel.backward_steps(dh, out, W_hh, batch_sizes, dh0, self.nonlinearity == "relu", reverse)
         return dh, dh  # dh turned into da in place

@@ -119,12 +119,13 @@ class GRU(Cell):
         # Where the library has the GRU's C steps (cells/gru.c through accel), else the PyTorch loop.
         return hasattr(accel, "gru_forward_steps") and accel.available_for(*tensors)
 
-    def forward_accel(self, xp, h0, W_hh, b_ih, b_hh, batch_sizes, out, h_n, reverse):
+    def forward_accel(self, xp, h0, W_hh, b_ih, b_hh, batch_sizes, out, h_n, reverse, *aux):
         b_hh = None if b_hh is None else b_hh.contiguous()
         # Nothing saved: the backward recomputes the gates.
         accel.gru_forward_steps(xp.contiguous(), h0, W_hh.contiguous(), b_hh, batch_sizes, out, h_n, reverse)
 
-    def backward_accel(self, dh, x, h0, h_prev, out, W_ih, W_hh, b_ih, b_hh, batch_sizes, dh0, reverse):
+    def backward_accel(self, dh, x, h0, h_prev, out, W_ih, W_hh, b_ih, b_hh, batch_sizes, dh0, reverse,
+                       *aux):
         # xp and hp of every row by two GEMMs; the C loop recomputes the gates from them row by row
         # and writes dxp and dhp in their place: no ws, no buffers of their own (rows x 6H in all).
         dxp = self.project(x, W_ih, b_ih, out).contiguous()  # (rows, 3H): xp, then dxp

@@ -24,7 +24,13 @@ The masks come in with the call (drawn by the module from torch's generator, out
 operator); the cell puts them beside xp (forward) and the residuals (backward), so that the stack
 hands each step its rows of them. What the backward reads per row: [f'(â), n̂, 1/s, γ | m | z];
 all recomputed from x and h_{t−1} after the forward (two GEMMs over all steps), nothing saved.
-No C loop: these cells run the PyTorch loop.
+
+The C loop (``cells/options.c`` through :mod:`~scratchrnn.core.accel`) runs layer norm and zoneout
+on the Elman cell with tanh or relu, where the plain cell's C loop would run (CPU, float32 or
+float64): the forward is the Elman cell's fused step (x W_ihᵀ in the output buffer, h_{t−1} W_hhᵀ
+added by the driver) with the normalisation and the blend per row; the backward gets a_t for all
+rows (the same two GEMMs) and recomputes n̂, 1/s, â and f'(â) from it row by row in C. Recurrent
+dropout in training, zoneout on a GRU and the other nonlinearities run the PyTorch loop.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from scratchrnn.core import accel
 from scratchrnn.core.cells.base import Cell
 from scratchrnn.core.cells.elman import Elman
 
@@ -85,8 +92,9 @@ class Options(Cell):
 
     def project(self, x, W_ih, b_ih, out, *aux):
         _, _, m, z = self._unpack(aux)
-        # The Elman path adds b_ih with b_hh in the step; another base projects as it does.
-        xp = x @ W_ih.t() if self.elman else \
+        # The Elman path writes x W_ihᵀ into the output buffer, as the Elman cell does (the C loop
+        # forms a_t there in place) and adds b_ih with b_hh in the step; another base projects as it does.
+        xp = out.addmm_(x, W_ih.t(), beta=0) if self.elman else \
             self.base.project(x, W_ih, b_ih, x.new_empty(x.shape[0], W_ih.shape[0] // self.gates))
         masks = [t for t in (m, z) if t is not None]
         return torch.cat([xp, *masks], 1) if masks else xp  # (rows, G·H [+ H] [+ H])
@@ -208,3 +216,25 @@ class Options(Cell):
         if z is None:
             return h_dot_cand
         return z * h_dot_prev + (1 - z) * h_dot_cand  # ḣ_t = z ⊙ ḣ_{t−1} + (1 − z) ⊙ ḣ̃_t
+
+    # ----- the loop in C (cells/options.c): layer norm and zoneout on the Elman cell, tanh or relu
+
+    def accel_ready(self, *tensors):
+        # Recurrent dropout (and a GRU base, or another nonlinearity) runs the PyTorch loop.
+        return self.elman and self.base._c and not self.rd and accel.available_for(*tensors)
+
+    def forward_accel(self, xp, h0, W_hh, b_ih, b_hh, batch_sizes, out, h_n, reverse, *aux):
+        gamma, beta, _, z = self._unpack(aux)  # out holds x W_ihᵀ (see project)
+        bias = None if b_ih is None else b_ih + b_hh
+        accel.options_forward_steps(out, h0, W_hh, bias, gamma, beta, None if z is None else z.contiguous(),
+                                    batch_sizes, h_n, self.base.nonlinearity == "relu", reverse)
+
+    def backward_accel(self, dh, x, h0, h_prev, out, W_ih, W_hh, b_ih, b_hh, batch_sizes, dh0, reverse,
+                       *aux):
+        gamma, beta, _, z = self._unpack(aux)
+        # a_t for all rows at once (two GEMMs); the C loop recomputes n̂, â and f'(â) from it per row.
+        a = self.base.pre_activation(x, h_prev(), W_ih, W_hh, b_ih, b_hh)  # (rows, H)
+        dextra = dh.new_empty(dh.shape[0], 2 * dh.shape[1]) if self.ln else None  # rows of [dγ | dβ]
+        accel.options_backward_steps(dh, out, W_hh, a, gamma, beta, None if z is None else z.contiguous(),
+                                     dextra, batch_sizes, dh0, self.base.nonlinearity == "relu", reverse)
+        return (dh, dh) if dextra is None else (dh, dh, dextra)  # dh turned into da in place
