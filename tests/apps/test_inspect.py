@@ -179,6 +179,29 @@ def test_each_layer_of_a_stacked_model_is_the_layer_by_layer_computation():
     np.testing.assert_allclose(layer_states(model, vocab.encode(PLAY), -1), want[2], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("options", [{"cell": "gru"}, {"layer_norm": True}], ids=["gru", "layer_norm"])
+def test_the_page_shows_a_gru_or_layer_norm_models_states_as_the_module_computes_them(options):
+    # make run trains a GRU by default; a layer-norm model's states go through γ and β.
+    vocab = Vocab.from_text(PLAY)
+    torch.manual_seed(3)
+    model = CharRNN(len(vocab), embedding_dim=4, hidden_size=6, num_layers=2, **options).eval()
+    with torch.no_grad():
+        for p in model.rnn.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # γ, β away from 1, 0: a missing γ would show
+        output, _ = model.rnn(model.embed(vocab.encode(PLAY).view(-1, 1)))
+    np.testing.assert_allclose(layer_states(model, vocab.encode(PLAY), -1), output[:, 0].numpy(), atol=1e-6)
+    data = collect(model, vocab, PLAY)
+    elman = options.get("cell") != "gru"  # the slope and ρ(W_hh) are the Elman cell's BPTT factors
+    assert (data["saturation"]["mean_slope"] is not None) == elman
+    assert (data["saturation"]["spectral_radius"] is not None) == elman
+
+
+def test_collect_refuses_a_zoneout_model_in_one_line():
+    vocab = Vocab.from_text(PLAY)
+    with pytest.raises(ValueError, match="without zoneout"):
+        collect(CharRNN(len(vocab), embedding_dim=4, hidden_size=6, zoneout=0.1).eval(), vocab, PLAY)
+
+
 def test_page_is_one_file_and_no_text_can_close_its_script():
     text = PLAY + "</script><script>alert(1)</script>\n"
     vocab = Vocab.from_text(text)

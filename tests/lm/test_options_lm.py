@@ -4,6 +4,7 @@ tiny run with each cell and option, the checkpoint rebuilding it, and resume ref
 from __future__ import annotations
 
 import pytest
+import torch
 
 from scratchrnn.apps.cli import build_parser
 from scratchrnn.core.modules import GRU, RNN
@@ -33,7 +34,7 @@ def test_flags_are_generated_from_the_config():
 
 @pytest.mark.parametrize("kw", [
     {"cell": "gru", "zoneout": 0.1, "weight_drop": 0.2},
-    {"nonlinearity": "gelu", "layer_norm": True, "recurrent_dropout": 0.2, "zoneout": 0.1},
+    {"cell": "rnn", "nonlinearity": "gelu", "layer_norm": True, "recurrent_dropout": 0.2, "zoneout": 0.1},
 ], ids=["gru", "rnn-options"])
 def test_a_tiny_run_with_options_trains_saves_and_resumes_only_unchanged(corpus, tmp_path, kw):
     result = train(tiny(corpus, tmp_path, **kw))
@@ -54,3 +55,23 @@ def test_bad_options_are_refused_before_training(corpus, tmp_path):
                         ({"cell": "lstm"}, "unknown cell 'lstm'")]:
         with pytest.raises(ValueError, match=message):
             tiny(corpus, tmp_path, **kw).validate()
+
+
+def test_the_default_cell_is_the_gru_which_takes_no_rnn_option(corpus, tmp_path):
+    assert TrainConfig().cell == "gru"  # lowest validation loss in make run's 180 s (lab options)
+    with pytest.raises(ValueError, match=r"layer_norm: the gru cell takes none .*--cell rnn"):
+        tiny(corpus, tmp_path, layer_norm=True).validate()
+
+
+def test_a_run_saved_before_the_cell_was_recorded_resumes_as_the_rnn(corpus, tmp_path):
+    # Checkpoints written before the cell setting existed hold an Elman RNN and no "cell".
+    train(tiny(corpus, tmp_path, cell="rnn"))
+    path = tmp_path / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["train_config"]["cell"]
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match=r"cell cannot change.*the run has 'rnn', got 'gru'"):
+        Trainer(tiny(corpus, tmp_path, max_steps=9), resume=True)  # today's default cell
+    config = resume_config(tmp_path, max_steps=9)
+    assert config.cell == "rnn"
+    assert train(config, resume=True).step == 9

@@ -15,8 +15,8 @@ from scratchrnn.core import optim
 from scratchrnn.core.cells.activations import BUILT_IN
 from scratchrnn.core.options import check_probability
 
-__all__ = ["BACKENDS", "GROUPS", "MAX_SAMPLE_LENGTH", "RESUME_CHANGEABLE", "SEED_MAX", "TrainConfig",
-           "check_count", "setting"]
+__all__ = ["BACKENDS", "GROUPS", "LEGACY_DEFAULTS", "MAX_SAMPLE_LENGTH", "RESUME_CHANGEABLE", "SEED_MAX",
+           "TrainConfig", "check_count", "setting"]
 
 BACKENDS = ("scratch", "torch")
 CELLS = ("rnn", "gru")
@@ -24,6 +24,8 @@ NONLINEARITIES = tuple(BUILT_IN)
 _OPTIONS = {"nonlinearity": "tanh", "layer_norm": False, "recurrent_dropout": 0.0, "weight_drop": 0.0,
             "zoneout": 0.0}
 GROUPS = ("data", "model", "optimisation", "output")
+# Settings whose default changed, with the value a run saved before had when it did not record them.
+LEGACY_DEFAULTS = {"cell": "rnn"}
 # What may differ from the saved settings when a run is resumed: the stopping rule and the
 # output's cadence. Everything else fixes the model, the data or the updates.
 RESUME_CHANGEABLE = ("max_steps", "time_budget", "out", "eval_interval", "eval_streams", "log_interval",
@@ -62,8 +64,9 @@ class TrainConfig:
     hidden_size: int = setting(640, "H, hidden units", "model")
     num_layers: int = setting(1, "L, stacked RNN layers", "model")
     dropout: float = setting(0.0, "on every RNN layer's output", "model")
-    # The options of docs/options.md (issue 19); the defaults are today's model.
-    cell: str = setting("rnn", "the recurrent cell", "model", choices=CELLS)
+    # The cell and the options of docs/options.md. The GRU is the default since `scratchrnn lab
+    # options` measured it lowest in make run's 180 s (docs/img/options); the options default to none.
+    cell: str = setting("gru", "the recurrent cell (rnn: the tutorial's Elman RNN)", "model", choices=CELLS)
     nonlinearity: str = setting("tanh", "the rnn cell's f", "model", choices=NONLINEARITIES)
     layer_norm: bool = setting(False, "normalise the rnn cell's summed inputs (Ba et al.)", "model")
     recurrent_dropout: float = setting(0.0, "dropout on h_{t-1} into W_hh, one mask per chunk (rnn)", "model")
@@ -141,8 +144,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: backend torch (nn.RNN/nn.GRU) has none; expected "
                                  f"{default!r}, got {getattr(self, name)!r}")
             if self.cell == "gru" and name in ("nonlinearity", "layer_norm", "recurrent_dropout"):
-                raise ValueError(f"{name}: the gru cell takes none; expected {default!r}, got "
-                                 f"{getattr(self, name)!r}")
+                raise ValueError(f"{name}: the gru cell takes none (it is the rnn cell's: add --cell rnn); "
+                                 f"expected {default!r}, got {getattr(self, name)!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         for name in ("weight_decay", "momentum", "clip"):

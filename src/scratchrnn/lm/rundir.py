@@ -45,7 +45,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from scratchrnn.lm.checkpoint import check_resumable, load_checkpoint
-from scratchrnn.lm.config import RESUME_CHANGEABLE, TrainConfig
+from scratchrnn.lm.config import LEGACY_DEFAULTS, RESUME_CHANGEABLE, TrainConfig
 from scratchrnn.lm.data import DataFile, resolve_data, same_data
 from scratchrnn.lm.files import append_text, atomic_write, disk_full_said, file_version, os_error
 
@@ -378,6 +378,7 @@ def changes_refused(saved: dict, given: dict) -> list[tuple[str, object, object]
     """(name, saved value, given value) for each given setting that differs from the saved one
     and may not change on resume; the same file named differently is the same ``data``."""
     refused = []
+    saved = LEGACY_DEFAULTS | saved  # a run saved before a setting's default changed had the old one
     for name, value in given.items():
         if name in RESUME_CHANGEABLE or name not in saved:
             continue
@@ -436,7 +437,7 @@ def read_run(out: str | os.PathLike, **given) -> SavedRun:
     version = file_version(checkpoint)  # before the read: a rewrite during it shows as a change
     ckpt = load_checkpoint(checkpoint)
     check_resumable(ckpt, checkpoint)
-    saved = {k: v for k, v in ckpt["train_config"].items() if k in known}
+    saved = LEGACY_DEFAULTS | {k: v for k, v in ckpt["train_config"].items() if k in known}
     refuse(changes_refused(saved, given), run.path)
     changes = {k: v for k, v in given.items() if k in RESUME_CHANGEABLE and k != "out"}
     # allow_data_change holds for this command only, never for the resumes after it

@@ -179,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         if name not in fields:
             parser.error(f"unknown setting {flag}")
         overrides[name] = type(getattr(TrainConfig(), name) or 0)(value)
-    config = dataclasses.replace(TrainConfig(), **overrides)
+    if overrides.get("cell", "rnn") != "rnn":  # the report's twin is nn.RNN
+        parser.error(f"this benchmark compares the rnn cell with nn.RNN, got --cell {overrides['cell']}")
+    # scratchrnn train's model but for its cell: the tanh RNN, whose twin is nn.RNN
+    config = dataclasses.replace(TrainConfig(), **{"cell": "rnn", **overrides})
     command = "python benchmarks/lm_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
     before = load_average()
     speed = throughput(config, args.rounds, args.steps)

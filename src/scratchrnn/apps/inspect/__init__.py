@@ -109,8 +109,9 @@ def summary_markdown(digest: dict) -> str:
         f"Saturation (|h| > {sat['threshold']}): on average a unit is left-saturated "
         f"{sat['mean_left']:.3f} and right-saturated {sat['mean_right']:.3f} of the time; "
         f"{sat['units_saturated_half_the_time']} units are saturated more than half the time, "
-        f"{sat['units_never_saturated']} never. The mean of 1 − h² is {sat['mean_slope']:.3f}, "
-        f"ρ(W_hh) {sat['spectral_radius']:.3g}.",
+        f"{sat['units_never_saturated']} never."
+        + ("" if sat["mean_slope"] is None else
+           f" The mean of 1 − h² is {sat['mean_slope']:.3f}, ρ(W_hh) {sat['spectral_radius']:.3g}."),
     ]) + "\n"
 
 

@@ -63,10 +63,11 @@ def layer_states(model: CharRNN, ids: torch.Tensor, layer: int) -> np.ndarray:
     """
     rnn = model.rnn
     x = model.embed(ids.view(-1, 1))[:, 0]  # (T, D): one stream, so the rows are the steps
+    weights = [w for weights in rnn.all_weights for w in weights]
+    weights += [p for name, p in rnn.named_parameters() if name.startswith("ln_")]  # layer norm's γ, β
     result = rnn_forward(
-        x, model.init_state(1), [w for weights in rnn.all_weights for w in weights], [1] * len(ids),
-        num_layers=rnn.num_layers, bidirectional=rnn.bidirectional, bias=rnn.bias,
-        cell=f"rnn_{rnn.nonlinearity}",
+        x, model.init_state(1), weights, [1] * len(ids),
+        num_layers=rnn.num_layers, bidirectional=rnn.bidirectional, bias=rnn.bias, cell=rnn.cell_name,
     )
     return result.layer_outputs[layer].numpy()  # (T, H)
 
@@ -83,18 +84,19 @@ def predictions(model: CharRNN, ids: torch.Tensor) -> tuple[np.ndarray, np.ndarr
     return top_id.numpy(), top_p.numpy(), surprise.numpy()
 
 
-def saturation(h: np.ndarray, W_hh: torch.Tensor) -> dict:
-    """Per unit, the fraction of steps with h < −0.9 (left) and h > 0.9 (right); the mean of
-    tanh' = 1 − h² over all units and steps, and ρ(W_hh), the two factors BPTT multiplies by at
-    each step back (dh_next = (dh ⊙ (1 − h²)) W_hh); and a histogram of all the layer's
-    activations over [−1, 1] in 40 bins."""
+def saturation(h: np.ndarray, W_hh: torch.Tensor | None) -> dict:
+    """Per unit, the fraction of steps with h < −0.9 (left) and h > 0.9 (right); for an Elman
+    layer (``W_hh`` given) the mean of tanh' = 1 − h² over all units and steps, and ρ(W_hh), the
+    two factors BPTT multiplies by at each step back (dh_next = (dh ⊙ (1 − h²)) W_hh) — a GRU's
+    step back has no such pair (None, None); and a histogram of all the layer's activations over
+    [−1, 1] in 40 bins."""
     counts, edges = np.histogram(np.clip(h, -1, 1), bins=40, range=(-1, 1))
     return {
-        "spectral_radius": spectral_radius(W_hh),
+        "spectral_radius": None if W_hh is None else spectral_radius(W_hh),
         "left": np.round((h < -SATURATED).mean(0), 4).tolist(),
         "right": np.round((h > SATURATED).mean(0), 4).tolist(),
         "threshold": SATURATED,
-        "mean_slope": float((1 - h.astype(np.float64) ** 2).mean()),
+        "mean_slope": None if W_hh is None else float((1 - h.astype(np.float64) ** 2).mean()),
         "histogram": {"edges": np.round(edges, 3).tolist(), "counts": counts.tolist()},
     }
 
@@ -108,8 +110,13 @@ def collect(model: CharRNN, vocab: Vocab, text: str, layer: int = -1, source: st
 
 
 def _collect(model: CharRNN, vocab: Vocab, text: str, layer: int, source: str) -> dict:
-    if model.rnn.nonlinearity != "tanh":
-        raise ValueError(f"Expected a tanh RNN (activations in [-1, 1]), got {model.rnn.nonlinearity}")
+    rnn = model.rnn
+    elman = rnn.mode != "GRU"  # a GRU's h_t is a gated mean of tanh values: also in [-1, 1]
+    if elman and rnn.nonlinearity != "tanh":
+        raise ValueError(f"Expected a tanh RNN or a GRU (activations in [-1, 1]), got {rnn.nonlinearity}")
+    if rnn.zoneout:
+        raise ValueError(f"Expected a model without zoneout (its states mix in the expectation p), got "
+                         f"zoneout={rnn.zoneout}")
     L = model.num_layers
     if not -L <= layer < L:
         raise ValueError(f"Expected a layer in 0 … {L - 1} (or −1 … −{L}), got {layer}")
@@ -134,6 +141,6 @@ def _collect(model: CharRNN, vocab: Vocab, text: str, layer: int, source: str) -
         "surprise": {"step": SURPRISE_STEP,
                      "data": _b64(np.clip(np.rint(surprise / SURPRISE_STEP), 0, 255).astype(np.uint8))},
         "mean_surprise_nats": float(surprise[1:].mean()),
-        "saturation": saturation(h, model.rnn.all_weights[layer][1].detach()),
+        "saturation": saturation(h, rnn.all_weights[layer][1].detach() if elman else None),
         "found": find_units(h, text),
     }

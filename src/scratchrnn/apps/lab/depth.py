@@ -55,7 +55,7 @@ def run(out: str | Path, quick: bool = False, seed: int = 0) -> LabResult:
     """Train L = 1 … 4 layers with equal budgets; write the plot and summary to ``out``."""
     out = prepare_out(out)
     settings = dict(
-        embedding_dim=32, hidden_size=128, batch_size=32, seq_len=64, max_steps=1200,
+        cell="rnn", embedding_dim=32, hidden_size=128, batch_size=32, seq_len=64, max_steps=1200,
         eval_interval=200, log_interval=10, lr=3e-3, warmup_steps=50, seed=seed,
     )
     if quick:

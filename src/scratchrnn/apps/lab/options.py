@@ -1,12 +1,12 @@
-"""options: which of the cell options lowers the character model's validation loss at equal wall time?
+"""options: which cell option lowers the character model's validation loss at equal wall time?
 
-``make run`` trains the default CharRNN (one tanh layer, H = 640) for 180 s of wall time. This
-experiment trains the same model, on the same data with the same schedule and the same 180 s, with
-one option of docs/options.md changed at a time — layer norm, recurrent dropout, weight drop,
-zoneout, or the GRU cell — for each of a few seeds, and then once more with every single option
-that beat the default, combined (when two or more did; the GRU cell does not combine with layer
-norm or recurrent dropout, so it is left out of the combination). A run's answer is its last
-validation loss over the whole validation split (what ``make run`` prints).
+The tutorial's tanh RNN (one layer, H = 640, `scratchrnn train`'s other defaults) trained for 180 s
+of wall time, as ``make run`` does, on the same data with the same schedule, against the same with
+one option of docs/options.md — layer norm, recurrent dropout, weight drop, zoneout — and with the
+GRU cell, for each of a few seeds; then once more with every option that beat the tanh RNN,
+combined (when two or more did; the GRU cell does not combine with layer norm or recurrent dropout,
+so it is left out of the combination). A run's answer is its last validation loss over the whole
+validation split (what ``make run`` prints). Its answer made the GRU ``scratchrnn train``'s default.
 
 Equal wall time, not equal updates: an option that makes a step slower gets fewer steps, which is
 the trade a user makes. The runs use torch's default number of threads, as ``scratchrnn train``
@@ -29,9 +29,9 @@ from scratchrnn.lm.train import Trainer
 LONG = True  # 14 runs of 180 s: lab all runs it only when asked (--long) or at --quick sizes
 THREADS = None  # torch's default, as `scratchrnn train` (the lab's other experiments use one)
 
-# The singles: (key, label, the TrainConfig fields changed from the default).
+# The singles: (key, label, the TrainConfig fields changed from the shared settings: the tanh RNN).
 SINGLES = (
-    ("default", "default (make run)", {}),
+    ("default", "tanh RNN, no option", {}),
     ("layer_norm", "layer norm", {"layer_norm": True}),
     ("recurrent_dropout", "recurrent dropout 0.1", {"recurrent_dropout": 0.1}),
     ("weight_drop", "weight drop 0.2", {"weight_drop": 0.2}),
@@ -43,17 +43,18 @@ BUDGET = 180.0  # seconds of training and evaluation, as make run
 
 
 def settings(quick: bool) -> dict:
-    """The TrainConfig fields every run shares: the defaults but for the budget (toy sizes if quick)."""
+    """The TrainConfig fields every run shares: the tanh RNN and the budget, the rest the defaults
+    (toy sizes if quick)."""
     if quick:
-        return dict(time_budget=1.0, embedding_dim=8, hidden_size=16, batch_size=4, seq_len=16,
+        return dict(cell="rnn", time_budget=1.0, embedding_dim=8, hidden_size=16, batch_size=4, seq_len=16,
                     eval_interval=20, eval_streams=4, warmup_steps=1)
-    return dict(time_budget=BUDGET)
+    return dict(cell="rnn", time_budget=BUDGET)
 
 
 def train_one(key: str, changes: dict, seed: int, run_dir: Path, shared: dict) -> dict:
     """One run: the model with ``changes``, for the shared budget; its losses, steps and speed."""
     config = TrainConfig(out=str(run_dir), progress=False, sample_length=0, seed=seed,
-                         **shared, **changes)
+                         **{**shared, **changes})
     trainer = Trainer(config, force=True)
     result = trainer.run()
     log = trainer.read_log()
@@ -71,7 +72,7 @@ def train_one(key: str, changes: dict, seed: int, run_dir: Path, shared: dict) -
 
 
 def combination(configs: dict) -> dict:
-    """Every single (not the GRU cell) whose mean validation loss is below the default's, merged."""
+    """Every option (not the GRU cell) whose mean validation loss is below the tanh RNN's, merged."""
     default = configs["default"]["mean"]
     return {k: v for key, c in configs.items() if key not in ("default", "gru") and c["mean"] < default
             for k, v in c["changes"].items()}
@@ -141,35 +142,42 @@ def run(out: str | Path, quick: bool = False) -> LabResult:
             runs += [train_one("combined", combined, seed, Path(tmp) / f"combined-{seed}", shared)
                      for seed in SEEDS]
     configs = summarise(runs)
-    best = min(configs, key=lambda k: configs[k]["mean"])
-    fig_path = _plot(runs, configs, labels, out)
-
     data_name = "a 20,000-character excerpt of tiny Shakespeare" if quick else "tiny Shakespeare"
     numbers = {"settings": {k: v for k, v in shared.items() if k != "data"}, "data": data_name,
                "seeds": list(SEEDS), "cpu": cpu_name(), "load_before": load_before,
-               "load_after": load_average(), "configs": configs, "order": list(configs), "best": best,
-               "runs": runs}
+               "load_after": load_average(), "configs": configs, "order": list(configs),
+               "best": min(configs, key=lambda k: configs[k]["mean"]), "labels": labels, "runs": runs}
+    summary, fig_path = render(numbers, out)
+    return finish("options", out, numbers, summary, [fig_path])
+
+
+def render(numbers: dict, out: Path) -> tuple[str, Path]:
+    """The summary (markdown) and the plot of ``numbers`` (as :func:`run` writes results.json)."""
+    configs, labels, best = numbers["configs"], numbers["labels"], numbers["best"]
+    configs = {k: configs[k] for k in numbers["order"]}
+    fig_path = _plot(numbers["runs"], configs, labels, out)
     rows = [(labels[k], f"{c['mean']:.4f}", " / ".join(f"{v:.4f}" for v in c["seeds"]),
              f"{c['delta']:+.4f}", f"{c['steps']:,.0f}", f"{c['chars_per_s']:,.0f}")
             for k, c in configs.items()]
-    c = TrainConfig(**{k: v for k, v in shared.items() if k != "data"})
-    header = ["model", "val loss (nats/char), mean", "per seed", "vs default", "steps", "chars/s"]
+    c = TrainConfig(**numbers["settings"])
+    header = ["model", "val loss (nats/char), mean", "per seed", "vs tanh RNN", "steps", "chars/s"]
     summary = "\n".join([
         "# options: which option lowers the validation loss at equal wall time",
         "",
-        f"CharRNN on {data_name} (90 % train, 10 % validation), `scratchrnn train`'s defaults "
-        f"(one tanh layer, H = {c.hidden_size}, E = {c.embedding_dim}, {c.optimizer}, lr {c.lr:g}, "
-        f"batch {c.batch_size} × {c.seq_len} characters) but for one "
-        f"option each, for {c.time_budget:g} s of wall time (training and evaluation), "
-        f"seeds {', '.join(map(str, SEEDS))}; then the singles that beat the default, combined. "
-        f"Validation loss: the last evaluation, over the whole validation split. {cpu_name()}, "
-        f"torch's default threads; load average {load_before} before, {numbers['load_after']} after.",
+        f"CharRNN on {numbers['data']} (90 % train, 10 % validation): the tutorial's tanh RNN with "
+        f"`scratchrnn train`'s other defaults (one layer, H = {c.hidden_size}, E = {c.embedding_dim}, "
+        f"{c.optimizer}, lr {c.lr:g}, batch {c.batch_size} × {c.seq_len} characters), then with one "
+        f"option each, then the GRU cell, for {c.time_budget:g} s of wall time (training and evaluation), "
+        f"seeds {', '.join(map(str, numbers['seeds']))}; then the options that beat the tanh RNN, combined "
+        f"(when two or more did). Validation loss: the last evaluation, over the whole validation split. "
+        f"{numbers['cpu']}, torch's default threads; load average {numbers['load_before']} before, "
+        f"{numbers['load_after']} after.",
         "",
         md_table(header, rows),
         "",
         f"Lowest mean: **{labels[best]}**, {configs[best]['mean']:.4f} nats/char "
-        f"({configs[best]['delta']:+.4f} against the default).",
+        f"({configs[best]['delta']:+.4f} against the tanh RNN).",
         "",
         "![options](options.png)",
     ])
-    return finish("options", out, numbers, summary, [fig_path])
+    return summary, fig_path
