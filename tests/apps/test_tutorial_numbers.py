@@ -55,6 +55,9 @@ def test_markers_format_and_divide(tmp_path):
             "2400<!-- = exp/a/b/1 / exp/t|.0f --> updates\n\n<!-- table: exp 1 -->\n| x |\n|---|\n| 1 |\n")
     assert check(text, tmp_path) == []
     assert check(text.replace("2400", "2401"), tmp_path) == ["2401 should be 2400 (exp/a/b/1 / exp/t|.0f)"]
+    # a signed format (a difference) is read with its sign, and refreshed with it
+    signed = "gain +0.12<!-- = exp/a/b/0|+.2f -->"
+    assert check(signed, tmp_path) == [] and refresh(signed.replace("+0.12", "-0.5"), tmp_path) == signed
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

@@ -28,7 +28,7 @@ from scratchrnn.apps.bench.harness import fmt
 
 __all__ = ["check", "documents", "marked_numbers", "marked_tables", "refresh", "refresh_files"]
 
-_NUMBER = re.compile(r"(-?[0-9][0-9,]*(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?)<!-- = (.+?) -->")
+_NUMBER = re.compile(r"([-+]?[0-9][0-9,]*(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?)<!-- = (.+?) -->")
 _TABLE = re.compile(r"<!-- table: (\S+) (\d+) -->\n((?:\|.*\n)+)")
 _ANY_TABLE = re.compile(r"(?:^\|.*\n)+", flags=re.M)
 
