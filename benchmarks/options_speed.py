@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = {"ours": ours, "loop": theirs}
             compile_s = None
             if args.compile:
+                torch._dynamo.reset()  # a fresh compile: else Dynamo reuses an earlier option's graph
                 compiled = torch.compile(loop)
                 start = time.perf_counter()
                 theirs(compiled)
