@@ -112,8 +112,9 @@ def test_a_checkpoint_field_of_the_wrong_type_or_range_is_one_line(run, tmp_path
 
 
 def test_a_checkpoint_claiming_a_huge_model_is_refused_before_any_allocation(run, tmp_path):
-    """Case 3: H = 30000 in a file of a few KB. The model was built from model_config (3.8 GB,
-    14 s) before the tensors were compared with it; now the comparison runs on the meta device."""
+    """Case 3: H = 30000 in a file of a few KB. The model was built from model_config (3.8 GB for
+    the tanh RNN, 14 s; three times that for the default GRU) before the tensors were compared with
+    it; now the comparison runs on the meta device."""
     out = hostile(run, tmp_path, lambda c: c["model_config"].__setitem__("hidden_size", 30000))
     proc = subprocess.Popen([sys.executable, "-m", "scratchrnn", "eval", "--checkpoint",
                              str(out / "checkpoint.pt")], stderr=subprocess.PIPE, text=True)
@@ -121,9 +122,9 @@ def test_a_checkpoint_claiming_a_huge_model_is_refused_before_any_allocation(run
         err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    assert usage.ru_maxrss * 1024 < 2e9  # torch itself is ~0.5 GB; the model would be 3.8 GB
+    assert usage.ru_maxrss * 1024 < 2e9  # torch itself is ~0.5 GB; the model would be 11 GB
     assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
-    assert "rnn.weight_ih_l0 is (16, 4), and model_config says (30000, 4)" in err
+    assert "rnn.weight_ih_l0 is (48, 4), and model_config says (90000, 4)" in err  # the GRU's 3H rows
 
 
 def test_resuming_through_the_python_api_checks_the_sizes_before_building(run, tmp_path):
@@ -135,7 +136,7 @@ def test_resuming_through_the_python_api_checks_the_sizes_before_building(run, t
     before = contents(out)
     saved = torch.load(out / "checkpoint.pt", weights_only=True)["train_config"]
     config = TrainConfig(**{**saved, "max_steps": 6, "out": str(out)})
-    with pytest.raises(ValueError, match=r"weight_ih_l0 is \(16, 4\), and model_config says \(30000, 4\)"):
+    with pytest.raises(ValueError, match=r"weight_ih_l0 is \(48, 4\), and model_config says \(90000, 4\)"):
         Trainer(config, resume=True)
     assert contents(out) == before
 
