@@ -1,5 +1,6 @@
 /* The cell options of issue 19 on the Elman cell, in C (the Python twin: core/cells/options.py):
- * layer norm (ln) and zoneout (zo), alone or together, f = tanh or relu. One line per equation,
+ * layer norm (ln) and zoneout (zo), alone or together, and the Elman cell's built-in nonlinearities
+ * other than plain tanh and relu (those without options run cells/elman.c). One line per equation,
  * the names as in the code below (rows are batch elements, means over the H units of a row):
  *   a_t  = x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh
  *   μ    = mean(a_t);   σ² = mean((a_t − μ)²);   rstd = 1 / √(σ² + ε),  ε = 1e-5       (ln)
@@ -18,22 +19,195 @@
  * backward reads a_t, recomputed after the forward by two GEMMs over all steps (as the Python
  * twin's residuals), and recomputes μ, rstd, n̂, â and f'(â) from it row by row (the row is in L1),
  * then turns dh_t into da_t in place.
- * Recurrent dropout (h_{t-1} ⊙ m into W_hh) is not here: it runs the PyTorch loop. */
+ * Recurrent dropout (h_{t-1} ⊙ m into W_hh) is not here: it runs the PyTorch loop.
+ *
+ * The nonlinearities f (the code `act`, ACT_* below; accel.ACTIVATIONS in the same order), f' of
+ * x = â, as the PyTorch loop computes them (core/cells/activations.py), h = f(x):
+ *   ACT_TANH:       f = tanh x;                        f' = 1 − h²
+ *   ACT_RELU:       f = max(x, 0);                     f' = [x > 0]
+ *   ACT_SIGMOID:    f = σ(x) = 1 / (1 + e^−x);         f' = h (1 − h)
+ *   ACT_SOFTSIGN:   f = x / (1 + |x|);                 f' = (1 − |h|)²
+ *   ACT_LEAKY_RELU: f = x if x > 0 else 0.01 x;        f' = 1 if x > 0 else 0.01
+ *   ACT_SILU:       f = x σ(x);                        f' = σ(x) (1 + x (1 − σ(x)))
+ *   ACT_GELU:       f = x Φ(x) = x ½ (1 + erf(x/√2));  f' = Φ(x) + x φ(x),  φ(x) = e^(−x²/2) / √(2π)
+ * erf is our own (erf_d below; the library links no libm), e^y our own too (exp_neg_d, y <= 0):
+ *   erf_d:     |x| < 2.5:  erf x = (2/√π) x e^(−x²) Σ_n 2ⁿ x²ⁿ / (2n+1)!!   (all terms positive)
+ *              |x| ≥ 2.5:  erf x = 1 − e^(−x²) / (√π K(x)),  K(x) = x + ½/(x + 1/(x + (3/2)/(x + …)))
+ *   exp_neg_d: e^y = 2^k (expm1(r) + 1),  y = k ln2 + r,  |r| ≤ ln2 / 2
+ * float32 computes gelu and its f' in double (erf_d) and rounds (gelu(+inf) = NaN there, as torch's
+ * float kernel gives); its other f are float ones. */
 
 #define OPTIONS_EPS 1e-5
+
+/* The nonlinearity codes (accel.ACTIVATIONS holds the names in this order). */
+enum { ACT_TANH, ACT_RELU, ACT_SIGMOID, ACT_SOFTSIGN, ACT_LEAKY_RELU, ACT_SILU, ACT_GELU, ACT_COUNT };
+#define LEAKY_SLOPE 0.01 /* torch's default negative slope */
+
+/* F(..., code) with the code a constant in each branch, so that each always_inline row function
+ * compiles into one branch-free loop per nonlinearity. */
+#define BY_ACT(act, F, ...)                                                                        \
+    switch (act) {                                                                                 \
+    case ACT_TANH: F(__VA_ARGS__, ACT_TANH); break;                                                \
+    case ACT_RELU: F(__VA_ARGS__, ACT_RELU); break;                                                \
+    case ACT_SIGMOID: F(__VA_ARGS__, ACT_SIGMOID); break;                                          \
+    case ACT_SOFTSIGN: F(__VA_ARGS__, ACT_SOFTSIGN); break;                                        \
+    case ACT_LEAKY_RELU: F(__VA_ARGS__, ACT_LEAKY_RELU); break;                                    \
+    case ACT_SILU: F(__VA_ARGS__, ACT_SILU); break;                                                \
+    default: F(__VA_ARGS__, ACT_GELU); break;                                                      \
+    }
+
+/* e^y for y <= 0 (NaN stays NaN; y < −1100, −inf included, gives 0): as sigmoid_d's e, with 2^k
+ * applied as two factors so that it goes gradually through the subnormals (a few ulp). */
+static inline double exp_neg_d(double y) {
+    y = y < -1100.0 ? -1100.0 : y; /* e^y = 0 from here on; NaN fails the comparison */
+    double t = y * 1.4426950408889634 + 0x1.8p52; /* round(y / ln2) lands in t's low bits */
+    double k = t - 0x1.8p52;
+    double r = (y - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10;
+    double p = r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120
+             + r * (1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880
+             + r * (1.0 / 3628800 + r * (1.0 / 39916800 + r * (1.0 / 479001600
+             + r * (1.0 / 6227020800.0)))))))))))));
+    int64_t bits, bias_bits;
+    const double bias = 0x1.8p52;
+    memcpy(&bits, &t, sizeof bits);
+    memcpy(&bias_bits, &bias, sizeof bias_bits);
+    int64_t ki = bits - bias_bits, k1 = ki / 2, k2 = ki - k1; /* k1, k2 >= -794: normal */
+    uint64_t b1 = (uint64_t)(k1 + 1023) << 52, b2 = (uint64_t)(k2 + 1023) << 52;
+    double scale1, scale2;
+    memcpy(&scale1, &b1, sizeof scale1);
+    memcpy(&scale2, &b2, sizeof scale2);
+    return (scale1 * p + scale1) * scale2;
+}
+
+/* 2ⁿ / (2n+1)!!, n = 0 … ERF_TERMS − 1: the series of erf_d (the first term left out is below
+ * 1e-17 of the sum at |x| = 2.5). */
+#define ERF_TERMS 40
+static const double erf_series[ERF_TERMS] = {
+1.0,
+    0.6666666666666666,
+    0.26666666666666666,
+    0.0761904761904762,
+    0.016931216931216932,
+    0.0030784030784030783,
+    0.0004736004736004736,
+    6.314672981339648e-05,
+    7.4290270368701745e-06,
+    7.820028459863341e-07,
+    7.447646152250801e-08,
+    6.476214045435479e-09,
+    5.180971236348383e-10,
+    3.8377564713691727e-11,
+    2.6467286009442573e-12,
+    1.7075668393188757e-13,
+    1.0348889935265912e-14,
+    5.913651391580522e-16,
+    3.196568319773255e-17,
+    1.6392658050119255e-18,
+    7.996418561033783e-20,
+    3.719264446992458e-21,
+    1.6530064208855367e-22,
+    7.034069876108667e-24,
+    2.8710489290239454e-25,
+    1.1259015407937041e-26,
+    4.248685059598884e-28,
+    1.5449763853086848e-29,
+    5.42096977301293e-31,
+    1.8376168722077727e-32,
+    6.024973351500894e-34,
+    1.9126899528574266e-35,
+    5.885199854945928e-37,
+    1.7567760761032622e-38,
+    5.092104568415253e-40,
+    1.434395653074719e-41,
+    3.929851104314299e-43,
+    1.047960294483813e-44,
+    2.7219747908670468e-46,
+    6.891075419916574e-48
+};
+#define ERF_CF_DEPTH 28 /* the continued fraction's depth (at x = 2.5: about 1e-16 relative on erf) */
+#define ERF_SPLIT 2.5   /* the series below, the continued fraction from here on */
+
+/* e^(−x²) to a few ulp: x² = xh² + δ with xh = x with its 32 low mantissa bits cleared (xh² is
+ * exact), δ = (x − xh)(x + xh) < 2^−19 x², and e^(−δ) = 1 − δ + δ²/2 (δ³/6 < 1e-17). */
+static inline double exp_minus_square_d(double x) {
+    uint64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    bits &= 0xFFFFFFFF00000000ull;
+    double xh;
+    memcpy(&xh, &bits, sizeof xh);
+    double delta = (x - xh) * (x + xh);
+    return exp_neg_d(-(xh * xh)) * (1.0 - delta + 0.5 * delta * delta);
+}
+
+/* erf, to about 1e-16 relative (see the header; tested against torch.erf). erf(±inf) = ±1,
+ * erf(NaN) = NaN, erf(±0) = ±0. Branch-free: both forms computed, one selected. */
+static inline double erf_d(double x) {
+    double ax = x < 0 ? -x : x;
+    ax = ax > 6.0 ? 6.0 : ax; /* erf(6) rounds to 1 (erfc(6) = 2e-17); NaN stays NaN */
+    double e = exp_minus_square_d(ax);
+    double xs = ax < ERF_SPLIT ? ax : ERF_SPLIT, s2 = xs * xs; /* the series */
+    double sum = erf_series[ERF_TERMS - 1];
+    for (int n = ERF_TERMS - 2; n >= 0; n--) sum = sum * s2 + erf_series[n];
+    double series = 1.1283791670955126 * xs * sum; /* × e below; 2/√π */
+    double xc = ax < ERF_SPLIT ? ERF_SPLIT : ax; /* the continued fraction */
+    double k = xc;
+    for (int n = ERF_CF_DEPTH; n >= 1; n--) k = xc + (0.5 * n) / k;
+    double cf = 1.0 - e * (0.5641895835477563 / k); /* 1/√π */
+    return copysign(ax < ERF_SPLIT ? series * e : cf, x);
+}
 
 typedef struct {
     const void *bias, *gamma, *beta; /* (H) each, or NULL: no bias; no layer norm */
     const void *z;                   /* (rows x H) zoneout mask, or NULL */
     const void *a;                   /* the backward's a_t (rows x H) */
     void *dextra;                    /* the backward's [dâ ⊙ n̂ | dâ] rows (rows x 2H), or NULL */
-    int relu, ln, zo;
+    int act, ln, zo; /* act: an ACT_* code */
 } options_state;
 
-/* The reductions over a row (means over H) run on 8 partial sums, which the compiler keeps in
- * one vector register: a single running sum would chain every addition on the one before (no
- * SIMD without -ffast-math), the slowest loop of the step at H = 640. */
-#define DEFINE_OPTIONS(SUFFIX, REAL, TANH)                                                         \
+#define DEFINE_OPTIONS(SUFFIX, REAL, TANH, SIGMOID)                                               \
+/* f(x) and f'(x) for the code `act` (a constant at each call once inlined: one loop per code).  \
+ * gelu in double for both REALs (erf_d), rounded once. */                                        \
+static inline __attribute__((always_inline)) REAL act_f_##SUFFIX(REAL x, int act) {              \
+    switch (act) {                                                                                 \
+    case ACT_TANH: return TANH(x);                                                                 \
+    case ACT_RELU: return x < 0 ? 0 : x; /* as torch's: NaN passes through */                      \
+    case ACT_SIGMOID: return SIGMOID(x);                                                           \
+    case ACT_SOFTSIGN: return x / (1 + (x < 0 ? -x : x));                                          \
+    case ACT_LEAKY_RELU: return x > 0 ? x : x * (REAL)LEAKY_SLOPE;                                 \
+    case ACT_SILU: return x * SIGMOID(x);                                                           \
+    default: { /* ACT_GELU: x ½ (1 + erf(x/√2)) */                                                 \
+        double xd = x;                                                                             \
+        REAL h = (REAL)(xd * 0.5 * (1.0 + erf_d(xd * 0.70710678118654752440)));                    \
+        /* float32 gelu(+inf) is NaN in torch's vectorised kernel (the PyTorch loop's): so here */ \
+        return sizeof(REAL) == sizeof(float) && x > (REAL)3.4e38 ? x - x : h;                      \
+    }                                                                                              \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+static inline __attribute__((always_inline)) REAL act_fprime_##SUFFIX(REAL x, int act) {         \
+    switch (act) {                                                                                 \
+    case ACT_TANH: { REAL h = TANH(x); return 1 - h * h; }                                         \
+    case ACT_RELU: return (REAL)(x > 0);                                                           \
+    case ACT_SIGMOID: { REAL h = SIGMOID(x); return h * (1 - h); }                                 \
+    case ACT_SOFTSIGN: {                                                                           \
+        REAL h = x / (1 + (x < 0 ? -x : x));                                                       \
+        REAL c = 1 - (h < 0 ? -h : h);                                                             \
+        return c * c;                                                                              \
+    }                                                                                              \
+    case ACT_LEAKY_RELU: return x > 0 ? (REAL)1 : (REAL)LEAKY_SLOPE;                               \
+    case ACT_SILU: { REAL sg = SIGMOID(x); return sg * (1 + x * (1 - sg)); }                       \
+    default: { /* ACT_GELU: Φ(x) + x φ(x) */                                                       \
+        double xd = x;                                                                             \
+        double cdf = 0.5 * (1.0 + erf_d(xd * 0.70710678118654752440));                            \
+        double pdf = exp_neg_d(-0.5 * xd * xd) * 0.39894228040143267794; /* 1/√(2π) */            \
+        return (REAL)(cdf + xd * pdf);                                                             \
+    }                                                                                              \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+/* The reductions over a row (means over H) run on 8 partial sums, which the compiler keeps in     \
+ * one vector register: a single running sum would chain every addition on the one before (no      \
+ * SIMD without -ffast-math), the slowest loop of the step at H = 640. */                          \
 /* Σ_j (x_j − c)(y_j − c'), with y = NULL meaning x − c itself (a sum of squares) and c = c' = 0 \
  * giving a plain Σ x_j or Σ x_j y_j. */                                                            \
 static inline REAL row_sum_##SUFFIX(const REAL *restrict x, REAL c, const REAL *restrict y,       \
@@ -52,18 +226,16 @@ static inline REAL row_sum_##SUFFIX(const REAL *restrict x, REAL c, const REAL *
     return sum;                                                                                    \
 }                                                                                                  \
                                                                                                    \
-/* The LN backward's elementwise pass over a row (`relu` a constant at each call: one loop each,  \
+/* The LN backward's elementwise pass over a row (`act` a constant at each call: one loop each,   \
  * no branch inside, vectorised; the buffers never overlap, hence restrict):                     \
  * n̂ = (a − μ) rstd, â = γ ⊙ n̂ + β, dâ = dh̃ ⊙ f'(â), the row's dγ, dβ shares; d <- g = γ ⊙ dâ. */ \
 static inline __attribute__((always_inline)) void ln_backward_row_##SUFFIX(                       \
     int H, const REAL *restrict a, const REAL *restrict gamma, const REAL *restrict beta, REAL mu,  \
-    REAL rstd, REAL *restrict d, REAL *restrict dextra, int relu) {                                \
+    REAL rstd, REAL *restrict d, REAL *restrict dextra, int act) {                                 \
     for (int j = 0; j < H; j++) {                                                                  \
         REAL n_hat = (a[j] - mu) * rstd;                                                           \
         REAL a_hat = gamma[j] * n_hat + beta[j];                                                   \
-        REAL h = relu ? 0 : TANH(a_hat);                                                           \
-        REAL fprime = relu ? (REAL)(a_hat > 0) : 1 - h * h; /* f'(â) */                            \
-        REAL da_hat = d[j] * fprime;                                                               \
+        REAL da_hat = d[j] * act_fprime_##SUFFIX(a_hat, act); /* dh̃ ⊙ f'(â) */                      \
         dextra[j] = da_hat * n_hat;                                                                \
         dextra[H + j] = da_hat;                                                                    \
         d[j] = gamma[j] * da_hat;                                                                  \
@@ -80,14 +252,16 @@ static inline __attribute__((always_inline)) void zo_backward_row_##SUFFIX(     
     }                                                                                              \
 }                                                                                                  \
                                                                                                    \
-/* Without layer norm (â = a): da = dh̃ ⊙ f'(a), f' = 1 − f(a)² or relu's [a > 0] as a 0/1 factor \
- * (the Python twin's: f'(â) is a float tensor there), over d in place. */                         \
+/* h̃ = f(â) over a row in place (`act` a constant at each call). */                               \
+static inline __attribute__((always_inline)) void f_row_##SUFFIX(REAL *restrict a, int H, int act) {\
+    for (int j = 0; j < H; j++) a[j] = act_f_##SUFFIX(a[j], act);                                  \
+}                                                                                                  \
+                                                                                                   \
+/* Without layer norm (â = a): da = dh̃ ⊙ f'(a) (relu's [a > 0] as a 0/1 factor, the Python twin's: \
+ * f'(â) is a float tensor there), over d in place. */                                             \
 static inline __attribute__((always_inline)) void fprime_row_##SUFFIX(                            \
-    int H, const REAL *restrict a, REAL *restrict d, int relu) {                                   \
-    for (int j = 0; j < H; j++) {                                                                  \
-        REAL h = relu ? 0 : TANH(a[j]);                                                            \
-        d[j] = d[j] * (relu ? (REAL)(a[j] > 0) : 1 - h * h);                                       \
-    }                                                                                              \
+    int H, const REAL *restrict a, REAL *restrict d, int act) {                                    \
+    for (int j = 0; j < H; j++) d[j] = d[j] * act_fprime_##SUFFIX(a[j], act);                      \
 }                                                                                                  \
                                                                                                    \
 /* The last pass: da = (g − mean(g) − n̂ ⊙ mean(g ⊙ n̂)) ⊙ rstd, over d = g in place. */           \
@@ -122,10 +296,7 @@ static void options_forward_##SUFFIX(const void *state, const forward_step_##SUF
             REAL rstd = (REAL)rsqrt_d((double)(var + (REAL)OPTIONS_EPS)); /* 1 / √(σ² + ε) */      \
             for (int j = 0; j < H; j++) a[j] = gamma[j] * ((a[j] - mu) * rstd) + beta[j]; /* â */ \
         }                                                                                          \
-        if (cell->relu) /* h̃ = f(â); relu as torch's: NaN passes through */                        \
-            for (int j = 0; j < H; j++) a[j] = a[j] < 0 ? 0 : a[j];                                \
-        else                                                                                       \
-            for (int j = 0; j < H; j++) a[j] = TANH(a[j]);                                         \
+        BY_ACT(cell->act, f_row_##SUFFIX, a, H); /* h̃ = f(â) */                                   \
         if (cell->zo) { /* h_t = z ⊙ h_{t-1} + (1 − z) ⊙ h̃_t */                                    \
             const REAL *z = (const REAL *)cell->z + (s->first + r) * H;                            \
             const REAL *h_prev = r < s->carried ? s->h_prev + (int64_t)r * s->ld_prev              \
@@ -153,20 +324,14 @@ static const REAL *options_backward_##SUFFIX(const void *state, const backward_s
                 zo_backward_row_##SUFFIX(H, z, d, s->dh0 + (int64_t)r * H, 0);                     \
         }                                                                                          \
         if (!cell->ln) { /* â = a: da = dh̃ ⊙ f'(a) */                                              \
-            if (cell->relu)                                                                        \
-                fprime_row_##SUFFIX(H, a, d, 1);                                                   \
-            else                                                                                   \
-                fprime_row_##SUFFIX(H, a, d, 0);                                                   \
+            BY_ACT(cell->act, fprime_row_##SUFFIX, H, a, d);                                       \
             continue;                                                                              \
         }                                                                                          \
         REAL mu = row_mean_##SUFFIX(a, H); /* μ */                                                 \
         REAL var = row_sum_##SUFFIX(a, mu, NULL, 0, H) / H; /* σ² */                               \
         REAL rstd = (REAL)rsqrt_d((double)(var + (REAL)OPTIONS_EPS)); /* 1 / √(σ² + ε) */          \
         REAL *dextra = (REAL *)cell->dextra + (s->first + r) * 2 * H;                              \
-        if (cell->relu)                                                                            \
-            ln_backward_row_##SUFFIX(H, a, gamma, beta, mu, rstd, d, dextra, 1);                   \
-        else                                                                                       \
-            ln_backward_row_##SUFFIX(H, a, gamma, beta, mu, rstd, d, dextra, 0);                   \
+        BY_ACT(cell->act, ln_backward_row_##SUFFIX, H, a, gamma, beta, mu, rstd, d, dextra);       \
         REAL mean_g = row_mean_##SUFFIX(d, H);                                  /* mean(g) */      \
         REAL mean_gn = row_sum_##SUFFIX(d, 0, a, mu, H) * rstd / H;             /* mean(g ⊙ n̂) */  \
         ln_backward_final_##SUFFIX(H, a, mu, rstd, mean_g, mean_gn, d); /* da */                   \
@@ -183,16 +348,17 @@ int scratchrnn_options_forward_##SUFFIX(                                        
     int64_t ld_out, const REAL *h0, int64_t h0_len, const REAL *W_hh, int64_t W_hh_len,            \
     const REAL *bias, int64_t bias_len, const REAL *gamma, int64_t gamma_len, const REAL *beta,    \
     int64_t beta_len, const REAL *z, int64_t z_len, REAL *h_n, int64_t h_n_len, int reverse,       \
-    int relu) {                                                                                    \
+    int act) {                                                                                     \
     int64_t rows = checked_rows(T, sizes, offsets);                                                \
     if (rows < 0 || !good_width(H, 1, ld_out, H)) return STEPS_BAD_SIZES;                          \
+    if (act < 0 || act >= ACT_COUNT) return STEPS_BAD_ACTIVATION;                                  \
     int64_t N = sizes[0];                                                                          \
     if (!holds(out, out_len, rows, H, ld_out) || !holds(h0, h0_len, N, H, H)                       \
         || !holds(h_n, h_n_len, N, H, H) || !W_hh || W_hh_len != H * H || (bias && bias_len != H)  \
         || (!gamma != !beta) || (gamma && (gamma_len != H || beta_len != H))                       \
         || (z && !holds(z, z_len, rows, H, H)))                                                    \
         return STEPS_BAD_BUFFER;                                                                   \
-    options_state state = {bias, gamma, beta, z, NULL, NULL, relu, gamma != NULL, z != NULL};        \
+    options_state state = {bias, gamma, beta, z, NULL, NULL, act, gamma != NULL, z != NULL};         \
     cell_##SUFFIX cell = {1, 1, 0, options_forward_##SUFFIX, options_backward_##SUFFIX, &state};   \
     return forward_loop_##SUFFIX(&cell, (int)T, sizes, offsets, (int)H, out, (int)ld_out, h0, W_hh, \
                                  h_n, reverse);                                                    \
@@ -208,9 +374,10 @@ int scratchrnn_options_backward_##SUFFIX(                                       
     const REAL *out, int64_t out_len, int64_t ld_out, const REAL *W_hh, int64_t W_hh_len,          \
     const REAL *a, int64_t a_len, const REAL *gamma, int64_t gamma_len, const REAL *beta,          \
     int64_t beta_len, const REAL *z, int64_t z_len, REAL *dextra, int64_t dextra_len, REAL *dh0,   \
-    int64_t dh0_len, int reverse, int relu) {                                                      \
+    int64_t dh0_len, int reverse, int act) {                                                       \
     int64_t rows = checked_rows(T, sizes, offsets);                                                \
     if (rows < 0 || !good_width(H, 2, ld_out, H)) return STEPS_BAD_SIZES;                          \
+    if (act < 0 || act >= ACT_COUNT) return STEPS_BAD_ACTIVATION;                                  \
     int64_t N = sizes[0];                                                                          \
     if (!holds(dh, dh_len, rows, H, H) || !holds(out, out_len, rows, H, ld_out)                    \
         || !holds(a, a_len, rows, H, H) || !holds(dh0, dh0_len, N, H, H) || !W_hh                  \
@@ -218,11 +385,27 @@ int scratchrnn_options_backward_##SUFFIX(                                       
         || (gamma && (gamma_len != H || beta_len != H || !holds(dextra, dextra_len, rows, 2 * H, 2 * H))) \
         || (z && !holds(z, z_len, rows, H, H)))                                                    \
         return STEPS_BAD_BUFFER;                                                                   \
-    options_state state = {NULL, gamma, beta, z, a, dextra, relu, gamma != NULL, z != NULL};       \
+    options_state state = {NULL, gamma, beta, z, a, dextra, act, gamma != NULL, z != NULL};        \
     cell_##SUFFIX cell = {1, 1, z != NULL, options_forward_##SUFFIX, options_backward_##SUFFIX, &state}; \
     return backward_loop_##SUFFIX(&cell, (int)T, sizes, offsets, (int)H, dh, out, (int)ld_out, NULL, \
                                   W_hh, dh0, reverse);                                             \
 }
 
-DEFINE_OPTIONS(f32, float, tanh_f)
-DEFINE_OPTIONS(f64, double, tanh_d)
+/* The array forms, for the tests (the loops call the inline forms): erf, and f or f' (`prime`) of
+ * the nonlinearity `act` in place. */
+void scratchrnn_erf_f64(int64_t n, double *a) {
+    for (int64_t i = 0; i < n; i++) a[i] = erf_d(a[i]);
+}
+
+DEFINE_OPTIONS(f32, float, tanh_f, sigmoid_f)
+DEFINE_OPTIONS(f64, double, tanh_d, sigmoid_d)
+
+void scratchrnn_activation_f32(int64_t n, float *a, int act, int prime) {
+    if (act < 0 || act >= ACT_COUNT) return;
+    for (int64_t i = 0; i < n; i++) a[i] = prime ? act_fprime_f32(a[i], act) : act_f_f32(a[i], act);
+}
+
+void scratchrnn_activation_f64(int64_t n, double *a, int act, int prime) {
+    if (act < 0 || act >= ACT_COUNT) return;
+    for (int64_t i = 0; i < n; i++) a[i] = prime ? act_fprime_f64(a[i], act) : act_f_f64(a[i], act);
+}
