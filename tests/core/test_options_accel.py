@@ -134,7 +134,7 @@ def test_eval_and_the_disabled_loop_and_other_cases(calls):
         m(torch.randn(3, 2, D))
     finally:
         accel.set_enabled(True)
-    own = scratchrnn.Activation(torch.sin, torch.cos)
+    own = scratchrnn.Activation(torch.sin, torch.cos, name="sin_of_test_options_accel")  # a name of its own
     for options in ({"layer_norm": True, "nonlinearity": own}, {"nonlinearity": own}, {}):  # {}: elman.c
         _model(options, {}, torch.float32)(torch.randn(3, 2, D))
     _model({"layer_norm": True}, {}, torch.bfloat16)(torch.randn(3, 2, D, dtype=torch.bfloat16))
@@ -328,6 +328,11 @@ def test_erf_against_torch():
     assert rel.max() <= 1e-15, (rel.max(), x[finite & (ref != 0)][rel.argmax()])
     assert torch.equal(ours[ref == 0].signbit(), ref[ref == 0].signbit())
     assert ours[x.abs() >= 6].abs().eq(1).all()
+    x32 = _grid(torch.float32)  # erf_f, float32's own: a few ulp from the correctly rounded erf
+    ours32, ref32 = _array("erf", x32), torch.erf(x32.double())
+    _same_specials(ours32, ref32)
+    torch.testing.assert_close(ours32.double(), ref32, rtol=4e-7, atol=1e-37, equal_nan=True)
+    assert ours32[x32.abs() >= 4].abs().eq(1).all()
 
 
 _TORCH_F = {"sigmoid": torch.sigmoid, "softsign": F.softsign, "leaky_relu": F.leaky_relu, "silu": F.silu,

@@ -33,9 +33,10 @@
  * erf is our own (erf_d below; the library links no libm), e^y our own too (exp_neg_d, y <= 0):
  *   erf_d:     |x| < 2.5:  erf x = (2/√π) x e^(−x²) Σ_n 2ⁿ x²ⁿ / (2n+1)!!   (all terms positive)
  *              |x| ≥ 2.5:  erf x = 1 − e^(−x²) / (√π K(x)),  K(x) = x + ½/(x + 1/(x + (3/2)/(x + …)))
+ *                          (K by its convergents P_n / Q_n, depth 28)
  *   exp_neg_d: e^y = 2^k (expm1(r) + 1),  y = k ln2 + r,  |r| ≤ ln2 / 2
- * float32 computes gelu and its f' in double (erf_d) and rounds (gelu(+inf) = NaN there, as torch's
- * float kernel gives); its other f are float ones. */
+ * float32 has its own erf_f, exp_neg_f (the same forms in float, fewer terms, a few ulp); its gelu
+ * gives NaN at +inf, as torch's float kernel does. */
 
 #define OPTIONS_EPS 1e-5
 
@@ -147,13 +148,112 @@ static inline double erf_d(double x) {
     double e = exp_minus_square_d(ax);
     double xs = ax < ERF_SPLIT ? ax : ERF_SPLIT, s2 = xs * xs; /* the series */
     double sum = erf_series[ERF_TERMS - 1];
+#pragma GCC unroll 64 /* unrolled, the loops over a row vectorise (SIMD across the elements) */
     for (int n = ERF_TERMS - 2; n >= 0; n--) sum = sum * s2 + erf_series[n];
     double series = 1.1283791670955126 * xs * sum; /* × e below; 2/√π */
     double xc = ax < ERF_SPLIT ? ERF_SPLIT : ax; /* the continued fraction */
-    double k = xc;
-    for (int n = ERF_CF_DEPTH; n >= 1; n--) k = xc + (0.5 * n) / k;
-    double cf = 1.0 - e * (0.5641895835477563 / k); /* 1/√π */
+    /* K(x) = P/Q by the convergents' forward recurrence (no division but the last):
+     * P_n = x P_{n−1} + (n/2) P_{n−2}, the same for Q; P_{−1} = 1, P_0 = x, Q_{−1} = 0, Q_0 = 1
+     * (all terms positive: stable; x <= 6 and depth 28 keep P below 1e25). */
+    double p1 = xc, p2 = 1.0, q1 = 1.0, q2 = 0.0;
+#pragma GCC unroll 64
+    for (int n = 1; n <= ERF_CF_DEPTH; n++) {
+        double p = xc * p1 + (0.5 * n) * p2, q = xc * q1 + (0.5 * n) * q2;
+        p2 = p1, p1 = p, q2 = q1, q1 = q;
+    }
+    double cf = 1.0 - e * (0.5641895835477563 * q1 / p1); /* 1 − e^(−x²) / (√π K), 1/√π */
     return copysign(ax < ERF_SPLIT ? series * e : cf, x);
+}
+
+/* float32's erf, in float arithmetic (16 lanes where double has 8), to a few ulp: the same two
+ * forms as erf_d, split at |x| = 2 (20 terms of the series: 5e-9 relative; the continued fraction
+ * to depth 10: 1e-9 at x = 2), clamped at |x| = 4 (erf(4) rounds to 1 in float). */
+#define ERF_F_TERMS 20
+static const float erf_series_f[ERF_F_TERMS] = {
+    1.000000000e+00f,
+    6.666666667e-01f,
+    2.666666667e-01f,
+    7.619047619e-02f,
+    1.693121693e-02f,
+    3.078403078e-03f,
+    4.736004736e-04f,
+    6.314672981e-05f,
+    7.429027037e-06f,
+    7.820028460e-07f,
+    7.447646152e-08f,
+    6.476214045e-09f,
+    5.180971236e-10f,
+    3.837756471e-11f,
+    2.646728601e-12f,
+    1.707566839e-13f,
+    1.034888994e-14f,
+    5.913651392e-16f,
+    3.196568320e-17f,
+    1.639265805e-18f
+};
+
+/* e^y for y <= 0 in float, as sigmoid_f's e (−inf, and y < −160, give 0; NaN stays NaN). */
+static inline float exp_neg_f(float y) {
+    y = y < -160.0f ? -160.0f : y;
+    float t = y * 1.44269504f + 0x1.8p23f;
+    float k = t - 0x1.8p23f;
+    float r = (y - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
+    float p = r * (1.0f + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120
+            + r * (1.0f / 720 + r * (1.0f / 5040 + r * (1.0f / 40320))))))));
+    int32_t bits, bias_bits;
+    const float bias = 0x1.8p23f;
+    memcpy(&bits, &t, sizeof bits);
+    memcpy(&bias_bits, &bias, sizeof bias_bits);
+    int32_t ki = bits - bias_bits, k1 = ki / 2, k2 = ki - k1;
+    uint32_t b1 = (uint32_t)(k1 + 127) << 23, b2 = (uint32_t)(k2 + 127) << 23;
+    float scale1, scale2;
+    memcpy(&scale1, &b1, sizeof scale1);
+    memcpy(&scale2, &b2, sizeof scale2);
+    return (scale1 * p + scale1) * scale2;
+}
+
+static inline float erf_f(float x) {
+    float ax = x < 0 ? -x : x;
+    ax = ax > 4.0f ? 4.0f : ax; /* NaN stays NaN */
+    uint32_t bits; /* e^(−x²) as in exp_minus_square_d: xh = x with 12 low mantissa bits cleared */
+    memcpy(&bits, &ax, sizeof bits);
+    bits &= 0xFFFFF000u;
+    float xh;
+    memcpy(&xh, &bits, sizeof xh);
+    float delta = (ax - xh) * (ax + xh);
+    float e = exp_neg_f(-(xh * xh)) * (1.0f - delta + 0.5f * delta * delta);
+    float xs = ax < 2.0f ? ax : 2.0f, s2 = xs * xs;
+    float sum = erf_series_f[ERF_F_TERMS - 1];
+#pragma GCC unroll 32
+    for (int n = ERF_F_TERMS - 2; n >= 0; n--) sum = sum * s2 + erf_series_f[n];
+    float xc = ax < 2.0f ? 2.0f : ax;
+    float p1 = xc, p2 = 1.0f, q1 = 1.0f, q2 = 0.0f;
+#pragma GCC unroll 16
+    for (int n = 1; n <= 10; n++) {
+        float p = xc * p1 + (0.5f * n) * p2, q = xc * q1 + (0.5f * n) * q2;
+        p2 = p1, p1 = p, q2 = q1, q1 = q;
+    }
+    float cf = 1.0f - e * (0.56418958f * q1 / p1);
+    return copysignf(ax < 2.0f ? 1.12837917f * xs * sum * e : cf, x);
+}
+
+/* gelu and its f', x = â: f = x ½ (1 + erf(x/√2)), f' = Φ(x) + x φ(x). */
+static inline double gelu_d(double x) { return x * 0.5 * (1.0 + erf_d(x * 0.70710678118654752440)); }
+
+static inline double gelu_prime_d(double x) {
+    double cdf = 0.5 * (1.0 + erf_d(x * 0.70710678118654752440));
+    return cdf + x * (exp_neg_d(-0.5 * x * x) * 0.39894228040143267794); /* φ: 1/√(2π) */
+}
+
+/* float32 gelu(+inf) is NaN in torch's vectorised kernel (the PyTorch loop's): so here. */
+static inline float gelu_f(float x) {
+    float h = x * 0.5f * (1.0f + erf_f(x * 0.70710678f));
+    return x > 3.4e38f ? x - x : h;
+}
+
+static inline float gelu_prime_f(float x) {
+    float cdf = 0.5f * (1.0f + erf_f(x * 0.70710678f));
+    return cdf + x * (exp_neg_f(-0.5f * x * x) * 0.39894228f);
 }
 
 typedef struct {
@@ -164,9 +264,8 @@ typedef struct {
     int act, ln, zo; /* act: an ACT_* code */
 } options_state;
 
-#define DEFINE_OPTIONS(SUFFIX, REAL, TANH, SIGMOID)                                               \
-/* f(x) and f'(x) for the code `act` (a constant at each call once inlined: one loop per code).  \
- * gelu in double for both REALs (erf_d), rounded once. */                                        \
+#define DEFINE_OPTIONS(SUFFIX, REAL, TANH, SIGMOID, GELU, GELU_PRIME)                             \
+/* f(x) and f'(x) for the code `act` (a constant at each call once inlined: one loop per code). */\
 static inline __attribute__((always_inline)) REAL act_f_##SUFFIX(REAL x, int act) {              \
     switch (act) {                                                                                 \
     case ACT_TANH: return TANH(x);                                                                 \
@@ -175,12 +274,7 @@ static inline __attribute__((always_inline)) REAL act_f_##SUFFIX(REAL x, int act
     case ACT_SOFTSIGN: return x / (1 + (x < 0 ? -x : x));                                          \
     case ACT_LEAKY_RELU: return x > 0 ? x : x * (REAL)LEAKY_SLOPE;                                 \
     case ACT_SILU: return x * SIGMOID(x);                                                           \
-    default: { /* ACT_GELU: x ½ (1 + erf(x/√2)) */                                                 \
-        double xd = x;                                                                             \
-        REAL h = (REAL)(xd * 0.5 * (1.0 + erf_d(xd * 0.70710678118654752440)));                    \
-        /* float32 gelu(+inf) is NaN in torch's vectorised kernel (the PyTorch loop's): so here */ \
-        return sizeof(REAL) == sizeof(float) && x > (REAL)3.4e38 ? x - x : h;                      \
-    }                                                                                              \
+    default: return GELU(x); /* ACT_GELU */                                                        \
     }                                                                                              \
 }                                                                                                  \
                                                                                                    \
@@ -196,12 +290,7 @@ static inline __attribute__((always_inline)) REAL act_fprime_##SUFFIX(REAL x, in
     }                                                                                              \
     case ACT_LEAKY_RELU: return x > 0 ? (REAL)1 : (REAL)LEAKY_SLOPE;                               \
     case ACT_SILU: { REAL sg = SIGMOID(x); return sg * (1 + x * (1 - sg)); }                       \
-    default: { /* ACT_GELU: Φ(x) + x φ(x) */                                                       \
-        double xd = x;                                                                             \
-        double cdf = 0.5 * (1.0 + erf_d(xd * 0.70710678118654752440));                            \
-        double pdf = exp_neg_d(-0.5 * xd * xd) * 0.39894228040143267794; /* 1/√(2π) */            \
-        return (REAL)(cdf + xd * pdf);                                                             \
-    }                                                                                              \
+    default: return GELU_PRIME(x); /* ACT_GELU */                                                  \
     }                                                                                              \
 }                                                                                                  \
                                                                                                    \
@@ -397,8 +486,12 @@ void scratchrnn_erf_f64(int64_t n, double *a) {
     for (int64_t i = 0; i < n; i++) a[i] = erf_d(a[i]);
 }
 
-DEFINE_OPTIONS(f32, float, tanh_f, sigmoid_f)
-DEFINE_OPTIONS(f64, double, tanh_d, sigmoid_d)
+void scratchrnn_erf_f32(int64_t n, float *a) {
+    for (int64_t i = 0; i < n; i++) a[i] = erf_f(a[i]);
+}
+
+DEFINE_OPTIONS(f32, float, tanh_f, sigmoid_f, gelu_f, gelu_prime_f)
+DEFINE_OPTIONS(f64, double, tanh_d, sigmoid_d, gelu_d, gelu_prime_d)
 
 void scratchrnn_activation_f32(int64_t n, float *a, int act, int prime) {
     if (act < 0 || act >= ACT_COUNT) return;
