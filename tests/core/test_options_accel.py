@@ -1,5 +1,6 @@
-"""The cell options in the C loop (cells/options.c): layer norm and zoneout on the Elman cell, tanh
-and relu, against the PyTorch loop of the same cell (the reference of test_options.py).
+"""The cell options in the C loop (cells/options.c): layer norm and zoneout on the Elman cell, and
+every built-in nonlinearity (the ones other than tanh and relu with or without options), against
+the PyTorch loop of the same cell (the reference of test_options.py); its own erf and f, f'.
 
 The C loop must really run where ``accel_ready`` says so (a test fails if the options cell falls
 back to the PyTorch loop silently), agree with the PyTorch loop to 1e-12 in float64 and to float32
@@ -10,8 +11,12 @@ and in C.
 
 from __future__ import annotations
 
+import ctypes
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import scratchrnn
@@ -25,6 +30,10 @@ C_OPTIONS = [{"layer_norm": True}, {"zoneout": 0.3}, {"layer_norm": True, "zoneo
              {"layer_norm": True, "nonlinearity": "relu"}, {"zoneout": 0.3, "nonlinearity": "relu"},
              {"layer_norm": True, "zoneout": 0.3, "nonlinearity": "relu"},
              {"layer_norm": True, "weight_drop": 0.4}]
+OTHERS = ["sigmoid", "softsign", "leaky_relu", "silu", "gelu"]  # the built-ins beside tanh and relu
+ACT_OPTIONS = [{"nonlinearity": f, **o} for f in OTHERS
+               for o in ({}, {"layer_norm": True}, {"zoneout": 0.3}, {"layer_norm": True, "zoneout": 0.3})]
+C_OPTIONS += ACT_OPTIONS
 CASES = {  # module kwargs, lengths (packed) or None
     "L1": ({}, None),
     "L2-bi-dropout": ({"num_layers": 2, "bidirectional": True, "dropout": 0.3}, None),
@@ -125,7 +134,9 @@ def test_eval_and_the_disabled_loop_and_other_cases(calls):
         m(torch.randn(3, 2, D))
     finally:
         accel.set_enabled(True)
-    _model({"layer_norm": True, "nonlinearity": "gelu"}, {}, torch.float32)(torch.randn(3, 2, D))
+    own = scratchrnn.Activation(torch.sin, torch.cos, name="sin_of_test_options_accel")  # a name of its own
+    for options in ({"layer_norm": True, "nonlinearity": own}, {"nonlinearity": own}, {}):  # {}: elman.c
+        _model(options, {}, torch.float32)(torch.randn(3, 2, D))
     _model({"layer_norm": True}, {}, torch.bfloat16)(torch.randn(3, 2, D, dtype=torch.bfloat16))
     assert calls["forward"] == 1
     rd = _model({"layer_norm": True, "recurrent_dropout": 0.3}, {}, torch.float32, training=False)
@@ -153,7 +164,7 @@ def test_c_loop_equals_the_pytorch_loop_in_eval(options, calls):
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
-@pytest.mark.parametrize("options", C_OPTIONS[:4], ids=_id)
+@pytest.mark.parametrize("options", C_OPTIONS[:4] + [o for o in ACT_OPTIONS if len(o) < 3], ids=_id)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_nan_and_inf_propagate_as_in_the_pytorch_loop(options, value, dtype, calls):
     """One NaN or inf in the input: NaN and ±inf in the same places in every result, the same
@@ -170,7 +181,9 @@ def test_nan_and_inf_propagate_as_in_the_pytorch_loop(options, value, dtype, cal
 
 
 @pytest.mark.parametrize("options", [{"layer_norm": True}, {"zoneout": 0.3},
-                                     {"layer_norm": True, "zoneout": 0.3, "nonlinearity": "relu"}], ids=_id)
+                                     {"layer_norm": True, "zoneout": 0.3, "nonlinearity": "relu"},
+                                     {"nonlinearity": "gelu"}, {"zoneout": 0.3, "nonlinearity": "silu"}],
+                         ids=_id)
 def test_rnncell_with_options_runs_c_and_equals_the_pytorch_loop(options, calls):
     results = []
     for enabled in (True, False):
@@ -220,6 +233,9 @@ def test_the_door_refuses_what_the_c_loop_cannot_read():
         forward(z=torch.rand(H, 6, dtype=torch.float64).t())
     with pytest.raises(RuntimeError, match=r"dtype torch\.float64, got torch\.float32"):
         forward(z=b["z"].float())
+    with pytest.raises(ValueError, match=r"nonlinearities are .* got 'sin'"):
+        accel.options_forward_steps(b["out"], b["h0"], b["W_hh"], None, None, None, None, b["sizes"],
+                                    b["h_n"], "sin", False)
     F64 = torch.float64
     dh, a, dh0 = torch.randn(6, H, dtype=F64), torch.randn(6, H, dtype=F64), torch.empty(2, H, dtype=F64)
     dextra = torch.empty(6, 2 * H, dtype=F64)
@@ -266,6 +282,82 @@ def test_the_c_entry_points_refuse_inconsistent_sizes():
     assert bwd(*head, *buf(a), *ln, *buf(b["z"]), dextra.data_ptr(), rows * 2 * H - 1, *buf(dh0), 0, 0) == 2
     assert bwd(*head, a.data_ptr(), rows * H - 1, *ln, *buf(b["z"]), *buf(dextra), *buf(dh0), 0, 0) == 2
     assert bwd(*head, *buf(a), *ln, *buf(b["z"]), *buf(dextra), dh0.data_ptr(), 2 * H - 1, 0, 0) == 2
+    assert fwd(*args, *buf(b["gamma"]), *buf(b["beta"]), *buf(b["z"]), *buf(b["h_n"]), 0, 7) == 4  # no act 7
+    assert bwd(*head, *buf(a), *ln, *buf(b["z"]), *buf(dextra), *buf(dh0), 0, -1) == 4
     shifted = offsets + 1  # offsets that are not the running sum (kept alive while C reads it)
     bad_steps = (3, sizes.data_ptr(), shifted.data_ptr(), H)
     assert bwd(*bad_steps, *head[4:], *buf(a), *ln, *buf(b["z"]), *buf(dextra), *buf(dh0), 0, 0) == 1
+
+
+# ----- the nonlinearities' own math (erf, f and f') ------------------------------------------
+
+
+def _grid(dtype):
+    big = 1e300 if dtype == torch.float64 else 1e30
+    grid = torch.cat([
+        torch.linspace(-12, 12, 200_001, dtype=torch.float64),
+        torch.logspace(-30, 3, 20_001, dtype=torch.float64),
+        -torch.logspace(-30, 3, 20_001, dtype=torch.float64),
+        torch.tensor([0.0, -0.0, 1e-300, 5e-324, 2.4999999999999996, 2.5, 5.9, 6.0, 27.0, 1e10],
+                     dtype=torch.float64),
+    ]).to(dtype)
+    return torch.cat([grid, torch.tensor([big, -big, math.nan, math.inf, -math.inf], dtype=dtype)])
+
+
+def _array(name, x, *flags):
+    y = x.clone()
+    getattr(accel._library(), f"scratchrnn_{name}_{accel._suffix(x)}")(
+        ctypes.c_int64(y.numel()), ctypes.c_void_p(y.data_ptr()), *map(ctypes.c_int, flags))
+    return y
+
+
+def _same_specials(ours, ref):
+    for pattern in (torch.isnan, torch.isposinf, torch.isneginf):
+        assert torch.equal(pattern(ours), pattern(ref))
+
+
+def test_erf_against_torch():
+    """erf_d (cells/options.c) within 1e-15 relative of torch.erf over a wide range (the
+    series/continued-fraction split at |x| = 2.5 included), ±1 for large |x| and ±inf, NaN for NaN,
+    ±0 for ±0."""
+    x = _grid(torch.float64)
+    ours, ref = _array("erf", x), torch.erf(x)
+    _same_specials(ours, ref)
+    finite = torch.isfinite(ref)
+    rel = ((ours - ref).abs() / ref.abs().clamp_min(1e-300))[finite & (ref != 0)]
+    assert rel.max() <= 1e-15, (rel.max(), x[finite & (ref != 0)][rel.argmax()])
+    assert torch.equal(ours[ref == 0].signbit(), ref[ref == 0].signbit())
+    assert ours[x.abs() >= 6].abs().eq(1).all()
+    x32 = _grid(torch.float32)  # erf_f, float32's own: a few ulp from the correctly rounded erf
+    ours32, ref32 = _array("erf", x32), torch.erf(x32.double())
+    _same_specials(ours32, ref32)
+    torch.testing.assert_close(ours32.double(), ref32, rtol=4e-7, atol=1e-37, equal_nan=True)
+    assert ours32[x32.abs() >= 4].abs().eq(1).all()
+
+
+_TORCH_F = {"sigmoid": torch.sigmoid, "softsign": F.softsign, "leaky_relu": F.leaky_relu, "silu": F.silu,
+            "gelu": F.gelu, "tanh": torch.tanh, "relu": torch.relu}
+
+
+@pytest.mark.parametrize("name", [*OTHERS, "tanh", "relu"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_f_and_fprime_as_the_pytorch_loop(name, dtype):
+    """f and f' of each nonlinearity code against what the PyTorch loop computes (activations.py):
+    f against torch's function, f' against the built-in's fprime; NaN and ±inf in the same places."""
+    from scratchrnn.core.cells.activations import BUILT_IN
+
+    x = _grid(dtype)
+    code = accel.ACTIVATIONS.index(name)
+    # an absolute floor: 1 − h, h(1 − h), 1 + erf, Φ + xφ cancel (in torch as here) where they near 0
+    tol = {"rtol": 1e-14, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 4e-7, "atol": 4e-6}
+    f, ref_f = _array("activation", x, code, 0), _TORCH_F[name](x)
+    _same_specials(f, ref_f)
+    torch.testing.assert_close(f[ref_f.isfinite()], ref_f[ref_f.isfinite()], **tol)
+    act = BUILT_IN[name]
+    if name == "relu":  # relu's f' is a selection in the PyTorch loop (elman.times_fprime), not at NaN
+        x = x[~x.isnan()]
+        ref_f = torch.relu(x)
+    ref_fp = act.fprime(lambda: x, ref_f).to(dtype)
+    fp = _array("activation", x, code, 1)
+    _same_specials(fp, ref_fp)
+    torch.testing.assert_close(fp[ref_fp.isfinite()], ref_fp[ref_fp.isfinite()], **tol)

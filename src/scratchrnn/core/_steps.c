@@ -34,7 +34,8 @@ typedef void (*gemm_f64)(const char *, const char *, const int *, const int *, c
                          const int *, const double *, double *, const int *);
 
 /* What the entry points return; accel.py turns each into an exception. */
-enum { STEPS_OK = 0, STEPS_BAD_SIZES = 1, STEPS_BAD_BUFFER = 2, STEPS_NO_MEMORY = 3 };
+enum { STEPS_OK = 0, STEPS_BAD_SIZES = 1, STEPS_BAD_BUFFER = 2, STEPS_NO_MEMORY = 3,
+       STEPS_BAD_ACTIVATION = 4 /* cells/options.c: an unknown nonlinearity code */ };
 
 /* The checks of what the loops rely on, made again here whoever the caller (accel.py checks the
  * tensors first and says what is wrong; these only refuse). `sizes` (T entries) must be

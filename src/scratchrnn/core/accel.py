@@ -196,7 +196,9 @@ _SIGNATURES = {
                          _P, _I64, _P, _I64, _INT, _INT],
 }
 _STEPS_ERRORS = {1: "inconsistent step sizes or width", 2: "a buffer too small for the steps",
-                 3: "out of memory"}
+                 3: "out of memory", 4: "an unknown nonlinearity code"}
+# The nonlinearities of the options' entry points (cells/options.c), in the order of its ACT_* codes.
+ACTIVATIONS = ("tanh", "relu", "sigmoid", "softsign", "leaky_relu", "silu", "gelu")
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -209,7 +211,7 @@ def _declare(lib: ctypes.CDLL) -> None:
 def _passes_self_test(lib: ctypes.CDLL) -> bool:
     """A two-step forward of each cell through the library, float32 and float64, against the same
     in torch (the Elman cell with tanh, the GRU with its gates, the Elman cell with layer norm and
-    zoneout)."""
+    zoneout, the Elman cell with gelu through the options' loop)."""
     g = torch.Generator().manual_seed(0)
     T, N, H = 2, 2, 3
     sizes = torch.full((T,), N, dtype=torch.int64)
@@ -253,6 +255,16 @@ def _passes_self_test(lib: ctypes.CDLL) -> bool:
         rc = getattr(lib, f"scratchrnn_options_forward_{suffix}")(
             T, _ptr(sizes), _ptr(offsets), H, *_buf(a), H, *_buf(h0), *_buf(W_hh), None, 0, *_buf(gamma),
             *_buf(beta), *_buf(z), *_buf(h_n), 0, 0)
+        if rc != 0 or not (torch.allclose(a, expected, **tol) and torch.equal(h_n, a[-N:])):
+            return False
+        a = torch.randn(T * N, H, generator=g, dtype=dtype) * 3  # gelu (erf), no options
+        expected, h = a.clone(), h0
+        for t in range(T):
+            rows = slice(t * N, (t + 1) * N)
+            h = expected[rows] = torch.nn.functional.gelu(expected[rows].addmm_(h, W_hh.t()))
+        rc = getattr(lib, f"scratchrnn_options_forward_{suffix}")(
+            T, _ptr(sizes), _ptr(offsets), H, *_buf(a), H, *_buf(h0), *_buf(W_hh), None, 0, None, 0, None, 0,
+            None, 0, *_buf(h_n), 0, ACTIVATIONS.index("gelu"))
         if rc != 0 or not (torch.allclose(a, expected, **tol) and torch.equal(h_n, a[-N:])):
             return False
     return True
@@ -559,12 +571,23 @@ def gru_backward_recompute_steps(dh: Tensor, out: Tensor, h0: Tensor, W_hh: Tens
               int(reverse))
 
 
+def _activation_code(activation: str | bool) -> int:
+    """The ACT_* code of cells/options.c for a nonlinearity's name (a bool: relu or tanh)."""
+    if isinstance(activation, bool):
+        return int(activation)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"the C loops' nonlinearities are {', '.join(ACTIVATIONS)}, got {activation!r}")
+    return ACTIVATIONS.index(activation)
+
+
 def options_forward_steps(out: Tensor, h0: Tensor, W_hh: Tensor, bias: Tensor | None, gamma: Tensor | None,
                           beta: Tensor | None, z: Tensor | None, batch_sizes: Sequence[int], h_n: Tensor,
-                          relu: bool, reverse: bool) -> None:
+                          activation: str | bool, reverse: bool) -> None:
     """The Elman cell's step loop with layer norm and/or zoneout (cells/options.c): as
     :func:`forward_steps`, plus â = γ ⊙ n̂ + β before the nonlinearity (``gamma`` and ``beta``
     given together, or neither) and h_t = z ⊙ h_{t-1} + (1 − z) ⊙ h̃_t after it (``z`` given).
+    ``activation``: the nonlinearity's name, one of :data:`ACTIVATIONS` (or a bool: relu if True,
+    else tanh).
 
     out: (rows, H), unit column stride, holds x_t W_ihᵀ; h0, h_n: (N, H) contiguous; W_hh: (H, H);
     bias, gamma, beta: (H,) or None; z: (rows, H) contiguous or None.
@@ -579,19 +602,20 @@ def options_forward_steps(out: Tensor, h0: Tensor, W_hh: Tensor, bias: Tensor | 
                         ("zoneout mask", z, (rows, H), _CONTIGUOUS), ("h_n", h_n, (N, H), _CONTIGUOUS))
     if H > 0:  # H = 0: nothing to compute
         _call("options_forward", out, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args,
-              int(reverse), int(relu))
+              int(reverse), _activation_code(activation))
 
 
 def options_backward_steps(dh: Tensor, out: Tensor, W_hh: Tensor, a: Tensor, gamma: Tensor | None,
                            beta: Tensor | None, z: Tensor | None, dextra: Tensor | None,
-                           batch_sizes: Sequence[int], dh0: Tensor, relu: bool, reverse: bool) -> None:
+                           batch_sizes: Sequence[int], dh0: Tensor, activation: str | bool,
+                           reverse: bool) -> None:
     """The BPTT loop of :func:`options_forward_steps`: turns ``dh`` into da in place, fills dh0 and,
     with layer norm, ``dextra`` with each row's [dâ ⊙ n̂ | dâ] (dγ and dβ are their column sums).
 
     dh: (rows, H) contiguous; out: (rows, H), unit column stride; W_hh: (H, H); a: (rows, H)
     contiguous, a_t = x_t W_ihᵀ + b_ih + b_hh + h_{t-1} W_hhᵀ recomputed after the forward; gamma,
     beta: (H,) or None; z: (rows, H) contiguous or None; dextra: (rows, 2H) contiguous, given with
-    gamma and beta, else None; dh0: (N, H) contiguous.
+    gamma and beta, else None; dh0: (N, H) contiguous; activation: as in the forward.
     """
     sizes, offsets, N, rows = _steps(batch_sizes)
     H = _width(dh, "dh")
@@ -604,4 +628,4 @@ def options_backward_steps(dh: Tensor, out: Tensor, W_hh: Tensor, a: Tensor, gam
                         ("dextra", dextra, (rows, 2 * H), _CONTIGUOUS), ("dh0", dh0, (N, H), _CONTIGUOUS))
     if H > 0:  # H = 0: nothing to compute
         _call("options_backward", dh, len(sizes), sizes.data_ptr(), offsets.data_ptr(), H, *args,
-              int(reverse), int(relu))
+              int(reverse), _activation_code(activation))

@@ -1,6 +1,8 @@
 r"""The Elman cell, tanh or ReLU: ``rnn_tanh`` and ``rnn_relu`` (torch.nn.RNN's); also ``rnn_gelu``,
 ``rnn_silu``, ``rnn_softsign``, ``rnn_sigmoid``, ``rnn_leaky_relu`` and ``rnn_<name>`` for a user's
-:class:`~scratchrnn.core.cells.activations.Activation` (f and f' in that file; PyTorch loop only).
+:class:`~scratchrnn.core.cells.activations.Activation` (f and f' in that file). tanh and relu run
+the C loop of ``cells/elman.c``, the other built-ins that of ``cells/options.c`` (f' recomputed
+there from a_t), a user's Activation the PyTorch loop.
 
 Forward, one step (rows are batch elements, so weights act from the right):
 
@@ -56,7 +58,9 @@ class Elman(Cell):
                              f"{', '.join(map(repr, BUILT_IN))} or a scratchrnn.Activation.")
         self.nonlinearity = self.activation.name
         self.name = f"rnn_{self.nonlinearity}"
-        self._c = self.nonlinearity in ("tanh", "relu") and type(self.activation) is not Activation
+        built_in = self.activation is BUILT_IN.get(self.nonlinearity)
+        self._c = self.nonlinearity in ("tanh", "relu") and built_in  # cells/elman.c
+        self._c_options = built_in  # every built-in runs cells/options.c (with options, or the others)
 
     def pre_activation(self, x: Tensor, h_prev: Tensor, W_ih: Tensor, W_hh: Tensor,
                        b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
@@ -90,13 +94,24 @@ class Elman(Cell):
         return times_fprime(xp_dot_t + hp_dot_t, residuals_t)  # ḣ_t = f'(a_t) ⊙ (ẋp_t + ḣp_t)
 
     def accel_ready(self, *tensors):
-        return self._c and accel.available_for(*tensors)
+        # tanh and relu run cells/elman.c; the other built-ins cells/options.c without options; a
+        # user's Activation the PyTorch loop.
+        return self._c_options and accel.available_for(*tensors)
 
     def forward_accel(self, xp, h0, W_hh, b_ih, b_hh, batch_sizes, out, h_n, reverse, *aux):
         bias = None if b_ih is None else b_ih + b_hh
-        accel.forward_steps(out, h0, W_hh, bias, batch_sizes, h_n, self.nonlinearity == "relu", reverse)
+        if self._c:
+            accel.forward_steps(out, h0, W_hh, bias, batch_sizes, h_n, self.nonlinearity == "relu", reverse)
+        else:
+            accel.options_forward_steps(out, h0, W_hh, bias, None, None, None, batch_sizes, h_n,
+                                        self.nonlinearity, reverse)
 
     def backward_accel(self, dh, x, h0, h_prev, out, W_ih, W_hh, b_ih, b_hh, batch_sizes, dh0, reverse,
                        *aux):
-        accel.backward_steps(dh, out, W_hh, batch_sizes, dh0, self.nonlinearity == "relu", reverse)
+        if self._c:
+            accel.backward_steps(dh, out, W_hh, batch_sizes, dh0, self.nonlinearity == "relu", reverse)
+        else:  # f'(a_t) recomputed row by row in C from a_t (two GEMMs here, for all rows at once)
+            a = self.pre_activation(x, h_prev(), W_ih, W_hh, b_ih, b_hh)
+            accel.options_backward_steps(dh, out, W_hh, a, None, None, None, None, batch_sizes, dh0,
+                                         self.nonlinearity, reverse)
         return dh, dh  # dh turned into da in place

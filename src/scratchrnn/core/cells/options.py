@@ -26,11 +26,12 @@ hands each step its rows of them. What the backward reads per row: [f'(â), n̂,
 all recomputed from x and h_{t−1} after the forward (two GEMMs over all steps), nothing saved.
 
 The C loop (``cells/options.c`` through :mod:`~scratchrnn.core.accel`) runs layer norm and zoneout
-on the Elman cell with tanh or relu, where the plain cell's C loop would run (CPU, float32 or
-float64): the forward is the Elman cell's fused step (x W_ihᵀ in the output buffer, h_{t−1} W_hhᵀ
-added by the driver) with the normalisation and the blend per row; the backward gets a_t for all
+on the Elman cell with any built-in nonlinearity (tanh, relu, sigmoid, softsign, leaky_relu,
+silu, gelu; CPU, float32 or float64), and those but tanh and relu without options too: the forward
+is the Elman cell's fused step (x W_ihᵀ in the output buffer, h_{t−1} W_hhᵀ added by the driver)
+with the normalisation and the blend per row; the backward gets a_t for all
 rows (the same two GEMMs) and recomputes n̂, 1/s, â and f'(â) from it row by row in C. Recurrent
-dropout in training, zoneout on a GRU and the other nonlinearities run the PyTorch loop.
+dropout in training, zoneout on a GRU and a user's Activation run the PyTorch loop.
 """
 
 from __future__ import annotations
@@ -217,17 +218,17 @@ class Options(Cell):
             return h_dot_cand
         return z * h_dot_prev + (1 - z) * h_dot_cand  # ḣ_t = z ⊙ ḣ_{t−1} + (1 − z) ⊙ ḣ̃_t
 
-    # ----- the loop in C (cells/options.c): layer norm and zoneout on the Elman cell, tanh or relu
+    # ----- the loop in C (cells/options.c): layer norm and zoneout on the Elman cell, any built-in f
 
     def accel_ready(self, *tensors):
-        # Recurrent dropout (and a GRU base, or another nonlinearity) runs the PyTorch loop.
-        return self.elman and self.base._c and not self.rd and accel.available_for(*tensors)
+        # Recurrent dropout (and a GRU base, or a user's Activation) runs the PyTorch loop.
+        return self.elman and self.base._c_options and not self.rd and accel.available_for(*tensors)
 
     def forward_accel(self, xp, h0, W_hh, b_ih, b_hh, batch_sizes, out, h_n, reverse, *aux):
         gamma, beta, _, z = self._unpack(aux)  # out holds x W_ihᵀ (see project)
         bias = None if b_ih is None else b_ih + b_hh
         accel.options_forward_steps(out, h0, W_hh, bias, gamma, beta, None if z is None else z.contiguous(),
-                                    batch_sizes, h_n, self.base.nonlinearity == "relu", reverse)
+                                    batch_sizes, h_n, self.base.nonlinearity, reverse)
 
     def backward_accel(self, dh, x, h0, h_prev, out, W_ih, W_hh, b_ih, b_hh, batch_sizes, dh0, reverse,
                        *aux):
@@ -236,5 +237,5 @@ class Options(Cell):
         a = self.base.pre_activation(x, h_prev(), W_ih, W_hh, b_ih, b_hh)  # (rows, H)
         dextra = dh.new_empty(dh.shape[0], 2 * dh.shape[1]) if self.ln else None  # rows of [dγ | dβ]
         accel.options_backward_steps(dh, out, W_hh, a, gamma, beta, None if z is None else z.contiguous(),
-                                     dextra, batch_sizes, dh0, self.base.nonlinearity == "relu", reverse)
+                                     dextra, batch_sizes, dh0, self.base.nonlinearity, reverse)
         return (dh, dh) if dextra is None else (dh, dh, dextra)  # dh turned into da in place
