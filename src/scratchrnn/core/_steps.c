@@ -209,16 +209,13 @@ static inline float tanh_f(float x) {
     return copysignf(ax < 0.9f ? near_0 : far_from_0, x);
 }
 
-/* The logistic sigmoid, branch-free like tanh: σ(x) = 1 / (1 + e) for x >= 0 and e / (1 + e) for
- * x < 0, e = exp(−|x|) = 2^k (expm1(r) + 1) as in tanh_d / tanh_f, with 2^k applied as two
- * factors 2^k1 2^k2 so that e goes gradually into the subnormals and to 0 where exp does: σ(−inf)
- * is 0, as torch's, not a tiny number (r ⊙ hp_n in the GRU must be NaN where torch's is, when
- * hp_n is infinite). k comes out of t's bits by integer arithmetic (no float-to-int conversion,
- * which is undefined for NaN). NaN in, NaN out, as torch.sigmoid. */
-static inline double sigmoid_d(double x) {
-    double ax = x < 0 ? -x : x;
-    ax = ax > 1100.0 ? 1100.0 : ax; /* e = 0 from here on; NaN fails the comparison, stays NaN */
-    double y = -ax;
+/* e^y for y <= 0 (NaN stays NaN; y < −1100, −inf included, gives 0): 2^k (expm1(r) + 1) as in
+ * tanh_d, with 2^k applied as two factors 2^k1 2^k2 so that it goes gradually through the
+ * subnormals to 0 where exp does (a few ulp). k comes out of t's bits by integer arithmetic (no
+ * float-to-int conversion, which is undefined for NaN). The sigmoids' e, and silu's and gelu's
+ * (cells/options.c). */
+static inline double exp_neg_d(double y) {
+    y = y < -1100.0 ? -1100.0 : y; /* e^y = 0 from here on; NaN fails the comparison */
     double t = y * 1.4426950408889634 + 0x1.8p52; /* round(y / ln2) lands in t's low bits */
     double k = t - 0x1.8p52;
     double r = (y - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10;
@@ -235,15 +232,12 @@ static inline double sigmoid_d(double x) {
     double scale1, scale2;
     memcpy(&scale1, &b1, sizeof scale1);
     memcpy(&scale2, &b2, sizeof scale2);
-    double e = (scale1 * p + scale1) * scale2;
-    double s = 1.0 / (1.0 + e);
-    return x >= 0 ? s : e * s;
+    return (scale1 * p + scale1) * scale2;
 }
 
-static inline float sigmoid_f(float x) {
-    float ax = x < 0 ? -x : x;
-    ax = ax > 160.0f ? 160.0f : ax; /* e = 0 from here on */
-    float y = -ax;
+/* e^y for y <= 0 in float, as exp_neg_d (−inf, and y < −160, give 0; NaN stays NaN). */
+static inline float exp_neg_f(float y) {
+    y = y < -160.0f ? -160.0f : y;
     float t = y * 1.44269504f + 0x1.8p23f;
     float k = t - 0x1.8p23f;
     float r = (y - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
@@ -253,12 +247,28 @@ static inline float sigmoid_f(float x) {
     const float bias = 0x1.8p23f;
     memcpy(&bits, &t, sizeof bits);
     memcpy(&bias_bits, &bias, sizeof bias_bits);
-    int32_t ki = bits - bias_bits, k1 = ki / 2, k2 = ki - k1; /* k1, k2 >= -116: normal */
+    int32_t ki = bits - bias_bits, k1 = ki / 2, k2 = ki - k1;
     uint32_t b1 = (uint32_t)(k1 + 127) << 23, b2 = (uint32_t)(k2 + 127) << 23;
     float scale1, scale2;
     memcpy(&scale1, &b1, sizeof scale1);
     memcpy(&scale2, &b2, sizeof scale2);
-    float e = (scale1 * p + scale1) * scale2;
+    return (scale1 * p + scale1) * scale2;
+}
+
+/* The logistic sigmoid, branch-free like tanh: σ(x) = 1 / (1 + e) for x >= 0 and e / (1 + e) for
+ * x < 0, e = exp(−|x|) by exp_neg_d / exp_neg_f, which go gradually into the subnormals and to 0
+ * where exp does: σ(−inf) is 0, as torch's, not a tiny number (r ⊙ hp_n in the GRU must be NaN
+ * where torch's is, when hp_n is infinite). NaN in, NaN out, as torch.sigmoid. */
+static inline double sigmoid_d(double x) {
+    double ax = x < 0 ? -x : x;
+    double e = exp_neg_d(-ax); /* e = exp(−|x|); NaN stays NaN */
+    double s = 1.0 / (1.0 + e);
+    return x >= 0 ? s : e * s;
+}
+
+static inline float sigmoid_f(float x) {
+    float ax = x < 0 ? -x : x;
+    float e = exp_neg_f(-ax);
     float s = 1.0f / (1.0f + e);
     return x >= 0 ? s : e * s;
 }

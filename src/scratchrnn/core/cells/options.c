@@ -30,12 +30,12 @@
  *   ACT_LEAKY_RELU: f = x if x > 0 else 0.01 x;        f' = 1 if x > 0 else 0.01
  *   ACT_SILU:       f = x σ(x);                        f' = σ(x) (1 + x (1 − σ(x)))
  *   ACT_GELU:       f = x Φ(x) = x ½ (1 + erf(x/√2));  f' = Φ(x) + x φ(x),  φ(x) = e^(−x²/2) / √(2π)
- * erf is our own (erf_d below; the library links no libm), e^y our own too (exp_neg_d, y <= 0):
+ * erf is our own (erf_d below; the library links no libm), e^y our own too (exp_neg_d in _steps.c):
  *   erf_d:     |x| < 2.5:  erf x = (2/√π) x e^(−x²) Σ_n 2ⁿ x²ⁿ / (2n+1)!!   (all terms positive)
  *              |x| ≥ 2.5:  erf x = 1 − e^(−x²) / (√π K(x)),  K(x) = x + ½/(x + 1/(x + (3/2)/(x + …)))
  *                          (K by its convergents P_n / Q_n, depth 28)
  *   exp_neg_d: e^y = 2^k (expm1(r) + 1),  y = k ln2 + r,  |r| ≤ ln2 / 2
- * float32 has its own erf_f, exp_neg_f (the same forms in float, fewer terms, a few ulp); its gelu
+ * float32 has its own erf_f (and exp_neg_f: the same forms in float, fewer terms, a few ulp); its gelu
  * gives NaN at +inf, as torch's float kernel does. */
 
 #define OPTIONS_EPS 1e-5
@@ -57,28 +57,6 @@ enum { ACT_TANH, ACT_RELU, ACT_SIGMOID, ACT_SOFTSIGN, ACT_LEAKY_RELU, ACT_SILU, 
     default: F(__VA_ARGS__, ACT_GELU); break;                                                      \
     }
 
-/* e^y for y <= 0 (NaN stays NaN; y < −1100, −inf included, gives 0): as sigmoid_d's e, with 2^k
- * applied as two factors so that it goes gradually through the subnormals (a few ulp). */
-static inline double exp_neg_d(double y) {
-    y = y < -1100.0 ? -1100.0 : y; /* e^y = 0 from here on; NaN fails the comparison */
-    double t = y * 1.4426950408889634 + 0x1.8p52; /* round(y / ln2) lands in t's low bits */
-    double k = t - 0x1.8p52;
-    double r = (y - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10;
-    double p = r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120
-             + r * (1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880
-             + r * (1.0 / 3628800 + r * (1.0 / 39916800 + r * (1.0 / 479001600
-             + r * (1.0 / 6227020800.0)))))))))))));
-    int64_t bits, bias_bits;
-    const double bias = 0x1.8p52;
-    memcpy(&bits, &t, sizeof bits);
-    memcpy(&bias_bits, &bias, sizeof bias_bits);
-    int64_t ki = bits - bias_bits, k1 = ki / 2, k2 = ki - k1; /* k1, k2 >= -794: normal */
-    uint64_t b1 = (uint64_t)(k1 + 1023) << 52, b2 = (uint64_t)(k2 + 1023) << 52;
-    double scale1, scale2;
-    memcpy(&scale1, &b1, sizeof scale1);
-    memcpy(&scale2, &b2, sizeof scale2);
-    return (scale1 * p + scale1) * scale2;
-}
 
 /* 2ⁿ / (2n+1)!!, n = 0 … ERF_TERMS − 1: the series of erf_d (the first term left out is below
  * 1e-17 of the sum at |x| = 2.5). */
@@ -192,25 +170,6 @@ static const float erf_series_f[ERF_F_TERMS] = {
     1.639265805e-18f
 };
 
-/* e^y for y <= 0 in float, as sigmoid_f's e (−inf, and y < −160, give 0; NaN stays NaN). */
-static inline float exp_neg_f(float y) {
-    y = y < -160.0f ? -160.0f : y;
-    float t = y * 1.44269504f + 0x1.8p23f;
-    float k = t - 0x1.8p23f;
-    float r = (y - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
-    float p = r * (1.0f + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120
-            + r * (1.0f / 720 + r * (1.0f / 5040 + r * (1.0f / 40320))))))));
-    int32_t bits, bias_bits;
-    const float bias = 0x1.8p23f;
-    memcpy(&bits, &t, sizeof bits);
-    memcpy(&bias_bits, &bias, sizeof bias_bits);
-    int32_t ki = bits - bias_bits, k1 = ki / 2, k2 = ki - k1;
-    uint32_t b1 = (uint32_t)(k1 + 127) << 23, b2 = (uint32_t)(k2 + 127) << 23;
-    float scale1, scale2;
-    memcpy(&scale1, &b1, sizeof scale1);
-    memcpy(&scale2, &b2, sizeof scale2);
-    return (scale1 * p + scale1) * scale2;
-}
 
 static inline float erf_f(float x) {
     float ax = x < 0 ? -x : x;
